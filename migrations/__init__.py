@@ -1,0 +1,1 @@
+"""Alembic migrations for the soundtag schema (run with `soundtag db upgrade`)."""

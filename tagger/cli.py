@@ -1,0 +1,184 @@
+"""The `soundtag` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tagger.checkpoint import CheckpointError, ModelNotFoundError
+from tagger.config import get_settings
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"soundtag: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tagger.ingest import ingest
+    from tagger.service import load_tagger, open_database
+
+    settings = get_settings()
+    tagger = load_tagger(settings)
+    sessions = open_database(settings)
+    summary = ingest(args.paths, tagger, sessions, batch_size=args.batch_size or settings.batch_size,
+                     max_duration_s=settings.max_duration_s, progress=not args.quiet)
+    for source, error in summary.failures[:20]:
+        print(f"failed: {source}: {error}", file=sys.stderr)
+    if len(summary.failures) > 20:
+        print(f"... and {len(summary.failures) - 20} more failures (status 'failed' in the database)", file=sys.stderr)
+    print(summary)
+    return 130 if summary.interrupted else 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from tagger import db
+
+    url = get_settings().database_url
+    db.upgrade(url, args.revision)
+    print(f"database at revision {args.revision}: {db.normalize_url(url).split('@')[-1]}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, export_checkpoint, train
+
+    cfg = TrainConfig(
+        data_dir=args.data_dir, out_dir=args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
+        max_lr=args.lr, seed=args.seed, patience=args.patience, device=get_settings().device,
+        limit=args.limit, resume=args.resume, val_fold=args.val_fold,
+    )
+    if args.cv:
+        from training.train import cross_validate
+
+        cross_validate(cfg)
+        return 0
+    train(cfg)
+    if args.export:
+        print(f"exported {export_checkpoint(cfg.out_dir, args.export)} -> {args.export}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    report = evaluate(args.model or get_settings().model_path, data_dir=args.data_dir, out_dir=args.out_dir,
+                      fold=args.fold, write_into_checkpoint=args.write_into_checkpoint)
+    print(f"fold {args.fold}: top-1 {report['top1']:.4f}  top-3 {report['top3']:.4f}  ECE {report['ece']:.4f}")
+    print(f"report: {args.out_dir}/report.md")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from api.main import serve
+
+    serve(host=args.host, port=args.port)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.worker import run_worker
+
+    return run_worker(loglevel=args.loglevel)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from stream.producer import publish
+
+    summary = publish(args.paths, topic=args.topic, bootstrap=get_settings().kafka_bootstrap,
+                      progress=not args.quiet)
+    print(summary)
+    return 0 if summary.failed == 0 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tagger.demo import run_demo
+
+    return run_demo(host=args.host, port=args.port, serve=not args.no_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="soundtag", description="Tag environmental sounds (ESC-50 classes).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="tag audio files and folders into the database")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("db", help="database schema")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply Alembic migrations")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("train", help="train AudioCNN on ESC-50")
+    p.add_argument("--data-dir", default=None, help="ESC-50 folder (default: $SOUNDTAG_ESC50_DIR or ../shared/datasets/esc50)")
+    p.add_argument("--out-dir", default="runs/esc50")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3, help="OneCycle peak learning rate")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--patience", type=int, default=20, help="early stopping: epochs without val improvement")
+    p.add_argument("--val-fold", type=int, default=5)
+    p.add_argument("--cv", action="store_true", help="5-fold cross-validation")
+    p.add_argument("--limit", type=int, default=None, help="train on only N clips (smoke test)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
+    p.add_argument("--export", default=None, help="write the best weights as an fp16 checkpoint here")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, calibration and confusion matrix on an ESC-50 fold")
+    p.add_argument("--model", default=None, help="checkpoint (default: SOUNDTAG_MODEL_PATH)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--fold", type=int, default=5)
+    p.add_argument("--out-dir", default="runs/evaluation")
+    p.add_argument("--write-into-checkpoint", action="store_true", help="store the figures in the checkpoint")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="run the API and the page")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run the Faust worker on the audio-clips topic")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("publish", help="send audio files to Kafka")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--topic", default=None, help="default: audio-clips")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("demo", help="tag the bundled sample clips and serve the page")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-serve", action="store_true", help="tag and print, then exit")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from tagger.service import UntrainedModelError
+
+    try:
+        return args.func(args)
+    except (ModelNotFoundError, CheckpointError, UntrainedModelError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # database down, bad URL…: one clear line, not a traceback
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            return _fail(f"database error ({get_settings().database_url.split('@')[-1]}): {exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0]}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

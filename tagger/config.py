@@ -1,0 +1,56 @@
+"""Runtime settings, read from the environment (prefix ``SOUNDTAG_``).
+
+The names are part of the interface contract (DESIGN.md): keep them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+SHIPPED_MODEL_PATH = ASSETS_DIR / "audiocnn-esc50.safetensors"
+SAMPLES_DIR = ASSETS_DIR / "samples"
+
+
+def _default_database_url() -> str:
+    # Embedded default so `soundtag demo` runs with nothing configured;
+    # deployments set SOUNDTAG_DATABASE_URL to PostgreSQL.
+    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return f"sqlite:///{data_home / 'soundtag' / 'soundtag.db'}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOUNDTAG_", extra="ignore")
+
+    database_url: str = Field(default_factory=_default_database_url)
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    model_path: Path = SHIPPED_MODEL_PATH
+    api_key: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Randomly initialised checkpoints (plumbing tests) are refused unless this is set.
+    allow_untrained: bool = False
+
+    # Limits that protect every entry point from hostile or accidental input.
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_duration_s: float = 600.0
+    batch_size: int = 32
+
+    # Streaming.
+    input_topic: str = "audio-clips"
+    output_topic: str = "audio-tags"
+    dlq_topic: str = "audio-clips-dlq"
+    consumer_group: str = "soundtag-worker"
+    max_batch: int = 32
+    batch_within_s: float = 0.2
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

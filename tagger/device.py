@@ -1,0 +1,32 @@
+"""Device choice (SOUNDTAG_DEVICE) and the autocast dtype that is fast there."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("SOUNDTAG_DEVICE=cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision where the hardware runs it natively; None means plain fp32."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,98 @@
+"""The one preprocessing function: mono waveform at 44.1 kHz → log-mel spectrogram.
+
+Training, the worker, bulk ingest and the API all call ``log_mel``; nothing else in
+the code computes features. The settings below travel inside every checkpoint and a
+checkpoint whose settings differ is refused at load time, so serving can never
+silently disagree with training.
+
+f_min is 20 Hz, not 0: with n_fft=1024 at 44.1 kHz the FFT bins are 43 Hz apart and
+from 0 Hz the lowest of 128 HTK mel filters falls between two bins and is empty
+(torchaudio warns). From 20 Hz every filter covers at least one bin.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torchaudio.transforms as T
+
+SAMPLE_RATE = 44_100
+N_FFT = 1024
+HOP_LENGTH = 512
+N_MELS = 128
+F_MIN = 20.0
+F_MAX = 22_050.0
+TOP_DB = 80.0
+WINDOW_SECONDS = 5.0
+WINDOW_SAMPLES = int(SAMPLE_RATE * WINDOW_SECONDS)  # 220,500
+WINDOW_FRAMES = 1 + WINDOW_SAMPLES // HOP_LENGTH  # 431 (centred frames)
+
+PREPROCESSING = {
+    "sample_rate": SAMPLE_RATE,
+    "n_fft": N_FFT,
+    "hop_length": HOP_LENGTH,
+    "n_mels": N_MELS,
+    "f_min": F_MIN,
+    "f_max": F_MAX,
+    "top_db": TOP_DB,
+    "window_seconds": WINDOW_SECONDS,
+    "mel_scale": "htk",
+    "power": 2.0,
+}
+
+
+class _LogMel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mel = T.MelSpectrogram(
+            sample_rate=SAMPLE_RATE,
+            n_fft=N_FFT,
+            hop_length=HOP_LENGTH,
+            n_mels=N_MELS,
+            f_min=F_MIN,
+            f_max=F_MAX,
+            power=2.0,
+        )
+        self.to_db = T.AmplitudeToDB(stype="power", top_db=TOP_DB)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        # (B, samples) → (B, 1, n_mels, frames). The channel axis matters:
+        # AmplitudeToDB clamps to max-top_db over all but the leading axis, so with
+        # it each clip is clamped against its own peak, not the batch's.
+        return self.to_db(self.mel(waveforms.unsqueeze(1)))
+
+
+@functools.cache
+def _log_mel_module(device: str) -> _LogMel:
+    return _LogMel().to(device).eval()
+
+
+@torch.inference_mode()
+def log_mel(waveforms: torch.Tensor) -> torch.Tensor:
+    """Log-mel (dB) of a batch of equal-length mono 44.1 kHz waveforms, shape (B, samples).
+
+    Returns float32 (B, 1, N_MELS, 1 + samples // HOP_LENGTH).
+    """
+    if waveforms.dim() == 1:
+        waveforms = waveforms.unsqueeze(0)
+    waveforms = waveforms.float()
+    return _log_mel_module(str(waveforms.device))(waveforms)
+
+
+def pad_to_windows(samples: torch.Tensor) -> torch.Tensor:
+    """Zero-pad a mono waveform to a whole number of 5 s windows (at least one).
+
+    ESC-50 itself pads short recordings with silence, so short clips are padded the
+    same way the model saw in training.
+    """
+    n = samples.shape[-1]
+    windows = max(1, -(-n // WINDOW_SAMPLES))
+    return torch.nn.functional.pad(samples, (0, windows * WINDOW_SAMPLES - n))
+
+
+def window_starts(frames: int) -> list[int]:
+    """Start frames of the 5 s windows of a spectrogram of ``frames`` frames."""
+    count = max(1, round((frames - 1) * HOP_LENGTH / WINDOW_SAMPLES))
+    starts = [min(round(k * WINDOW_SAMPLES / HOP_LENGTH), frames - WINDOW_FRAMES) for k in range(count)]
+    return [max(0, s) for s in starts]

@@ -1,0 +1,171 @@
+"""The one inference core: decoded clips → top-3, timeline, feature maps, embedding.
+
+Used by bulk ingest, the Faust worker and the API. A batch of clips becomes one
+stack of 5 s windows (short clips padded, long ones cut into consecutive windows),
+run through the network in chunks of ``batch_size``. A clip's top-3 is the mean of
+its windows' class probabilities; clips longer than one window also get a per-window
+timeline, and their feature maps come from one extra fully-convolutional pass over
+the whole clip so the page can draw all of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagger.audio import DecodedAudio
+from tagger.checkpoint import Checkpoint, load_checkpoint
+from tagger.device import autocast_dtype, resolve_device
+from tagger.features import (
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    WINDOW_FRAMES,
+    WINDOW_SAMPLES,
+    log_mel,
+    pad_to_windows,
+    window_starts,
+)
+
+TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the channel mean
+ENVELOPE_POINTS = 1000
+
+
+@dataclass
+class TagResult:
+    top3: list[tuple[str, float]]
+    probabilities: np.ndarray  # (num_classes,)
+    spectrogram: np.ndarray  # (n_mels, frames) dB, what the model saw
+    feature_maps: dict[str, dict[str, np.ndarray]]  # tap → {"mean", "channels", "channel_index"}
+    embedding: np.ndarray  # (512,)
+    envelope: np.ndarray  # (2, points): min and max of the waveform per bucket
+    timeline: list[dict] = field(default_factory=list)  # per 5 s window when longer than one
+
+
+class Tagger:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, batch_size: int = 32) -> None:
+        self.checkpoint = checkpoint
+        self.device = device
+        self.batch_size = batch_size
+        self.model = checkpoint.model.to(device).to(memory_format=torch.channels_last).eval()
+        self.class_names = checkpoint.class_names
+        self.version = checkpoint.version
+        self.autocast_dtype = autocast_dtype(device)
+        # One forward at a time: on a few cores concurrent forwards only fight for them.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> "Tagger":
+        dev = resolve_device(device)
+        return cls(load_checkpoint(path, dev), dev, batch_size)
+
+    # -- model ---------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor, with_features: bool):
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with self._lock, torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            return self.model(x, with_features=with_features)
+
+    def probabilities(self, windows: torch.Tensor) -> np.ndarray:
+        """Class probabilities of (N, 1, n_mels, frames) spectrogram windows."""
+        out = []
+        for i in range(0, len(windows), self.batch_size):
+            logits = self._forward(windows[i : i + self.batch_size], with_features=False)
+            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    # -- clips ---------------------------------------------------------------
+    def tag(self, clips: list[DecodedAudio]) -> list[TagResult]:
+        if not clips:
+            return []
+        specs = self._spectrograms(clips)
+        windows, owner, starts = [], [], []
+        for i, spec in enumerate(specs):
+            for s in window_starts(spec.shape[-1]):
+                windows.append(spec[0, ..., s : s + WINDOW_FRAMES])
+                owner.append(i)
+                starts.append(s)
+        owner_arr = np.array(owner)
+        results: list[TagResult | None] = [None] * len(clips)
+        # Single-window clips (the common case) get probabilities and feature maps from
+        # one batched pass; long clips' windows only need probabilities.
+        single = [i for i in range(len(clips)) if (owner_arr == i).sum() == 1]
+        single_set = set(single)
+        multi_windows = [k for k, o in enumerate(owner) if o not in single_set]
+        for chunk_start in range(0, len(single), self.batch_size):
+            chunk = single[chunk_start : chunk_start + self.batch_size]
+            x = torch.stack([specs[i][0] for i in chunk])
+            logits, feats, emb = self._forward(x, with_features=True)
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            for j, i in enumerate(chunk):
+                results[i] = self._result(clips[i], specs[i], probs[j], {k: v[j] for k, v in feats.items()}, emb[j])
+        if multi_windows:
+            probs = self.probabilities(torch.stack([windows[k] for k in multi_windows]))
+            for i in sorted({owner[k] for k in multi_windows}):
+                rows = [n for n, k in enumerate(multi_windows) if owner[k] == i]
+                _, feats, emb = self._forward(specs[i], with_features=True)
+                result = self._result(clips[i], specs[i], probs[rows].mean(0), {k: v[0] for k, v in feats.items()}, emb[0])
+                result.timeline = [
+                    {
+                        "start_s": round(starts[multi_windows[n]] * HOP_LENGTH / SAMPLE_RATE, 3),
+                        "end_s": round(min((starts[multi_windows[n]] * HOP_LENGTH + WINDOW_SAMPLES) / SAMPLE_RATE,
+                                           clips[i].duration_s), 3),
+                        "top3": self._top3(probs[n]),
+                    }
+                    for n in rows
+                ]
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _spectrograms(self, clips: list[DecodedAudio]) -> list[torch.Tensor]:
+        padded = [pad_to_windows(torch.from_numpy(c.samples)) for c in clips]
+        specs: list[torch.Tensor | None] = [None] * len(clips)
+        one = [i for i, p in enumerate(padded) if p.shape[-1] == WINDOW_SAMPLES]
+        if one:  # equal lengths: one batched STFT
+            batch = log_mel(torch.stack([padded[i] for i in one]).to(self.device))
+            for j, i in enumerate(one):
+                specs[i] = batch[j : j + 1]
+        for i, p in enumerate(padded):
+            if specs[i] is None:
+                specs[i] = log_mel(p.unsqueeze(0).to(self.device))
+        return specs  # type: ignore[return-value]
+
+    def _top3(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        order = np.argsort(-probs)[:3]
+        return [(self.class_names[k], float(probs[k])) for k in order]
+
+    def _result(self, clip, spec, probs, feats, embedding) -> TagResult:
+        return TagResult(
+            top3=self._top3(probs),
+            probabilities=np.asarray(probs, dtype=np.float32),
+            spectrogram=spec[0, 0].float().cpu().numpy(),
+            feature_maps={name: summarize_feature_map(fm.float().cpu()) for name, fm in feats.items()},
+            embedding=embedding.float().cpu().numpy(),
+            envelope=waveform_envelope(clip.samples),
+        )
+
+
+def summarize_feature_map(fm: torch.Tensor, k: int = TOP_K_CHANNELS) -> dict[str, np.ndarray]:
+    """A (C, H, W) activation → its channel mean and its k most active channels."""
+    strength = fm.mean(dim=(1, 2))
+    idx = torch.argsort(strength, descending=True)[:k]
+    return {
+        "mean": fm.mean(dim=0).numpy(),
+        "channels": fm[idx].numpy(),
+        "channel_index": idx.numpy().astype(np.int16),
+    }
+
+
+def waveform_envelope(samples: np.ndarray, points: int = ENVELOPE_POINTS) -> np.ndarray:
+    """(2, points) min/max per bucket: draws the waveform faithfully at any width."""
+    n = len(samples)
+    points = max(1, min(points, n))
+    edges = np.linspace(0, n, points + 1).astype(int)
+    mins = np.minimum.reduceat(samples, edges[:-1])
+    maxs = np.maximum.reduceat(samples, edges[:-1])
+    return np.stack([mins, maxs]).astype(np.float32)

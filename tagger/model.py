@@ -1,0 +1,86 @@
+"""AudioCNN: a ResNet-18-layout residual CNN over log-mel spectrograms.
+
+Input (B, 1, 128 mel, T frames) in dB. A 7×7/2 stem with max-pool, four stages of two
+basic residual blocks (64→128→256→512 channels, stride 2 from the second stage on),
+global average pooling, dropout and a linear classifier. Fully convolutional, so any
+T works; the global pool makes the output length-independent.
+
+``forward(x, with_features=True)`` also returns the stem's and every stage's output:
+the feature maps the page draws, and the global-pool embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FEATURE_TAPS = ("stem", "stage1", "stage2", "stage3", "stage4")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class AudioCNN(nn.Module):
+    def __init__(self, num_classes: int = 50, dropout: float = 0.5) -> None:
+        super().__init__()
+        # Fixed input normalisation, set from the training set's log-mel statistics
+        # and saved with the weights, so callers feed plain dB values.
+        self.register_buffer("input_mean", torch.tensor(0.0))
+        self.register_buffer("input_std", torch.tensor(1.0))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        widths = (64, 128, 256, 512)
+        stages, in_ch = [], 64
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(in_ch, width, stride), BasicBlock(width, width)))
+            in_ch = width
+        self.stages = nn.ModuleList(stages)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(in_ch, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero the last BN of each residual branch: every block starts as identity,
+        # which trains faster and more stably from scratch.
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        features: dict[str, torch.Tensor] = {}
+        x = self.stem((x - self.input_mean) / self.input_std)
+        features["stem"] = x
+        for i, stage in enumerate(self.stages, start=1):
+            x = stage(x)
+            features[f"stage{i}"] = x
+        embedding = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        logits = self.classifier(self.dropout(embedding))
+        if with_features:
+            return logits, features, embedding
+        return logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,79 @@
+"""SQLAlchemy 2.0 table models. The schema itself changes only through Alembic."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+CLIP_ID_MAX = 255
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Clip(Base):
+    __tablename__ = "clips"
+
+    id: Mapped[str] = mapped_column(String(CLIP_ID_MAX), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    sample_rate: Mapped[int | None] = mapped_column(Integer)
+    channels: Mapped[int | None] = mapped_column(Integer)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    tagged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    tags: Mapped[list["Tag"]] = relationship(
+        back_populates="clip", order_by="Tag.rank", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __table_args__ = (CheckConstraint("status IN ('tagged', 'failed')", name="clips_status_valid"),)
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+
+    clip_id: Mapped[str] = mapped_column(ForeignKey("clips.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+
+    clip: Mapped[Clip] = relationship(back_populates="tags")
+
+    __table_args__ = (
+        CheckConstraint("rank BETWEEN 1 AND 3", name="tags_rank_valid"),
+        # "clips with label X (above confidence c)", newest-first pagination by clip id.
+        Index("ix_tags_label_confidence", "label", "confidence"),
+        Index("ix_tags_label_clip", "label", "clip_id"),
+    )
+
+
+class ClipFeatures(Base):
+    __tablename__ = "clip_features"
+
+    clip_id: Mapped[str] = mapped_column(ForeignKey("clips.id", ondelete="CASCADE"), primary_key=True)
+    codec_version: Mapped[int] = mapped_column(SmallInteger)
+    spectrogram: Mapped[bytes] = mapped_column(LargeBinary)
+    feature_maps: Mapped[bytes] = mapped_column(LargeBinary)
+    waveform: Mapped[bytes] = mapped_column(LargeBinary)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    timeline: Mapped[list | None] = mapped_column(JSON)

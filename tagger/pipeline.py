@@ -1,0 +1,119 @@
+"""Bytes in, storable records out: the decode → tag step every entry point shares.
+
+Ingest, the Faust worker and the API hand ``tag_payloads`` a batch of raw files
+with their ids and sources; every payload comes back as exactly one ``ClipRecord``,
+tagged or failed with a reason. Nothing raises for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tagger import codec
+from tagger.audio import AudioError, DecodedAudio, decode_bytes, sha256_hex
+from tagger.inference import Tagger, TagResult
+from tagger.models import CLIP_ID_MAX
+from tagger.repository import ClipRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Payload:
+    data: bytes
+    source: str
+    clip_id: str | None = None  # None: the content hash becomes the id
+    error: str | None = None  # set by the caller when the payload is already known bad
+
+
+def clip_id_problem(clip_id: str) -> str | None:
+    if not clip_id:
+        return "empty clip id"
+    if len(clip_id) > CLIP_ID_MAX:
+        return f"clip id longer than {CLIP_ID_MAX} characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in clip_id):
+        return "clip id contains control characters"
+    return None
+
+
+def features_row(result: TagResult) -> dict:
+    return {
+        "codec_version": codec.VERSION,
+        "spectrogram": codec.encode_spectrogram(result.spectrogram),
+        "feature_maps": codec.encode_feature_maps(result.feature_maps),
+        "waveform": codec.encode_envelope(result.envelope),
+        "embedding": codec.encode_embedding(result.embedding),
+        "timeline": [{**w, "top3": [{"label": l, "confidence": c} for l, c in w["top3"]]} for w in result.timeline]
+        or None,
+    }
+
+
+@dataclass
+class Decoded:
+    """Payloads after decoding: one record each, plus the audio of those that decoded."""
+
+    records: list[ClipRecord]
+    audio: list[tuple[int, DecodedAudio]]
+
+
+def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None) -> Decoded:
+    records: list[ClipRecord] = []
+    audio: list[tuple[int, DecodedAudio]] = []
+    for i, p in enumerate(payloads):
+        data = p.data if isinstance(p.data, (bytes, bytearray, memoryview)) else b""
+        sha = sha256_hex(bytes(data)) if data else None
+        clip_id, problem = p.clip_id, p.error
+        if clip_id is not None and (bad := clip_id_problem(clip_id)):
+            problem, clip_id = problem or f"invalid clip id: {bad}", None
+        if clip_id is None:
+            # Empty payloads share one hash, so they get an id from where they came from.
+            clip_id = sha or f"empty:{p.source}"[:CLIP_ID_MAX]
+        rec = ClipRecord(clip_id=clip_id, source=p.source, status="failed", sha256=sha, error=problem)
+        records.append(rec)
+        if problem:
+            continue
+        try:
+            decoded = decode_bytes(p.data, max_duration_s=max_duration_s)
+        except AudioError as exc:
+            rec.error = str(exc)
+            continue
+        rec.sample_rate, rec.channels = decoded.sample_rate, decoded.channels
+        rec.duration_s = round(decoded.duration_s, 4)
+        audio.append((i, decoded))
+    return Decoded(records, audio)
+
+
+def tag_decoded(tagger: Tagger, decoded: Decoded) -> list[ClipRecord]:
+    results = _tag_isolating_failures(tagger, [a for _, a in decoded.audio])
+    for (i, _), result in zip(decoded.audio, results):
+        rec = decoded.records[i]
+        if isinstance(result, Exception):
+            rec.error = f"tagging failed: {type(result).__name__}: {result}"
+            continue
+        rec.status, rec.error = "tagged", None
+        rec.model_version = tagger.version
+        rec.top3 = result.top3
+        rec.features = features_row(result)
+    return decoded.records
+
+
+def tag_payloads(tagger: Tagger, payloads: list[Payload], max_duration_s: float | None = None) -> list[ClipRecord]:
+    return tag_decoded(tagger, decode_payloads(payloads, max_duration_s))
+
+
+def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio]) -> list[TagResult | Exception]:
+    """Tag a batch; if the batch fails, retry clip by clip so one bad clip fails alone."""
+    if not clips:
+        return []
+    try:
+        return list(tagger.tag(clips))
+    except Exception:  # noqa: BLE001 - a model error must not lose the other clips
+        log.exception("batch of %d clips failed; retrying one by one", len(clips))
+    out: list[TagResult | Exception] = []
+    for clip in clips:
+        try:
+            out.append(tagger.tag([clip])[0])
+        except Exception as exc:  # noqa: BLE001
+            out.append(exc)
+    return out

@@ -1,0 +1,157 @@
+"""Reads and idempotent writes of clips, their tags and their features.
+
+``save_clips`` is an upsert keyed by clip id: writing the same clip twice (a Kafka
+redelivery, a re-run ingest, two workers racing) leaves exactly one row per clip with
+exactly its three tags. A failed attempt never overwrites a clip that is already
+tagged.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from tagger.models import Clip, ClipFeatures, Tag
+
+
+@dataclass
+class ClipRecord:
+    clip_id: str
+    source: str
+    status: str  # "tagged" | "failed"
+    sha256: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    model_version: str | None = None
+    top3: list[tuple[str, float]] = field(default_factory=list)
+    features: dict | None = None  # ClipFeatures columns (encoded blobs, timeline)
+    tagged_at: datetime | None = None
+
+
+def _insert(session: Session):
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def save_clips(session: Session, records: list[ClipRecord]) -> None:
+    """Upsert a batch of results in the caller's transaction."""
+    insert = _insert(session)
+    now = datetime.now(timezone.utc)
+    for rec in records:
+        values = {
+            "id": rec.clip_id,
+            "source": rec.source,
+            "sha256": rec.sha256,
+            "sample_rate": rec.sample_rate,
+            "channels": rec.channels,
+            "duration_s": rec.duration_s,
+            "status": rec.status,
+            "error": rec.error,
+            "model_version": rec.model_version,
+            "tagged_at": rec.tagged_at or (now if rec.status == "tagged" else None),
+        }
+        stmt = insert(Clip).values(**values)
+        update = {k: stmt.excluded[k] for k in values if k != "id"}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Clip.id],
+            set_=update,
+            # Never let a failed retry replace a good result.
+            where=or_(Clip.status != "tagged", stmt.excluded.status == "tagged"),
+        )
+        session.execute(stmt)
+        if rec.status != "tagged":
+            continue
+        session.execute(delete(Tag).where(Tag.clip_id == rec.clip_id))
+        session.execute(
+            insert(Tag),
+            [{"clip_id": rec.clip_id, "rank": r, "label": label, "confidence": float(conf)}
+             for r, (label, conf) in enumerate(rec.top3[:3], start=1)],
+        )
+        if rec.features is not None:
+            fstmt = insert(ClipFeatures).values(clip_id=rec.clip_id, **rec.features)
+            fstmt = fstmt.on_conflict_do_update(
+                index_elements=[ClipFeatures.clip_id], set_={k: fstmt.excluded[k] for k in rec.features}
+            )
+            session.execute(fstmt)
+
+
+def tagged_ids(session: Session, clip_ids: list[str], model_version: str) -> set[str]:
+    """Which of these clips are already tagged by this model version (ingest skips them)."""
+    found: set[str] = set()
+    for i in range(0, len(clip_ids), 1000):
+        chunk = clip_ids[i : i + 1000]
+        found.update(
+            session.scalars(
+                select(Clip.id).where(Clip.id.in_(chunk), Clip.status == "tagged", Clip.model_version == model_version)
+            )
+        )
+    return found
+
+
+def get_clip(session: Session, clip_id: str) -> Clip | None:
+    return session.get(Clip, clip_id)
+
+
+def get_features(session: Session, clip_id: str) -> ClipFeatures | None:
+    return session.get(ClipFeatures, clip_id)
+
+
+def encode_cursor(clip_id: str) -> str:
+    return base64.urlsafe_b64encode(clip_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+
+
+def list_clips(
+    session: Session,
+    label: str | None = None,
+    min_confidence: float | None = None,
+    status: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Clip], str | None]:
+    """Clips ordered by id, ``limit`` at a time; returns (clips, next_cursor)."""
+    query = select(Clip)
+    if label is not None:
+        cond = [Tag.clip_id == Clip.id, Tag.label == label]
+        if min_confidence is not None:
+            cond.append(Tag.confidence >= min_confidence)
+        query = query.where(select(Tag.clip_id).where(and_(*cond)).exists())
+    elif min_confidence is not None:
+        query = query.where(
+            select(Tag.clip_id).where(Tag.clip_id == Clip.id, Tag.rank == 1, Tag.confidence >= min_confidence).exists()
+        )
+    if status is not None:
+        query = query.where(Clip.status == status)
+    if cursor:
+        query = query.where(Clip.id > decode_cursor(cursor))
+    rows = list(session.scalars(query.order_by(Clip.id).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def label_counts(session: Session) -> list[dict]:
+    """Per label: clips where it is the top label, and clips where it is in the top 3."""
+    rows = session.execute(
+        select(
+            Tag.label,
+            func.count().filter(Tag.rank == 1).label("top1"),
+            func.count().label("top3"),
+        ).group_by(Tag.label).order_by(func.count().filter(Tag.rank == 1).desc(), Tag.label)
+    )
+    return [{"label": label, "top1": top1, "top3": top3} for label, top1, top3 in rows]
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Clip.status, func.count()).group_by(Clip.status)).all())

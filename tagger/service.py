@@ -1,0 +1,34 @@
+"""Wiring shared by the commands, the worker and the API: settings → tagger, sessions."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from tagger import db
+from tagger.checkpoint import read_metadata
+from tagger.config import Settings, get_settings
+from tagger.inference import Tagger
+
+
+class UntrainedModelError(RuntimeError):
+    pass
+
+
+def load_tagger(settings: Settings | None = None) -> Tagger:
+    """Load SOUNDTAG_MODEL_PATH; raises ModelNotFoundError / CheckpointError with clear text."""
+    settings = settings or get_settings()
+    meta = read_metadata(settings.model_path)
+    if not meta["trained"] and not settings.allow_untrained:
+        raise UntrainedModelError(
+            f"{settings.model_path} holds randomly initialised weights, not a trained model. "
+            "Point SOUNDTAG_MODEL_PATH at a trained checkpoint or train one with `soundtag train`."
+        )
+    return Tagger.load(settings.model_path, device=settings.device, batch_size=settings.batch_size)
+
+
+def open_database(settings: Settings | None = None, migrate: bool = True) -> sessionmaker[Session]:
+    """Sessions on SOUNDTAG_DATABASE_URL, bringing the schema to the latest migration."""
+    settings = settings or get_settings()
+    if migrate:
+        db.upgrade(settings.database_url)
+    return db.session_factory(settings.database_url)

@@ -1,0 +1,1 @@
+"""Training and evaluation of AudioCNN on ESC-50."""

@@ -1,0 +1,99 @@
+"""ESC-50: metadata, and log-mel spectrograms cached once per preprocessing setup.
+
+The spectrograms come from ``tagger.audio.decode_file`` and ``tagger.features.log_mel``,
+exactly the path the tagger takes, so training and serving see identical inputs.
+The cache file's name carries a hash of the preprocessing settings; change a setting
+and a new cache is built.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tagger.audio import decode_file
+from tagger.features import PREPROCESSING, log_mel, pad_to_windows, WINDOW_SAMPLES
+
+DEFAULT_ESC50_DIRS = (
+    Path("../shared/datasets/esc50"),
+    Path(__file__).resolve().parents[2] / "shared" / "datasets" / "esc50",
+)
+
+
+@dataclass
+class Esc50:
+    root: Path
+    files: list[str]
+    folds: np.ndarray
+    targets: np.ndarray
+    class_names: list[str]
+
+
+def find_esc50_dir(explicit: str | Path | None = None) -> Path:
+    candidates = [Path(explicit)] if explicit else []
+    if os.environ.get("SOUNDTAG_ESC50_DIR"):
+        candidates.append(Path(os.environ["SOUNDTAG_ESC50_DIR"]))
+    candidates += list(DEFAULT_ESC50_DIRS)
+    for c in candidates:
+        if (c / "meta" / "esc50.csv").is_file():
+            return c.resolve()
+    raise FileNotFoundError(
+        "ESC-50 not found: pass --data-dir or set SOUNDTAG_ESC50_DIR to the folder "
+        "holding meta/esc50.csv and audio/"
+    )
+
+
+def read_esc50(root: str | Path | None = None) -> Esc50:
+    root = find_esc50_dir(root)
+    with open(root / "meta" / "esc50.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    names: dict[int, str] = {}
+    for r in rows:
+        names[int(r["target"])] = r["category"]
+    return Esc50(
+        root=root,
+        # The compact copy stores Ogg Vorbis under the official .wav names.
+        files=[r["filename"].rsplit(".", 1)[0] + ".ogg" for r in rows],
+        folds=np.array([int(r["fold"]) for r in rows]),
+        targets=np.array([int(r["target"]) for r in rows]),
+        class_names=[names[i] for i in range(len(names))],
+    )
+
+
+def clip_spectrogram(path: Path) -> torch.Tensor:
+    """(1, 128, 431) log-mel of one ESC-50 clip: the tagger's own decode and features."""
+    samples = torch.from_numpy(decode_file(path).samples)
+    return log_mel(pad_to_windows(samples)[:WINDOW_SAMPLES].unsqueeze(0))[0]
+
+
+def cache_path(cache_dir: Path) -> Path:
+    key = hashlib.sha256(json.dumps(PREPROCESSING, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir / f"esc50-logmel-{key}.npy"
+
+
+def load_spectrograms(data: Esc50, cache_dir: str | Path | None = None) -> np.ndarray:
+    """All clips' log-mel as float16 (N, 1, 128, 431), built once and then memory-mapped."""
+    cache_dir = Path(cache_dir or os.environ.get("SOUNDTAG_CACHE_DIR", Path.home() / ".cache" / "soundtag"))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_path(cache_dir)
+    if path.is_file():
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape[0] == len(data.files):
+            return arr
+    specs = [
+        clip_spectrogram(data.root / "audio" / name).numpy().astype(np.float16)
+        for name in tqdm(data.files, desc="caching log-mel spectrograms", unit="clip")
+    ]
+    arr = np.stack(specs)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+    return arr

@@ -1,0 +1,245 @@
+"""Train AudioCNN on ESC-50: folds 1–4 train, fold 5 validates (or 5-fold CV).
+
+Recipe: MixUp (Beta(0.2, 0.2)), SpecAugment frequency and time masks, label
+smoothing 0.1, dropout 0.5, AdamW (weight decay 0.01), OneCycleLR, up to 100
+epochs with early stopping on validation accuracy. bf16 autocast on CPUs that
+support it (measured ~2.3× faster per step here) and fp16 autocast on CUDA.
+
+Every epoch writes ``last.pt`` (model, optimizer, scheduler, epoch, RNG) so
+``--resume`` continues a killed run exactly, and ``best.safetensors`` when validation
+accuracy improves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from tagger.checkpoint import save_checkpoint
+from tagger.device import autocast_dtype, resolve_device
+from tagger.model import AudioCNN
+from training.data import load_spectrograms, read_esc50
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str | None = None
+    out_dir: str = "runs/esc50"
+    epochs: int = 100
+    batch_size: int = 32
+    max_lr: float = 2e-3
+    weight_decay: float = 0.01
+    mixup_alpha: float = 0.2
+    label_smoothing: float = 0.1
+    freq_mask: int = 24
+    time_mask: int = 60
+    patience: int = 20
+    val_fold: int = 5
+    seed: int = 1234
+    device: str = "auto"
+    limit: int | None = None  # use only this many training clips (smoke tests)
+    num_threads: int | None = None
+    resume: bool = False
+
+
+def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, gen: torch.Generator) -> torch.Tensor:
+    """One frequency and one time mask per clip, filled with the clip's mean."""
+    b, _, n_mels, frames = x.shape
+    fill = x.mean(dim=(1, 2, 3), keepdim=True)
+    f_w = torch.randint(0, freq_mask + 1, (b,), generator=gen)
+    f_0 = (torch.rand(b, generator=gen) * (n_mels - f_w)).long()
+    t_w = torch.randint(0, time_mask + 1, (b,), generator=gen)
+    t_0 = (torch.rand(b, generator=gen) * (frames - t_w)).long()
+    mel_idx = torch.arange(n_mels).view(1, -1)
+    t_idx = torch.arange(frames).view(1, -1)
+    f_mask = (mel_idx >= f_0[:, None]) & (mel_idx < (f_0 + f_w)[:, None])
+    t_mask = (t_idx >= t_0[:, None]) & (t_idx < (t_0 + t_w)[:, None])
+    mask = f_mask[:, None, :, None] | t_mask[:, None, None, :]
+    return torch.where(mask.to(x.device), fill, x)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+@torch.inference_mode()
+def predict_probs(model: AudioCNN, specs, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    dtype = autocast_dtype(device)
+    for i in range(0, len(specs), batch_size):
+        x = torch.from_numpy(np.asarray(specs[i : i + batch_size], dtype=np.float32)).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def train(cfg: TrainConfig) -> dict:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = read_esc50(cfg.data_dir)
+    specs = load_spectrograms(data)
+    train_idx = np.flatnonzero(data.folds != cfg.val_fold)
+    val_idx = np.flatnonzero(data.folds == cfg.val_fold)
+    if cfg.limit:
+        train_idx = train_idx[: cfg.limit]
+        val_idx = val_idx[: max(cfg.limit // 4, 8)]
+    # Training set in memory (float16 halves it); the spectrogram cache is mmapped.
+    x_train = torch.from_numpy(np.asarray(specs[train_idx]))
+    y_train = torch.from_numpy(data.targets[train_idx])
+    x_val = np.asarray(specs[val_idx])
+    y_val = data.targets[val_idx]
+    n_classes = len(data.class_names)
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = AudioCNN(num_classes=n_classes)
+    model.input_mean.fill_(float(x_train.float().mean()))
+    model.input_std.fill_(float(x_train.float().std()))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+    )
+    state = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "history": []}
+
+    last = out / "last.pt"
+    if last.is_file() and not cfg.resume:
+        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or choose another --out-dir")
+    if cfg.resume and not last.is_file():
+        print(f"--resume: no run in {out} yet, starting a new one")
+    if last.is_file():
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        saved_cfg = json.loads(ckpt["config"])
+        for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit"):
+            if saved_cfg[key] != getattr(cfg, key):
+                raise SystemExit(f"--resume: {key}={getattr(cfg, key)} differs from the run in {out} ({saved_cfg[key]})")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        gen.set_state(ckpt["gen_rng"])
+        state = json.loads(ckpt["state"])
+        print(f"resumed {out} at epoch {state['epoch']} (best val acc {state['best_acc']:.4f})")
+
+    writer = _summary_writer(out)
+    dtype = autocast_dtype(device)
+    beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha)
+    epochs_bar = tqdm(range(state["epoch"], cfg.epochs), desc="epochs", unit="epoch", initial=state["epoch"], total=cfg.epochs)
+    for epoch in epochs_bar:
+        if epoch - state["best_epoch"] >= cfg.patience and state["best_acc"] >= 0:
+            print(f"early stop: no val improvement for {cfg.patience} epochs")
+            break
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(train_idx), generator=gen)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", unit="step", leave=False)
+        for step in bar:
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = x_train[idx].float()
+            y = F.one_hot(y_train[idx], n_classes).float()
+            y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / n_classes
+            x = spec_augment(x, cfg.freq_mask, cfg.time_mask, gen)
+            lam = float(beta.sample())
+            mix = torch.randperm(len(idx), generator=gen)
+            x = lam * x + (1 - lam) * x[mix]
+            y = lam * y + (1 - lam) * y[mix]
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(x)
+            loss = soft_cross_entropy(logits, y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        train_s = time.perf_counter() - t0
+        probs = predict_probs(model, x_val, device)
+        val_acc = float((probs.argmax(1) == y_val).mean())
+        top3 = float((np.argsort(-probs, 1)[:, :3] == y_val[:, None]).any(1).mean())
+        lr = scheduler.get_last_lr()[0]
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_top1": val_acc, "val_top3": top3,
+                  "lr": lr, "epoch_seconds": train_s}
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        if writer:
+            writer.add_scalar("loss/train", record["loss"], epoch + 1)
+            writer.add_scalar("accuracy/val_top1", val_acc, epoch + 1)
+            writer.add_scalar("accuracy/val_top3", top3, epoch + 1)
+            writer.add_scalar("lr", lr, epoch + 1)
+            writer.flush()
+        if val_acc > state["best_acc"]:
+            state["best_acc"], state["best_epoch"] = val_acc, epoch + 1
+            save_checkpoint(out / "best.safetensors", model, data.class_names,
+                            {"val_fold": cfg.val_fold, "val_top1": val_acc, "val_top3": top3, "epoch": epoch + 1},
+                            half=False)
+        _save_last(last, model, optimizer, scheduler, gen, state, cfg)
+        epochs_bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.3f}", best=f"{state['best_acc']:.3f}")
+        tqdm.write(json.dumps(record))
+    if writer:
+        writer.close()
+    (out / "history.json").write_text(json.dumps(state, indent=1))
+    return state
+
+
+def _save_last(path: Path, model, optimizer, scheduler, gen, state, cfg) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "gen_rng": gen.get_state(),
+            "state": json.dumps(state),
+            "config": json.dumps(asdict(cfg)),
+        },
+        tmp,
+    )
+    tmp.replace(path)  # atomic: a kill mid-save keeps the previous epoch's state
+
+
+def _summary_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard not installed (pip install 'soundtag[train]'): no TensorBoard logs")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def export_checkpoint(run_dir: str | Path, dest: str | Path) -> str:
+    """The run's best weights as the fp16 checkpoint soundtag ships (≈ 22 MB)."""
+    from tagger.checkpoint import load_checkpoint
+
+    best = load_checkpoint(Path(run_dir) / "best.safetensors")
+    return save_checkpoint(dest, best.model, best.class_names, best.metrics, half=True)
+
+
+def cross_validate(cfg: TrainConfig) -> dict:
+    """5-fold cross-validation: each fold validates once; prints the mean accuracy."""
+    scores = {}
+    for fold in range(1, 6):
+        fold_cfg = TrainConfig(**{**asdict(cfg), "val_fold": fold, "out_dir": f"{cfg.out_dir}/fold{fold}"})
+        scores[fold] = train(fold_cfg)["best_acc"]
+        print(f"fold {fold}: best val top-1 {scores[fold]:.4f}")
+    mean = float(np.mean(list(scores.values())))
+    print(f"5-fold mean top-1: {mean:.4f}")
+    (Path(cfg.out_dir) / "cv.json").write_text(json.dumps({"folds": scores, "mean_top1": mean}, indent=1))
+    return {"folds": scores, "mean_top1": mean}
