@@ -24,13 +24,18 @@ def normalize_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
-@functools.cache
-def get_engine(url: str) -> Engine:
-    url = normalize_url(url)
+def _ensure_sqlite_dir(url: str) -> None:
     if url.startswith("sqlite"):
         db_path = make_url(url).database
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@functools.cache
+def get_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        _ensure_sqlite_dir(url)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -56,6 +61,7 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    _ensure_sqlite_dir(normalize_url(url))
     command.upgrade(alembic_config(url), revision)
 
 

@@ -1,0 +1,1 @@
+"""soundtag HTTP API and visualization page."""

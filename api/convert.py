@@ -1,0 +1,56 @@
+"""Database rows and stored blobs → response models."""
+
+from __future__ import annotations
+
+import base64
+
+from api.schemas import ClipOut, FeatureTap, PackedArray, TagOut, Visualization, WindowOut
+from tagger import codec
+from tagger.models import Clip, ClipFeatures
+from tagger.repository import ClipRecord
+
+
+def clip_out(clip: Clip) -> ClipOut:
+    return ClipOut(
+        clip_id=clip.id, source=clip.source, status=clip.status, error=clip.error,
+        duration_s=clip.duration_s, sample_rate=clip.sample_rate, channels=clip.channels, sha256=clip.sha256,
+        model_version=clip.model_version, received_at=clip.received_at, tagged_at=clip.tagged_at,
+        top3=[TagOut(label=t.label, confidence=t.confidence) for t in clip.tags],
+    )
+
+
+def record_out(rec: ClipRecord) -> ClipOut:
+    return ClipOut(
+        clip_id=rec.clip_id, source=rec.source, status=rec.status, error=rec.error, duration_s=rec.duration_s,
+        sample_rate=rec.sample_rate, channels=rec.channels, sha256=rec.sha256, model_version=rec.model_version,
+        tagged_at=rec.tagged_at, top3=[TagOut(label=l, confidence=c) for l, c in rec.top3],
+    )
+
+
+def _packed(entry: dict, raw) -> PackedArray:
+    return PackedArray(shape=list(raw.shape), lo=entry["lo"], hi=entry["hi"], levels=2 ** entry["bits"] - 1,
+                       data=base64.b64encode(raw.tobytes()).decode())
+
+
+def visualization(clip: Clip, features: ClipFeatures) -> Visualization:
+    spec_entry, spec = codec.decode_quantized(features.spectrogram)["spectrogram"]
+    wave_entry, wave = codec.decode_quantized(features.waveform)["envelope"]
+    taps: dict[str, dict] = {}
+    for name, (entry, raw) in codec.decode_quantized(features.feature_maps).items():
+        tap, part = name.split("/", 1)
+        t = taps.setdefault(tap, {"channels": []})
+        if part == "mean":
+            t["mean"] = _packed(entry, raw)
+        elif part == "channel_index":
+            t["channel_index"] = [int(v) for v in raw]
+        else:
+            t["channels"].append(_packed(entry, raw))
+    return Visualization(
+        clip_id=clip.id,
+        top3=[TagOut(label=t.label, confidence=t.confidence) for t in clip.tags],
+        duration_s=clip.duration_s,
+        spectrogram=_packed(spec_entry, spec),
+        waveform=_packed(wave_entry, wave),
+        feature_maps={k: FeatureTap(**v) for k, v in taps.items()},
+        timeline=[WindowOut(**w) for w in (features.timeline or [])],
+    )

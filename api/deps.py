@@ -1,0 +1,49 @@
+"""What routes depend on: the app's tagger, database sessions, settings and API key."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+from sqlalchemy.orm import Session, sessionmaker
+
+from tagger.config import Settings
+from tagger.inference import Tagger
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    tagger: Tagger | None
+    model_error: str | None = None
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.soundtag
+
+
+def get_session(state: AppState = Depends(get_state)) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+def get_tagger(state: AppState = Depends(get_state)) -> Tagger:
+    if state.tagger is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {state.model_error}")
+    return state.tagger
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when SOUNDTAG_API_KEY is set")
+
+
+def require_api_key(key: str | None = Security(_api_key_header), state: AppState = Depends(get_state)) -> None:
+    expected = state.settings.api_key
+    if not expected:
+        return
+    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong API key (X-API-Key header)",
+                            headers={"WWW-Authenticate": "ApiKey"})

@@ -1,0 +1,114 @@
+"""Request and response models: what /docs describes is what the API answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class TagOut(BaseModel):
+    label: str
+    confidence: float
+
+
+class ClipOut(BaseModel):
+    clip_id: str
+    source: str
+    status: str = Field(description="'tagged' or 'failed'")
+    error: str | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = Field(None, description="of the original file")
+    channels: int | None = None
+    sha256: str | None = None
+    model_version: str | None = None
+    received_at: datetime | None = None
+    tagged_at: datetime | None = None
+    top3: list[TagOut] = []
+
+
+class ClipList(BaseModel):
+    items: list[ClipOut]
+    next_cursor: str | None = None
+
+
+class LabelCount(BaseModel):
+    label: str
+    top1: int = Field(description="clips whose top label this is")
+    top3: int = Field(description="clips with this label among their top 3")
+
+
+class LabelList(BaseModel):
+    items: list[LabelCount]
+    next_cursor: str | None = None
+
+
+class PackedArray(BaseModel):
+    """A quantised array: value = lo + byte · (hi - lo) / levels, bytes base64 row-major."""
+
+    shape: list[int]
+    lo: float
+    hi: float
+    levels: int
+    data: str
+
+
+class FeatureTap(BaseModel):
+    mean: PackedArray
+    channels: list[PackedArray]
+    channel_index: list[int]
+
+
+class WindowOut(BaseModel):
+    start_s: float
+    end_s: float
+    top3: list[TagOut]
+
+
+class Visualization(BaseModel):
+    clip_id: str
+    top3: list[TagOut]
+    duration_s: float | None
+    spectrogram: PackedArray
+    waveform: PackedArray = Field(description="(2, points): per-bucket min and max")
+    feature_maps: dict[str, FeatureTap]
+    timeline: list[WindowOut] = []
+
+
+class UploadResult(BaseModel):
+    items: list[ClipOut]
+    next_cursor: str | None = None
+
+
+class InferenceRequest(BaseModel):
+    data: str = Field(description="the audio file's bytes, base64-encoded (WAV, FLAC or Ogg)")
+
+
+class Prediction(BaseModel):
+    model_config = {"populate_by_name": True}
+
+    class_: str = Field(alias="class")
+    confidence: float
+
+
+class ArrayOut(BaseModel):
+    shape: list[int]
+    values: list
+
+
+class WaveformOut(BaseModel):
+    values: list[float]
+    sample_rate: int
+    duration: float
+
+
+class InferenceResponse(BaseModel):
+    predictions: list[Prediction]
+    visualization: dict[str, ArrayOut]
+    input_spectrogram: ArrayOut
+    waveform: WaveformOut
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
