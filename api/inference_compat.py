@@ -3,7 +3,7 @@
 Shape kept for compatibility: ``predictions`` (top 3 of ``{"class", "confidence"}``),
 ``visualization`` (per layer ``{"shape", "values"}``, the channel mean of its feature
 map), ``input_spectrogram`` (``{"shape", "values"}``), ``waveform`` (``{"values",
-"sample_rate", "duration"}``, at most 8000 points).
+"sample_rate", "duration"}``: every (len // 8000)-th sample, as the original did).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tagger.audio import DecodedAudio
 from tagger.features import SAMPLE_RATE
 from tagger.inference import TagResult
 
-MAX_WAVEFORM_POINTS = 8000
+WAVEFORM_POINTS = 8000
 
 
 def _array(a: np.ndarray) -> dict:
@@ -24,7 +24,7 @@ def _array(a: np.ndarray) -> dict:
 
 def inference_response(clip: DecodedAudio, result: TagResult) -> dict:
     samples = clip.samples
-    step = max(1, len(samples) // MAX_WAVEFORM_POINTS)
+    step = max(1, len(samples) // WAVEFORM_POINTS)
     return {
         "predictions": [{"class": label, "confidence": conf} for label, conf in result.top3],
         "visualization": {tap: _array(parts["mean"]) for tap, parts in result.feature_maps.items()},

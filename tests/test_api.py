@@ -1,0 +1,151 @@
+"""Every route's happy path and its errors, against the real PostgreSQL."""
+
+import base64
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from api.main import create_app
+from tagger import db
+from tagger.config import Settings
+from tests.conftest import audio_bytes
+
+API_KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def settings(pg_url, random_checkpoint):
+    return Settings(database_url=pg_url, model_path=random_checkpoint, allow_untrained=True, device="cpu",
+                    api_key=API_KEY, max_upload_bytes=2_000_000, max_duration_s=20.0)
+
+
+@pytest.fixture(scope="module")
+def client(settings, random_tagger):
+    with db.get_engine(settings.database_url).begin() as conn:
+        conn.execute(text("TRUNCATE clips CASCADE"))
+    with TestClient(create_app(settings, random_tagger), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _upload(client, files, key=API_KEY, **data):
+    headers = {"X-API-Key": key} if key else {}
+    return client.post("/api/clips", files=[("files", f) for f in files], headers=headers, data=data)
+
+
+def test_health_ready_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["database"] == "ok"
+    metrics = client.get("/metrics").text
+    assert "soundtag_http_requests_total" in metrics
+
+
+def test_upload_one_and_many_then_query(client):
+    r = _upload(client, [("one.wav", audio_bytes("WAV", 2.0, seed=1))], clip_id="my-clip")
+    assert r.status_code == 201, r.text
+    item = r.json()["items"][0]
+    assert item["clip_id"] == "my-clip" and item["source"] == "upload:one.wav" and item["status"] == "tagged"
+    assert len(item["top3"]) == 3 and item["model_version"].startswith("untrained-")
+
+    r = _upload(client, [("a.flac", audio_bytes("FLAC", 1.0, seed=2)), ("b.ogg", audio_bytes("OGG", 7.0, seed=3)),
+                         ("bad.wav", b"not audio")])
+    assert r.status_code == 201
+    items = r.json()["items"]
+    assert [i["status"] for i in items] == ["tagged", "tagged", "failed"]
+    assert "not a readable" in items[2]["error"]
+
+    one = client.get("/api/clips/my-clip").json()
+    assert one["clip_id"] == "my-clip" and one["duration_s"] == pytest.approx(2.0, abs=0.01)
+    label = one["top3"][0]["label"]
+    listed = client.get("/api/clips", params={"label": label}).json()
+    assert "my-clip" in [c["clip_id"] for c in listed["items"]]
+    assert client.get("/api/clips", params={"label": label, "min_confidence": 1.0}).json()["items"] == []
+    labels = client.get("/api/labels").json()["items"]
+    assert len(labels) == 50 and any(l["label"] == label and l["top3"] >= 1 for l in labels)
+    failed = client.get("/api/clips", params={"status": "failed"}).json()["items"]
+    assert [c["source"] for c in failed] == ["upload:bad.wav"]
+
+
+def test_pagination_walks_every_clip_once(client):
+    for i in range(5):
+        _upload(client, [(f"p{i}.wav", audio_bytes("WAV", 0.5, seed=100 + i))])
+    everything = client.get("/api/clips", params={"limit": 500}).json()["items"]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/api/clips", params=params).json()
+        seen += [c["clip_id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [c["clip_id"] for c in everything] and len(seen) == len(set(seen))
+
+
+def test_visualization_of_a_long_clip_has_a_timeline(client):
+    r = _upload(client, [("long.ogg", audio_bytes("OGG", 12.0, seed=7))], clip_id="long-one")
+    assert r.status_code == 201
+    vis = client.get("/api/clips/long-one/visualization").json()
+    assert vis["spectrogram"]["shape"][0] == 128 and vis["spectrogram"]["levels"] == 63
+    raw = base64.b64decode(vis["spectrogram"]["data"])
+    assert len(raw) == vis["spectrogram"]["shape"][0] * vis["spectrogram"]["shape"][1]
+    assert set(vis["feature_maps"]) == {"stem", "stage1", "stage2", "stage3", "stage4"}
+    assert len(vis["feature_maps"]["stage2"]["channels"]) == 4
+    assert len(vis["timeline"]) == 3 and vis["waveform"]["shape"][0] == 2
+
+
+def test_errors(client):
+    assert client.get("/api/clips/nope").status_code == 404
+    assert client.get("/api/clips/nope/visualization").status_code == 404
+    assert client.get("/api/clips", params={"cursor": "!!!"}).status_code == 422
+    assert client.get("/api/clips", params={"min_confidence": 2}).status_code == 422
+    assert client.get("/api/clips", params={"limit": 0}).status_code == 422
+    # the API key guards writes
+    assert _upload(client, [("x.wav", audio_bytes())], key=None).status_code == 401
+    assert _upload(client, [("x.wav", audio_bytes())], key="wrong").status_code == 401
+    # nothing decodable: 422, and the failure is recorded
+    r = _upload(client, [("empty.wav", b"")])
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    # over the duration limit (20 s here)
+    r = _upload(client, [("long.wav", audio_bytes("WAV", 25.0, sr=8000))])
+    assert r.status_code == 422 and "over the limit" in r.json()["detail"]
+    # over the size limit (2 MB here): refused before it is read
+    r = _upload(client, [("big.wav", b"\0" * 3_000_000)])
+    assert r.status_code == 413
+    assert _upload(client, [("a.wav", audio_bytes()), ("b.wav", audio_bytes())], clip_id="x").status_code == 422
+    r = client.post("/api/clips", headers={"X-API-Key": API_KEY})
+    assert r.status_code == 422
+    for body in [{"data": "%%%"}, {"data": base64.b64encode(b"garbage").decode()}, {}, {"data": 5}]:
+        r = client.post("/inference", json=body)
+        assert r.status_code == 422, body
+        assert "Traceback" not in r.text
+
+
+def test_inference_route_is_compatible_with_the_original(client):
+    data = base64.b64encode(audio_bytes("WAV", 5.0, seed=11)).decode()
+    r = client.post("/inference", json={"data": data})
+    assert r.status_code == 200
+    body = r.json()
+    assert [set(p) for p in body["predictions"]] == [{"class", "confidence"}] * 3
+    assert body["input_spectrogram"]["shape"] == [128, 431]
+    assert len(body["input_spectrogram"]["values"]) == 128
+    assert set(body["visualization"]) == {"stem", "stage1", "stage2", "stage3", "stage4"}
+    assert body["waveform"]["sample_rate"] == 44100 and body["waveform"]["duration"] == pytest.approx(5.0)
+    assert 8000 <= len(body["waveform"]["values"]) < 16000  # every (n // 8000)-th sample, as the original
+
+
+def test_page_and_docs_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "soundtag" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/api/clips", "/api/clips/{clip_id}", "/api/labels", "/inference", "/readyz"} <= set(schema["paths"])
+
+
+def test_readyz_reports_a_missing_model(settings, tmp_path):
+    broken = settings.model_copy(update={"model_path": tmp_path / "missing.safetensors"})
+    with TestClient(create_app(broken)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "SOUNDTAG_MODEL_PATH" in r.json()["checks"]["model"]
+        assert c.post("/api/clips", files=[("files", ("a.wav", audio_bytes()))],
+                      headers={"X-API-Key": API_KEY}).status_code == 503

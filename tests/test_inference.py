@@ -1,0 +1,81 @@
+"""The inference core and the shared preprocessing."""
+
+import numpy as np
+import pytest
+import torch
+
+from tagger.audio import DecodedAudio, decode_file
+from tagger.features import WINDOW_FRAMES, WINDOW_SAMPLES, log_mel, pad_to_windows
+from tagger.model import AudioCNN, count_parameters
+
+
+def _clip(seconds: float, seed: int = 0) -> DecodedAudio:
+    rng = np.random.default_rng(seed)
+    return DecodedAudio((0.1 * rng.standard_normal(int(seconds * 44100))).astype(np.float32), 44100, 1, "x")
+
+
+def test_model_layout():
+    model = AudioCNN()
+    assert 10_500_000 < count_parameters(model) < 12_000_000
+    logits, feats, emb = model(torch.zeros(2, 1, 128, WINDOW_FRAMES), with_features=True)
+    assert logits.shape == (2, 50) and emb.shape == (2, 512)
+    assert [f.shape[1] for f in feats.values()] == [64, 64, 128, 256, 512]
+
+
+def test_log_mel_shape_and_no_empty_filters():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchaudio warns on an empty mel filter
+        spec = log_mel(torch.zeros(1, WINDOW_SAMPLES) + 1e-3)
+    assert spec.shape == (1, 1, 128, WINDOW_FRAMES)
+
+
+def test_batching_does_not_change_a_clips_features():
+    """Each clip's dB floor is relative to its own peak, not the batch's."""
+    loud = torch.randn(WINDOW_SAMPLES)
+    quiet = 1e-3 * torch.randn(WINDOW_SAMPLES)
+    alone = log_mel(quiet.unsqueeze(0))
+    together = log_mel(torch.stack([loud, quiet]))[1:2]
+    assert torch.allclose(alone, together, atol=1e-4)
+
+
+def test_tag_batch_of_mixed_lengths(random_tagger):
+    clips = [_clip(5.0, 1), _clip(0.2, 2), _clip(12.0, 3), _clip(5.0, 4)]
+    results = random_tagger.tag(clips)
+    assert len(results) == 4
+    for r in results:
+        assert len(r.top3) == 3 and abs(r.probabilities.sum() - 1) < 1e-3
+        assert r.envelope.shape[0] == 2 and r.embedding.shape == (512,)
+        assert set(r.feature_maps) == {"stem", "stage1", "stage2", "stage3", "stage4"}
+        assert r.feature_maps["stage4"]["channels"].shape[0] == 4
+    assert results[0].timeline == [] and results[1].timeline == []
+    assert [w["start_s"] for w in results[2].timeline] == pytest.approx([0.0, 5.0, 10.0], abs=0.02)
+    assert results[2].spectrogram.shape[1] > 3 * WINDOW_FRAMES - 10  # the whole clip, for the page
+
+
+def test_batched_and_single_results_agree(random_tagger):
+    clips = [_clip(5.0, s) for s in range(5)]
+    batched = random_tagger.tag(clips)
+    for clip, b in zip(clips, batched):
+        single = random_tagger.tag([clip])[0]
+        assert single.top3[0][0] == b.top3[0][0]
+        assert np.allclose(single.probabilities, b.probabilities, atol=2e-2)
+
+
+def test_training_and_tagger_preprocessing_are_identical(random_tagger):
+    """The same ESC-50 file through the training dataset path and through the tagger."""
+    from training.data import clip_spectrogram, find_esc50_dir
+
+    path = find_esc50_dir() / "audio" / "1-100032-A-0.ogg"
+    train_spec = clip_spectrogram(path)
+    result = random_tagger.tag([decode_file(path)])[0]
+    assert train_spec.shape == (1, 128, WINDOW_FRAMES)
+    assert torch.equal(train_spec[0], torch.from_numpy(result.spectrogram))
+
+
+def test_padding_is_zero_and_window_aligned():
+    x = torch.ones(1000)
+    padded = pad_to_windows(x)
+    assert padded.shape[-1] == WINDOW_SAMPLES and padded[1000:].abs().sum() == 0
+    assert pad_to_windows(torch.ones(WINDOW_SAMPLES + 1)).shape[-1] == 2 * WINDOW_SAMPLES

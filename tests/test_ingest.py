@@ -1,0 +1,122 @@
+"""`soundtag ingest` end to end on the real PostgreSQL, with bad files mixed in."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from tagger import db
+from tagger.ingest import ingest
+from tagger.models import Clip, ClipFeatures, Tag
+from tests.conftest import audio_bytes
+
+
+def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i in range(good):
+        fmt, ext = [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg")][i % 3]
+        folder = [root, root / "sub", root / "sub" / "deeper"][i % 3]
+        (folder / f"clip{i}.{ext}").write_bytes(audio_bytes(fmt, seconds=1.0 + (i % 4), sr=[8000, 22050, 44100, 48000][i % 4], seed=i))
+    if bad:
+        (root / "empty.wav").write_bytes(b"")
+        (root / "noise.wav").write_bytes(os.urandom(3000))
+        (root / "notes.wav").write_text("this is a text file renamed .wav\n")
+        (root / "sub" / "truncated.wav").write_bytes(audio_bytes("WAV", 1.0)[:40])
+        locked = root / "sub" / "locked.flac"
+        locked.write_bytes(audio_bytes("FLAC", 1.0, seed=99))
+        locked.chmod(0)
+        (root / "readme.txt").write_text("not audio, not picked up from a folder walk")
+    return root
+
+
+def _fresh(pg_url):
+    engine = db.get_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE clips CASCADE"))
+    return db.session_factory(pg_url)
+
+
+def test_ingest_tags_good_files_and_records_bad_ones(tmp_path, pg_url, random_tagger):
+    sessions = _fresh(pg_url)
+    folder = _make_folder(tmp_path / "in", good=9)
+    summary = ingest([folder], random_tagger, sessions, batch_size=4, progress=False)
+    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
+    assert summary.tagged == 9 + (1 if running_as_root else 0)
+    assert summary.failed == 4 + (0 if running_as_root else 1)
+    reasons = dict(summary.failures)
+    assert any("empty" in r for r in reasons.values())
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
+        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
+        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
+        failed = s.scalars(select(Clip).where(Clip.status == "failed")).all()
+        assert all(c.error and c.source.startswith(str(folder.resolve())) for c in failed)
+    again = ingest([folder], random_tagger, sessions, batch_size=4, progress=False)
+    assert again.tagged == 0 and again.skipped == summary.tagged  # re-running is cheap and safe
+
+
+def _cli_env(pg_url, model):
+    return {**os.environ, "SOUNDTAG_DATABASE_URL": pg_url, "SOUNDTAG_MODEL_PATH": str(model),
+            "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu"}
+
+
+def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoint):
+    sessions = _fresh(pg_url)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(120):
+        (folder / f"c{i:03d}.wav").write_bytes(audio_bytes("WAV", 5.0, sr=16000, seed=i))
+    env = _cli_env(pg_url, random_checkpoint)
+    proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "ingest", str(folder), "--batch-size", "8"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until some batches are committed
+        with sessions() as s:
+            if s.scalar(select(func.count()).select_from(Clip)) >= 16:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out
+    with sessions() as s:
+        n = s.scalar(select(func.count()).select_from(Clip))
+        assert 16 <= n < 120
+        # consistent: every stored clip is whole
+        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * n
+        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == n
+    done = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(folder), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{120 - n} tagged, {n} skipped, 0 failed" in done.stdout
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == 120
+
+
+def test_missing_model_names_the_variable_and_the_command(tmp_path, pg_url):
+    env = {**_cli_env(pg_url, tmp_path / "nope.safetensors")}
+    r = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "SOUNDTAG_MODEL_PATH" in r.stderr and "soundtag train" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_untrained_checkpoint_is_refused_without_the_test_switch(tmp_path, pg_url, random_checkpoint):
+    env = _cli_env(pg_url, random_checkpoint)
+    env.pop("SOUNDTAG_ALLOW_UNTRAINED")
+    r = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "randomly initialised" in r.stderr
+
+
+def test_unreachable_database_is_one_clear_line(tmp_path, random_checkpoint):
+    env = _cli_env("postgresql://nobody@127.0.0.1:1/none", random_checkpoint)
+    r = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "database error" in r.stderr and "Traceback" not in r.stderr
