@@ -1,0 +1,1 @@
+"""Kafka side of soundtag: the producer (`soundtag publish`) and the Faust worker."""

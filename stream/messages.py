@@ -1,0 +1,57 @@
+"""What travels on the topics: input messages → payloads, results → output events.
+
+Input ``audio-clips``: key = clip id (UTF-8), value = the audio file's bytes, headers
+``content-type``, ``source``, ``sent-at``. Output ``audio-tags``: one JSON event per
+tagged clip. Dead letters ``audio-clips-dlq``: the original message plus an ``error``
+header.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from tagger.pipeline import Payload
+from tagger.repository import ClipRecord
+
+CONTENT_TYPES = {".wav": "audio/wav", ".wave": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg",
+                 ".oga": "audio/ogg", ".opus": "audio/ogg"}
+
+
+def message_source(topic: str, partition: int, offset: int) -> str:
+    return f"kafka:{topic}/{partition}/{offset}"
+
+
+def payload_from_message(key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int) -> Payload:
+    source = message_source(topic, partition, offset)
+    data = value if isinstance(value, (bytes, bytearray)) else b""
+    if key is None or key == b"":
+        # No id to store a result under: the failure is recorded under the message's address.
+        return Payload(data=data, source=source, clip_id=source, error="message has no key (the clip id)")
+    try:
+        clip_id = bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return Payload(data=data, source=source, clip_id=source, error="message key (clip id) is not UTF-8")
+    return Payload(data=data, source=source, clip_id=clip_id)
+
+
+def tag_event(record: ClipRecord) -> dict:
+    return {
+        "clip_id": record.clip_id,
+        "source": record.source,
+        "top3": [{"label": label, "confidence": round(conf, 6)} for label, conf in record.top3],
+        "model_version": record.model_version,
+        "duration_s": record.duration_s,
+        "tagged_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def encode_event(record: ClipRecord) -> bytes:
+    return json.dumps(tag_event(record)).encode()
+
+
+def dlq_headers(original: list[tuple[str, bytes]] | dict | None, error: str) -> list[tuple[str, bytes]]:
+    items = list(original.items()) if isinstance(original, dict) else list(original or [])
+    headers = [(k, v) for k, v in items if k != "error"]
+    headers.append(("error", error.encode("utf-8", "replace")[:4000]))
+    return headers

@@ -1,0 +1,291 @@
+"""Streaming end to end: a real Kafka-protocol broker, real Faust workers, real PostgreSQL.
+
+Group joins take ~30 s on this broker, so the module starts one worker and reuses it;
+the crash and two-worker tests start more.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+import soundfile as sf
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from sqlalchemy import text
+
+from deploy.dev_broker import start_broker
+from tagger import db
+from tests.conftest import PG_ADMIN_URL, _create_database, _drop_database, audio_bytes
+from tests.servers import free_port
+
+pytestmark = pytest.mark.kafka
+PARTITIONS = 4
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"broker did not open port {port}")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("broker") / "tansu.log", "w")
+    proc = start_broker(port, log)
+    _wait_port(port)
+    bootstrap = f"127.0.0.1:{port}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in ("audio-clips", "audio-tags", "audio-clips-dlq")])
+    admin.close()
+    yield bootstrap
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def stream_db():
+    name, url = _create_database("soundtag_stream")
+    db.upgrade(url)
+    yield name, url
+    _drop_database(name)
+
+
+class Worker:
+    def __init__(self, env: dict, log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "worker"], env={**os.environ, **env},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            if "Worker ready" in self.log_path.read_text():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def batches(self) -> int:
+        return self.log_path.read_text().count("batch of ")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def worker_env(broker, stream_db, random_checkpoint):
+    return {"SOUNDTAG_DATABASE_URL": stream_db[1], "SOUNDTAG_KAFKA_BOOTSTRAP": broker,
+            "SOUNDTAG_MODEL_PATH": str(random_checkpoint), "SOUNDTAG_ALLOW_UNTRAINED": "1",
+            "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_CONSUMER_GROUP": "soundtag-test", "SOUNDTAG_MAX_BATCH": "16",
+            "SOUNDTAG_MAX_DURATION_S": "120"}
+
+
+@pytest.fixture(scope="module")
+def worker(worker_env, tmp_path_factory):
+    w = Worker(worker_env, tmp_path_factory.mktemp("worker") / "worker-a.log")
+    w.wait_ready()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def producer(broker):
+    p = KafkaProducer(bootstrap_servers=broker, max_request_size=4_000_000)
+    yield p
+    p.close()
+
+
+def _clip(seed: int, seconds: float = 1.0) -> bytes:
+    return audio_bytes("WAV", seconds=seconds, sr=16000, seed=seed)
+
+
+def _send(producer, items: list[tuple[bytes | None, bytes]]) -> None:
+    for key, value in items:
+        producer.send("audio-clips", key=key, value=value,
+                      headers=[("content-type", b"audio/wav"), ("source", b"test"), ("sent-at", b"now")])
+    producer.flush()
+
+
+def _query(url: str, sql: str, params=None):
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def _wait_rows(url: str, ids: list[str], timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    n = 0
+    while time.time() < deadline:
+        n = _query(url, "SELECT count(*) FROM clips WHERE id = ANY(%s)", (ids,))[0][0]
+        if n == len(ids):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{n} of {len(ids)} clips stored")
+
+
+def _assert_exactly_once(url: str, ids: list[str]) -> None:
+    rows = _query(url, "SELECT id, status FROM clips WHERE id = ANY(%s)", (ids,))
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    assert {r[1] for r in rows} == {"tagged"}
+    tags = _query(url, "SELECT count(*) FROM tags WHERE clip_id = ANY(%s)", (ids,))[0][0]
+    assert tags == 3 * len(ids)
+
+
+def _read_topic(broker: str, topic: str, expect: int, timeout: float = 60) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
+                             group_id=f"reader-{uuid.uuid4().hex[:6]}", consumer_timeout_ms=3000)
+    out, deadline = [], time.time() + timeout
+    while time.time() < deadline and len(out) < expect:
+        out += list(consumer)
+    consumer.close()
+    return out
+
+
+def test_300_clips_published_are_tagged_once_with_300_events(worker, producer, stream_db, broker, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"c{i:03d}.wav").write_bytes(_clip(i))
+    from stream.producer import publish
+
+    summary = publish([folder], topic="audio-clips", bootstrap=broker, progress=False)
+    assert summary.sent == 300 and summary.failed == 0
+    from tagger.audio import sha256_hex
+
+    ids = [sha256_hex(p.read_bytes()) for p in sorted(folder.iterdir())]
+    _wait_rows(stream_db[1], ids)
+    _assert_exactly_once(stream_db[1], ids)
+    events = [json.loads(m.value) for m in _read_topic(broker, "audio-tags", 300)]
+    mine = [e for e in events if e["clip_id"] in set(ids)]
+    assert len(mine) == 300 and len({e["clip_id"] for e in mine}) == 300
+    assert all(len(e["top3"]) == 3 and e["model_version"] for e in mine)
+
+
+def _thirty_minute_flac() -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(30 * 60 * 8000, dtype=np.int16), 8000, format="FLAC")
+    return buf.getvalue()
+
+
+def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(worker, producer, stream_db, broker):
+    tag = uuid.uuid4().hex[:6]
+    good = [(f"good-{tag}-{i}".encode(), _clip(1000 + i)) for i in range(6)]
+    poison = [
+        (f"random-{tag}".encode(), os.urandom(5000)),
+        (f"empty-{tag}".encode(), b""),
+        (f"truncated-{tag}".encode(), _clip(7)[:30]),
+        (f"long-{tag}".encode(), _thirty_minute_flac()),
+        (None, _clip(8)),
+    ]
+    _send(producer, [good[0], poison[0], good[1], poison[1], good[2], poison[2], good[3], poison[3], good[4],
+                     poison[4], good[5]])
+    good_ids = [k.decode() for k, _ in good]
+    bad_ids = [k.decode() for k, _ in poison if k]
+    _wait_rows(stream_db[1], good_ids + bad_ids)
+    _assert_exactly_once(stream_db[1], good_ids)
+    failed = dict(_query(stream_db[1], "SELECT id, error FROM clips WHERE id = ANY(%s)", (bad_ids,)))
+    assert set(failed) == set(bad_ids) and all(failed.values())
+    assert "over the limit" in failed[f"long-{tag}"]
+    assert "no audio data" in failed[f"empty-{tag}"]
+    keyless = _query(stream_db[1], "SELECT error FROM clips WHERE source = id AND error LIKE %s",
+                     ("message has no key%",))
+    assert keyless
+    dead = _read_topic(broker, "audio-clips-dlq", 5)
+    errors = {(m.key or b"").decode(): dict(m.headers).get("error", b"").decode() for m in dead}
+    for k in bad_ids + [""]:
+        assert errors.get(k), f"{k!r} missing from the DLQ"
+    assert worker.proc.poll() is None  # still running
+
+
+def _block_database(name: str, blocked: bool) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if blocked else "true"}')
+        if blocked:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+def test_database_outage_mid_stream_loses_nothing(worker, producer, stream_db):
+    name, url = stream_db
+    items = [(f"outage-{i}".encode(), _clip(2000 + i)) for i in range(150)]
+    _send(producer, items[:50])
+    time.sleep(1.0)
+    _block_database(name, True)
+    try:
+        _send(producer, items[50:])
+        time.sleep(6)  # the worker meets a dead database and keeps retrying
+    finally:
+        _block_database(name, False)
+    ids = [k.decode() for k, _ in items]
+    _wait_rows(url, ids)
+    _assert_exactly_once(url, ids)
+    assert "database" in worker.log_path.read_text()  # it noticed and retried
+    assert worker.proc.poll() is None
+
+
+def test_sigkill_mid_stream_then_restart_leaves_exactly_one_result_per_clip(worker, worker_env, producer,
+                                                                             stream_db, tmp_path):
+    url = stream_db[1]
+    items = [(f"crash-{i}".encode(), _clip(3000 + i, seconds=2.0)) for i in range(300)]
+    ids = [k.decode() for k, _ in items]
+    _send(producer, items)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once part of the stream is stored
+        if _query(url, "SELECT count(*) FROM clips WHERE id = ANY(%s)", (ids,))[0][0] >= 40:
+            break
+        time.sleep(0.2)
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.proc.wait()
+    stored = _query(url, "SELECT count(*) FROM clips WHERE id = ANY(%s)", (ids,))[0][0]
+    assert 0 < stored < 300, "the kill should land mid-stream"
+    restarted = Worker(worker_env, tmp_path / "worker-restarted.log")
+    try:
+        restarted.wait_ready(timeout=300)
+        _wait_rows(url, ids, timeout=400)
+        _assert_exactly_once(url, ids)
+    finally:
+        worker.proc, worker.log_path = restarted.proc, restarted.log_path  # the module's worker from now on
+
+
+def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, producer, stream_db, tmp_path):
+    url = stream_db[1]
+    second = Worker(worker_env, tmp_path / "worker-b.log")
+    try:
+        second.wait_ready(timeout=300)
+        time.sleep(5)  # let the first worker finish its rebalance too
+        before_first = Path(worker.log_path).read_text().count("batch of ")
+        items = [(f"pair-{i}".encode(), _clip(4000 + i)) for i in range(200)]
+        _send(producer, items)
+        ids = [k.decode() for k, _ in items]
+        _wait_rows(url, ids, timeout=400)
+        _assert_exactly_once(url, ids)
+        assert second.batches() > 0, "the second worker got no partition"
+        assert Path(worker.log_path).read_text().count("batch of ") > before_first, "the first worker got none"
+    finally:
+        second.stop()
