@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job (README): install soundtag if this machine does not have it yet, then
+# `soundtag demo` — tag the bundled ESC-50 sample clips into an embedded SQLite
+# database and serve the page on http://127.0.0.1:8000. Extra arguments go to
+# `soundtag demo` (e.g. --port 8080, --no-serve).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! python -c "import tagger.cli, torch, torchaudio, fastapi" >/dev/null 2>&1; then
+  echo "installing soundtag (first run only; torch comes from this machine's disk)…"
+  python -m pip install -q --disable-pip-version-check -e . 2>&1 \
+    | grep -v -e "is ignored: it is neither a file nor a directory" -e "Running pip as the 'root' user" || true
+fi
+
+exec soundtag demo "$@"
