@@ -1,0 +1,88 @@
+"""Issue 2 figures: model-only inference, `soundtag ingest` end to end, bytes stored per clip.
+
+- model-only: the Tagger's forward pass (bf16 autocast where the CPU has it, channels-last)
+  on precomputed 5 s log-mel windows, ms per clip at batch 1 and batch 32, with the
+  feature-map taps the pipeline stores and without;
+- ingest: `tagger.ingest.ingest` on real 5 s clips into a fresh PostgreSQL database
+  (decode → log-mel → model → codec → upsert), clips/s, and its ratio to the model-only
+  rate with taps at batch 32 measured just before in the same process;
+- storage: bytes in `clip_features` (+ the timeline JSON) per clip against the JSON
+  the original service returned for the same clip (`POST /inference` shape).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tagger.audio import decode_file
+from tagger.features import WINDOW_FRAMES
+from tagger.ingest import ingest
+from tagger.pipeline import features_row
+from tagger.db import get_engine
+from sqlalchemy.orm import sessionmaker
+
+from tests.benchmarks.common import load_tagger, real_clips, scratch_postgres, time_model
+
+
+def model_only(tagger, clips: list[Path], repeats: int) -> dict:
+    specs = tagger._spectrograms([decode_file(p) for p in clips[:32]])
+    windows = torch.stack([s[0][..., :WINDOW_FRAMES] for s in specs])
+    while len(windows) < 32:
+        windows = torch.cat([windows, windows])[:32]
+    out = {}
+    for taps in (True, False):
+        for bs in (1, 32):
+            ms = 1000 * time_model(tagger, windows[:bs], with_features=taps, repeats=repeats if bs == 32 else 4 * repeats)
+            out[f"model_ms_per_clip_batch{bs}{'_taps' if taps else ''}"] = round(ms, 2)
+    return out
+
+
+def ingest_rate(tagger, clips: list[Path]) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="soundtag-bench-"))
+    try:
+        for p in clips:
+            shutil.copy(p, folder / p.name)
+        with scratch_postgres() as url:
+            sessions = sessionmaker(get_engine(url), expire_on_commit=False)
+            summary = ingest([folder], tagger, sessions, batch_size=32, progress=False)
+            again = ingest([folder], tagger, sessions, batch_size=32, progress=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"ingest_clips": summary.tagged, "ingest_failed": summary.failed,
+            "ingest_clips_per_s": round(summary.clips_per_second, 2),
+            "ingest_rerun_seconds": round(again.seconds, 2), "ingest_rerun_skipped": again.skipped}
+
+
+def storage(tagger, clips: list[Path]) -> dict:
+    from api.inference_compat import inference_response
+
+    stored, payload = [], []
+    for p in clips:
+        audio = decode_file(p)
+        result = tagger.tag([audio])[0]
+        row = features_row(result)
+        stored.append(sum(len(row[k]) for k in ("spectrogram", "feature_maps", "waveform", "embedding"))
+                      + len(json.dumps(row["timeline"] or [])))
+        payload.append(len(json.dumps(inference_response(audio, result))))
+    mean_stored, mean_payload = sum(stored) / len(stored), sum(payload) / len(payload)
+    return {"stored_bytes_per_clip": round(mean_stored), "json_bytes_per_clip": round(mean_payload),
+            "storage_ratio": round(mean_payload / mean_stored, 1)}
+
+
+def run(quick: bool = False) -> dict:
+    tagger, path = load_tagger()
+    n = 40 if quick else 200
+    clips = real_clips(n)
+    figures = {"model": path.name, "model_version": tagger.version, "threads": torch.get_num_threads()}
+    figures.update(model_only(tagger, clips, repeats=3 if quick else 10))
+    figures.update(ingest_rate(tagger, clips))
+    model_rate = 1000 / figures["model_ms_per_clip_batch32_taps"]
+    figures["model_clips_per_s_batch32_taps"] = round(model_rate, 2)
+    figures["ingest_to_model_ratio"] = round(figures["ingest_clips_per_s"] / model_rate, 3)
+    figures.update(storage(tagger, clips[:5 if quick else 20]))
+    return figures

@@ -1,0 +1,67 @@
+"""What every benchmark needs: the model to time, real clips, a scratch PostgreSQL database."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagger import db
+from tagger.config import SAMPLES_DIR, SHIPPED_MODEL_PATH
+from tagger.inference import Tagger
+from tests.conftest import _create_database, _drop_database
+
+
+def load_tagger() -> tuple[Tagger, Path]:
+    """The shipped model; a random one of the same layout if it is missing (timings do not
+    depend on the weights; the figures say which was used)."""
+    if SHIPPED_MODEL_PATH.is_file():
+        return Tagger.load(SHIPPED_MODEL_PATH, device="cpu"), SHIPPED_MODEL_PATH
+    from tagger.checkpoint import save_checkpoint
+    from tagger.model import AudioCNN
+
+    path = Path(tempfile.mkdtemp()) / "untrained.safetensors"
+    save_checkpoint(path, AudioCNN(num_classes=50), [f"class_{i}" for i in range(50)], trained=False)
+    return Tagger.load(path, device="cpu"), path
+
+
+def real_clips(n: int) -> list[Path]:
+    """n distinct real 5 s clips: ESC-50 when it is here, else the bundled samples (fewer)."""
+    try:
+        from training.data import read_esc50
+
+        data = read_esc50()
+        return [data.root / "audio" / f for f in data.files[:n]]
+    except FileNotFoundError:
+        return sorted(SAMPLES_DIR.glob("*.ogg"))[:n]
+
+
+@contextmanager
+def scratch_postgres(prefix: str = "soundtag_bench"):
+    name, url = _create_database(prefix)
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        _drop_database(name)
+
+
+def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats: int) -> float:
+    """Seconds per clip of the bare forward pass (the Tagger's own, bf16 autocast included)."""
+    import time
+
+    tagger._forward(batch, with_features=with_features)  # warm-up: allocator, oneDNN kernels
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tagger._forward(batch, with_features=with_features)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / len(batch)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))

@@ -1,0 +1,45 @@
+"""Print the benchmark figures the issues ask for; each compares against a baseline
+measured in the same run, on this machine, at this moment.
+
+    python -m tests.benchmarks.run              # all: core, api, stream (about 15 min)
+    python -m tests.benchmarks.run core api     # some
+    python -m tests.benchmarks.run --quick core # small sizes, to check the scripts work
+
+Figures are also written to test-output/benchmarks-<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+SUITES = ("core", "api", "stream")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suites", nargs="*", default=list(SUITES))
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run, figures not meaningful)")
+    args = parser.parse_args()
+    out_dir = Path("test-output")
+    out_dir.mkdir(exist_ok=True)
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for name in args.suites or SUITES:
+        module = __import__(f"tests.benchmarks.bench_{name}", fromlist=["run"])
+        t0 = time.perf_counter()
+        figures = module.run(quick=args.quick)
+        figures["benchmark_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"\n## {name}")
+        for key, value in figures.items():
+            print(f"{key:<40} {value}")
+        (out_dir / f"benchmarks-{name}.json").write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
