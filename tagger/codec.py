@@ -13,7 +13,7 @@ The header lists the arrays in payload order: ``{"name", "shape", "kind", "lo", 
   **the absolute error of every element is at most (hi - lo) / (2 · L)** (half a step;
   tested). Spectrograms and feature maps use 6 bits: for an 80 dB spectrogram that is
   0.63 dB, finer than a 64-colour heatmap can show, and the unused high bits let xz
-  pack a 5 s clip's spectrogram into about 25 kB. Each feature map (channel mean,
+  pack a 5 s clip's spectrogram and feature maps into about 33 kB. Each feature map (channel mean,
   every kept channel) is quantised on its own range, so faint maps keep their detail.
 * ``f16`` — IEEE half floats (the embedding: relative error ≤ 2⁻¹¹).
 * ``i16`` — exact small integers (channel indices).
@@ -40,7 +40,10 @@ class CodecError(ValueError):
 
 
 DEFAULT_BITS = 6
-_XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+# Preset 1, not the default 6: measured on real clips it compresses 10 % less but runs
+# 3× faster (≈5 ms instead of ≈14 ms per clip), and encoding sits on every tagging path.
+# Any preset decodes the same way, so the format version does not change.
+_XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 1}]
 
 
 def max_abs_error(lo: float, hi: float, bits: int = DEFAULT_BITS) -> float:

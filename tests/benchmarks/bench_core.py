@@ -23,8 +23,7 @@ from tagger.audio import decode_file
 from tagger.features import WINDOW_FRAMES
 from tagger.ingest import ingest
 from tagger.pipeline import features_row
-from tagger.db import get_engine
-from sqlalchemy.orm import sessionmaker
+from tagger.db import session_factory
 
 from tests.benchmarks.common import load_tagger, real_clips, scratch_postgres, time_model
 
@@ -48,7 +47,7 @@ def ingest_rate(tagger, clips: list[Path]) -> dict:
         for p in clips:
             shutil.copy(p, folder / p.name)
         with scratch_postgres() as url:
-            sessions = sessionmaker(get_engine(url), expire_on_commit=False)
+            sessions = session_factory(url)
             summary = ingest([folder], tagger, sessions, batch_size=32, progress=False)
             again = ingest([folder], tagger, sessions, batch_size=32, progress=False)
     finally:

@@ -1,0 +1,176 @@
+"""Issue 4 figures: broker → Faust worker → PostgreSQL.
+
+A real tansu broker and real `soundtag worker` processes; real 5 s ESC-50 clips as
+message values. For each worker configuration a fresh input topic and consumer group,
+so runs never share state, and a warm-up clip so the group join (~30 s on this broker)
+is not counted.
+
+- sustained throughput: N clips published as fast as the producer goes; clips/s from the
+  first send to the last row visible in PostgreSQL; ratio to the model-only rate (forward
+  pass with feature taps at batch 32) measured in this process just before;
+- latency: clips published one by one at half the sustained rate; publish → row visible
+  (polled every 20 ms), p50 / p99;
+- the same throughput with SOUNDTAG_MAX_BATCH 1, 8 and 32.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import torch
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from deploy.dev_broker import start_broker
+from tagger.audio import decode_file
+from tagger.features import WINDOW_FRAMES
+from tests.benchmarks.common import load_tagger, percentile, real_clips, scratch_postgres, time_model
+from tests.servers import free_port
+
+PARTITIONS = 4
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg", "postgresql")
+
+
+class RowWatcher:
+    """Records when each expected clip id first becomes visible in PostgreSQL."""
+
+    def __init__(self, url: str, ids: list[str], interval: float = 0.02) -> None:
+        self.url, self.pending, self.interval = _plain(url), set(ids), interval
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while self.pending and not self._stop.is_set():
+                rows = conn.execute("SELECT id FROM clips WHERE id = ANY(%s)", (list(self.pending),)).fetchall()
+                now = time.time()
+                for (cid,) in rows:
+                    self.seen[cid] = now
+                    self.pending.discard(cid)
+                time.sleep(self.interval)
+
+    def wait(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        self._stop.set()
+        if self.pending:
+            raise TimeoutError(f"{len(self.pending)} clips not stored within {timeout} s")
+
+
+def _start_worker(env: dict, log_path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "worker"], env={**os.environ, **env},
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while "Worker ready" not in log_path.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+    return proc
+
+
+def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> None:
+    producer.send(topic, key=clip_id.encode(), value=value,
+                  headers=[("content-type", b"audio/ogg"), ("source", b"benchmark"),
+                           ("sent-at", str(time.time()).encode())])
+
+
+def _run_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes], max_batch: int,
+                latency_rate: float | None, work: Path) -> dict:
+    run = uuid.uuid4().hex[:6]
+    topic = f"audio-clips-{max_batch}-{run}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    admin.close()
+    env = {"SOUNDTAG_DATABASE_URL": db_url, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap,
+           "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu",
+           "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic,
+           "SOUNDTAG_MAX_BATCH": str(max_batch)}
+    worker = _start_worker(env, work / f"worker-{max_batch}-{run}.log")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
+    try:
+        warm = f"warm-{run}"
+        watcher = RowWatcher(db_url, [warm])
+        _send(producer, topic, warm, clips[0])
+        producer.flush()
+        watcher.wait(300)  # group join + first batch
+
+        ids = [f"tp-{run}-{i}" for i in range(len(clips))]
+        watcher = RowWatcher(db_url, ids, interval=0.1)
+        t0 = time.time()
+        for cid, value in zip(ids, clips):
+            _send(producer, topic, cid, value)
+        producer.flush()
+        watcher.wait(1200)
+        seconds = max(watcher.seen.values()) - t0
+        out = {"clips": len(ids), "seconds": round(seconds, 2), "clips_per_s": round(len(ids) / seconds, 2)}
+
+        if latency_rate:
+            n = min(len(clips), max(100, int(latency_rate * 40)))  # about 40 s of steady traffic
+            lat_ids = [f"lat-{run}-{i}" for i in range(n)]
+            watcher = RowWatcher(db_url, lat_ids)
+            sent: dict[str, float] = {}
+            start = time.time()
+            for i, (cid, value) in enumerate(zip(lat_ids, clips)):
+                time.sleep(max(0.0, start + i / latency_rate - time.time()))
+                sent[cid] = time.time()
+                _send(producer, topic, cid, value)
+                producer.flush()
+            watcher.wait(600)
+            lat = [watcher.seen[c] - sent[c] for c in lat_ids]
+            out.update({"latency_rate_clips_per_s": round(latency_rate, 2), "latency_clips": n,
+                        "latency_p50_ms": round(1000 * percentile(lat, 50)),
+                        "latency_p99_ms": round(1000 * percentile(lat, 99))})
+        return out
+    finally:
+        producer.close()
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def run(quick: bool = False) -> dict:
+    tagger, model_path = load_tagger()
+    paths = real_clips(120 if quick else 1000)
+    clips = [p.read_bytes() for p in paths]
+    specs = tagger._spectrograms([decode_file(p) for p in paths[:32]])
+    windows = torch.stack([s[0][..., :WINDOW_FRAMES] for s in specs])
+    model_rate = 1 / time_model(tagger, windows, with_features=True, repeats=5)
+    del tagger  # the worker processes get the cores
+    figures: dict = {"model_version_file": model_path.name, "partitions": PARTITIONS,
+                     "model_clips_per_s_batch32_taps": round(model_rate, 2)}
+    work = Path(tempfile.mkdtemp(prefix="soundtag-bench-stream-"))
+    port = free_port()
+    broker = start_broker(port, open(work / "tansu.log", "w"))
+    bootstrap = f"127.0.0.1:{port}"
+    time.sleep(1.0)
+    try:
+        with scratch_postgres("soundtag_bench_stream") as url:
+            main = _run_config(bootstrap, url, model_path, clips, 32, None, work)
+            figures.update({f"stream_{k}": v for k, v in main.items()})
+            figures["stream_to_model_ratio"] = round(main["clips_per_s"] / model_rate, 3)
+            lat = _run_config(bootstrap, url, model_path, clips[: 40 if quick else 300], 32,
+                              main["clips_per_s"] / 2, work)
+            figures.update({k: v for k, v in lat.items() if k.startswith("latency")})
+            for mb in (1, 8, 32):
+                sweep = main if mb == 32 else _run_config(bootstrap, url, model_path,
+                                                          clips[: 40 if quick else 300], mb, None, work)
+                figures[f"max_batch_{mb}_clips_per_s"] = sweep["clips_per_s"]
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+    figures["logs"] = str(work)
+    return figures
