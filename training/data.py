@@ -74,16 +74,18 @@ def clip_spectrogram(path: Path) -> torch.Tensor:
     return log_mel(pad_to_windows(samples)[:WINDOW_SAMPLES].unsqueeze(0))[0]
 
 
-def cache_path(cache_dir: Path) -> Path:
-    key = hashlib.sha256(json.dumps(PREPROCESSING, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir / f"esc50-logmel-{key}.npy"
+def cache_path(cache_dir: Path, data: Esc50) -> Path:
+    # Keyed by the preprocessing and by which clips, so a changed setting or another copy
+    # of the data set never reads a stale cache.
+    key = hashlib.sha256(json.dumps([PREPROCESSING, str(data.root), data.files], sort_keys=True).encode())
+    return cache_dir / f"esc50-logmel-{key.hexdigest()[:12]}.npy"
 
 
 def load_spectrograms(data: Esc50, cache_dir: str | Path | None = None) -> np.ndarray:
     """All clips' log-mel as float16 (N, 1, 128, 431), built once and then memory-mapped."""
     cache_dir = Path(cache_dir or os.environ.get("SOUNDTAG_CACHE_DIR", Path.home() / ".cache" / "soundtag"))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_path(cache_dir)
+    path = cache_path(cache_dir, data)
     if path.is_file():
         arr = np.load(path, mmap_mode="r")
         if arr.shape[0] == len(data.files):

@@ -1,0 +1,142 @@
+"""Training, resume and evaluation on a tiny ESC-50-shaped data set (real code paths,
+small data: the real 2000-clip run takes an hour and lives in `soundtag train`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from tagger.checkpoint import load_checkpoint, read_metadata
+from training.data import load_spectrograms, read_esc50
+from training.evaluate import evaluate
+from training.train import TrainConfig, export_checkpoint, train
+
+CLASSES = ["dog", "rain", "siren", "clock_tick"]
+PER_FOLD = 2  # clips per class per fold → 40 clips, 32 for training
+
+
+@pytest.fixture(scope="module")
+def tiny_esc50(tmp_path_factory):
+    root = tmp_path_factory.mktemp("esc50")
+    (root / "audio").mkdir()
+    (root / "meta").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for fold in range(1, 6):
+        for target, name in enumerate(CLASSES):
+            for k in range(PER_FOLD):
+                sr = 44100
+                t = np.arange(int(sr * rng.uniform(1.0, 3.0))) / sr
+                x = 0.3 * np.sin(2 * np.pi * 300 * (target + 1) * t) + 0.05 * rng.standard_normal(len(t))
+                stem = f"{fold}-{target}{k}-A-{target}"
+                sf.write(root / "audio" / f"{stem}.ogg", x.astype(np.float32), sr, format="OGG")
+                rows.append({"filename": f"{stem}.wav", "fold": fold, "target": target, "category": name})
+    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["filename", "fold", "target", "category"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    old = os.environ.get("SOUNDTAG_CACHE_DIR")
+    os.environ["SOUNDTAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield os.environ["SOUNDTAG_CACHE_DIR"]
+    if old is None:
+        os.environ.pop("SOUNDTAG_CACHE_DIR")
+    else:
+        os.environ["SOUNDTAG_CACHE_DIR"] = old
+
+
+def _cfg(data_dir, out_dir, **kw) -> TrainConfig:
+    return TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), epochs=4, batch_size=8, seed=7, **kw)
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_cache_is_built_once_and_matches_the_reader(tiny_esc50, cache_env):
+    data = read_esc50(tiny_esc50)
+    assert data.class_names == CLASSES and len(data.files) == 40
+    first = load_spectrograms(data)
+    assert first.shape == (40, 1, 128, 431) and first.dtype == np.float16
+    cached = list(os.scandir(cache_env))
+    again = load_spectrograms(data)
+    assert isinstance(again, np.memmap) and np.array_equal(np.asarray(again), first)
+    assert [e.name for e in os.scandir(cache_env)] == [e.name for e in cached]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_esc50, cache_env, tmp_path_factory):
+    """One uninterrupted run, shared by the tests below."""
+    run = tmp_path_factory.mktemp("train") / "run"
+    return run, train(_cfg(tiny_esc50, run))
+
+
+def test_training_writes_checkpoints_logs_and_history(tiny_esc50, trained_run):
+    run, state = trained_run
+    assert state["epoch"] == 4 and len(state["history"]) == 4
+    assert (run / "last.pt").is_file() and (run / "best.safetensors").is_file()
+    assert list((run / "tensorboard").iterdir()), "TensorBoard events"
+    history = json.loads((run / "history.json").read_text())["history"]
+    assert all({"loss", "val_top1", "val_top3", "lr", "epoch_seconds"} <= set(h) for h in history)
+    with pytest.raises(SystemExit, match="--resume"):
+        train(_cfg(tiny_esc50, run))  # never silently overwrites a run
+
+
+def test_a_killed_run_resumes_exactly_where_it_stopped(tiny_esc50, cache_env, trained_run, tmp_path):
+    straight = trained_run[0]
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tagger.cli", "train", "--data-dir", str(tiny_esc50), "--out-dir", str(killed),
+           "--epochs", "4", "--batch-size", "8", "--seed", "7"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 300
+    while not (killed / "last.pt").is_file():
+        assert proc.poll() is None and time.time() < deadline, "training subprocess ended before epoch 1"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = json.loads(torch.load(killed / "last.pt", weights_only=True)["state"])["epoch"]
+    assert 1 <= stopped_at < 4
+
+    resumed = train(_cfg(tiny_esc50, killed, resume=True))
+    assert resumed["epoch"] == 4
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_resume_refuses_a_different_configuration(tiny_esc50, cache_env, tmp_path):
+    train(TrainConfig(**{**_cfg(tiny_esc50, tmp_path / "r").__dict__, "epochs": 1}))
+    with pytest.raises(SystemExit, match="epochs"):
+        train(_cfg(tiny_esc50, tmp_path / "r", resume=True))
+
+
+def test_export_and_evaluate_write_the_report_and_the_checkpoint_figures(tiny_esc50, trained_run, tmp_path):
+    shipped = tmp_path / "model.safetensors"
+    export_checkpoint(trained_run[0], shipped)
+    assert all(v.dtype == torch.float16 for v in load_file(str(shipped)).values() if v.is_floating_point())
+    report = evaluate(shipped, data_dir=tiny_esc50, out_dir=tmp_path / "eval", write_into_checkpoint=True)
+    for key in ("top1", "top3", "ece", "top1_fp32", "argmax_agreement_vs_fp32"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["clips"] == 8 and report["top1"] <= report["top3"]
+    assert set(report["per_class"]) == set(CLASSES)
+    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+    assert "top-1 accuracy" in (tmp_path / "eval" / "report.md").read_text()
+    meta = read_metadata(shipped)
+    assert meta["metrics"]["top1"] == report["top1"] and meta["metrics"]["fold"] == 5
+    assert load_checkpoint(shipped).class_names == CLASSES
