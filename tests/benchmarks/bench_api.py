@@ -21,11 +21,8 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import torch
 
-from tagger.audio import decode_file
-from tagger.features import WINDOW_FRAMES
-from tests.benchmarks.common import load_tagger, percentile, real_clips, scratch_postgres, time_model
+from tests.benchmarks.common import load_tagger, model_windows, percentile, real_clips, scratch_postgres, time_model
 from tests.servers import api_server
 
 
@@ -65,8 +62,7 @@ def run(quick: bool = False) -> dict:
     tagger, model_path = load_tagger()
     n = 5_000 if quick else 100_000
     clip_path = real_clips(1)[0]
-    spec = tagger._spectrograms([decode_file(clip_path)])[0]
-    model_ms = 1000 * time_model(tagger, spec[..., :WINDOW_FRAMES], with_features=True, repeats=10)
+    model_ms = 1000 * time_model(tagger, model_windows(tagger, [clip_path], count=1), with_features=True, repeats=10)
     labels = tagger.class_names
     del tagger
     figures: dict = {"clips_in_database": n, "model_ms_batch1_taps": round(model_ms, 2)}

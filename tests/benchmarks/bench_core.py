@@ -20,19 +20,15 @@ from pathlib import Path
 import torch
 
 from tagger.audio import decode_file
-from tagger.features import WINDOW_FRAMES
 from tagger.ingest import ingest
 from tagger.pipeline import features_row
 from tagger.db import session_factory
 
-from tests.benchmarks.common import load_tagger, real_clips, scratch_postgres, time_model
+from tests.benchmarks.common import load_tagger, model_windows, real_clips, scratch_postgres, time_model
 
 
 def model_only(tagger, clips: list[Path], repeats: int) -> dict:
-    specs = tagger._spectrograms([decode_file(p) for p in clips[:32]])
-    windows = torch.stack([s[0][..., :WINDOW_FRAMES] for s in specs])
-    while len(windows) < 32:
-        windows = torch.cat([windows, windows])[:32]
+    windows = model_windows(tagger, clips)
     out = {}
     for taps in (True, False):
         for bs in (1, 32):

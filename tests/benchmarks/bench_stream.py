@@ -25,14 +25,11 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import torch
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.dev_broker import start_broker
-from tagger.audio import decode_file
-from tagger.features import WINDOW_FRAMES
-from tests.benchmarks.common import load_tagger, percentile, real_clips, scratch_postgres, time_model
+from tests.benchmarks.common import load_tagger, model_windows, percentile, real_clips, scratch_postgres, time_model
 from tests.servers import free_port
 
 PARTITIONS = 4
@@ -146,9 +143,7 @@ def run(quick: bool = False) -> dict:
     tagger, model_path = load_tagger()
     paths = real_clips(120 if quick else 1000)
     clips = [p.read_bytes() for p in paths]
-    specs = tagger._spectrograms([decode_file(p) for p in paths[:32]])
-    windows = torch.stack([s[0][..., :WINDOW_FRAMES] for s in specs])
-    model_rate = 1 / time_model(tagger, windows, with_features=True, repeats=5)
+    model_rate = 1 / time_model(tagger, model_windows(tagger, paths), with_features=True, repeats=5)
     del tagger  # the worker processes get the cores
     figures: dict = {"model_version_file": model_path.name, "partitions": PARTITIONS,
                      "model_clips_per_s_batch32_taps": round(model_rate, 2)}

@@ -50,6 +50,18 @@ def scratch_postgres(prefix: str = "soundtag_bench"):
         _drop_database(name)
 
 
+def model_windows(tagger: Tagger, clips: list[Path], count: int = 32) -> torch.Tensor:
+    """(count, 1, n_mels, frames) first-window log-mels of real clips: the model-only input."""
+    from tagger.audio import decode_file
+    from tagger.features import WINDOW_FRAMES
+
+    specs = tagger._spectrograms([decode_file(p) for p in clips[:count]])
+    windows = torch.stack([s[0][..., :WINDOW_FRAMES] for s in specs])
+    while len(windows) < count:  # fewer clips than asked: repeat them
+        windows = torch.cat([windows, windows])[:count]
+    return windows
+
+
 def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats: int) -> float:
     """Seconds per clip of the bare forward pass (the Tagger's own, bf16 autocast included)."""
     import time
