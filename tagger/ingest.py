@@ -2,8 +2,10 @@
 
 Resumable by construction: each batch is committed in its own transaction and a clip
 already tagged by the same model version is skipped, so after Ctrl-C (or a crash) a
-re-run finishes the job. Reading and decoding the next batch overlaps with tagging
-the current one.
+re-run finishes the job.
+
+Three stages, one thread each, so the model never waits for files or the database:
+read and decode batch n+1 ‖ run the model on batch n ‖ encode and store batch n-1.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from tqdm import tqdm
 
 from tagger.audio import AUDIO_EXTENSIONS, sha256_hex
 from tagger.inference import Tagger
-from tagger.pipeline import Decoded, Payload, decode_payloads, tag_decoded
-from tagger.repository import save_clips, tagged_ids
+from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
+from tagger.repository import ClipRecord, save_clips, tagged_ids
 
 
 @dataclass
@@ -95,30 +97,53 @@ def ingest(
         todo = [p for p in payloads if p.clip_id not in done]
         return decode_payloads(todo, max_duration_s), len(payloads) - len(todo)
 
+    def store(tagged: Tagged) -> list[ClipRecord]:
+        records = finish_records(tagged)
+        with sessions.begin() as s:
+            save_clips(s, records)
+        return records
+
+    def account(records: list[ClipRecord], skipped: int) -> None:
+        summary.skipped += skipped
+        for r in records:
+            if r.status == "tagged":
+                summary.tagged += 1
+            else:
+                summary.failed += 1
+                summary.failures.append((r.source, r.error or "unknown error"))
+        bar.update(len(records) + skipped)
+        bar.set_postfix(tagged=summary.tagged, skipped=summary.skipped, failed=summary.failed)
+
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-decode")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-store")
+    storing = None  # (future of the batch being stored, its skipped count)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-decode") as pool:
-            batches = _batches(files, batch_size)
-            pending = pool.submit(prepare, next(batches)) if files else None
-            while pending is not None:
-                decoded, skipped = pending.result()
-                nxt = next(batches, None)
-                pending = pool.submit(prepare, nxt) if nxt is not None else None
-                records = tag_decoded(tagger, decoded)
-                with sessions.begin() as s:
-                    save_clips(s, records)
-                summary.skipped += skipped
-                for r in records:
-                    if r.status == "tagged":
-                        summary.tagged += 1
-                    else:
-                        summary.failed += 1
-                        summary.failures.append((r.source, r.error or "unknown error"))
-                bar.update(len(records) + skipped)
-                bar.set_postfix(tagged=summary.tagged, skipped=summary.skipped, failed=summary.failed)
+        batches = _batches(files, batch_size)
+        pending = reader.submit(prepare, next(batches)) if files else None
+        while pending is not None:
+            decoded, skipped = pending.result()
+            nxt = next(batches, None)
+            pending = reader.submit(prepare, nxt) if nxt is not None else None
+            tagged = run_model(tagger, decoded)
+            if storing is not None:
+                done, storing = storing, None
+                account(done[0].result(), done[1])
+            storing = (writer.submit(store, tagged), skipped)
+        if storing is not None:
+            done, storing = storing, None
+            account(done[0].result(), done[1])
     except KeyboardInterrupt:
-        # The batch in flight was rolled back with its transaction; committed ones stay.
+        # Batches not yet stored are dropped; the one being stored finishes its own
+        # transaction (below) or never started it. Committed batches stay either way.
         summary.interrupted = True
+        if storing is not None and not storing[0].cancel():
+            try:
+                account(storing[0].result(), storing[1])
+            except KeyboardInterrupt:
+                pass
     finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
         bar.close()
         summary.seconds = time.perf_counter() - start
     return summary

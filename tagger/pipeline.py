@@ -84,18 +84,36 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
     return Decoded(records, audio)
 
 
-def tag_decoded(tagger: Tagger, decoded: Decoded) -> list[ClipRecord]:
-    results = _tag_isolating_failures(tagger, [a for _, a in decoded.audio])
-    for (i, _), result in zip(decoded.audio, results):
-        rec = decoded.records[i]
+@dataclass
+class Tagged:
+    """Decoded payloads with the model's answer for each clip that decoded."""
+
+    decoded: Decoded
+    results: list[TagResult | Exception]
+    model_version: str
+
+
+def run_model(tagger: Tagger, decoded: Decoded) -> Tagged:
+    """The model step alone, so callers can overlap the encoding after it with the next batch."""
+    return Tagged(decoded, _tag_isolating_failures(tagger, [a for _, a in decoded.audio]), tagger.version)
+
+
+def finish_records(tagged: Tagged) -> list[ClipRecord]:
+    """Fill every record from the model's answers and encode the features for storage."""
+    for (i, _), result in zip(tagged.decoded.audio, tagged.results):
+        rec = tagged.decoded.records[i]
         if isinstance(result, Exception):
             rec.error = f"tagging failed: {type(result).__name__}: {result}"
             continue
         rec.status, rec.error = "tagged", None
-        rec.model_version = tagger.version
+        rec.model_version = tagged.model_version
         rec.top3 = result.top3
         rec.features = features_row(result)
-    return decoded.records
+    return tagged.decoded.records
+
+
+def tag_decoded(tagger: Tagger, decoded: Decoded) -> list[ClipRecord]:
+    return finish_records(run_model(tagger, decoded))
 
 
 def tag_payloads(tagger: Tagger, payloads: list[Payload], max_duration_s: float | None = None) -> list[ClipRecord]:

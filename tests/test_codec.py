@@ -52,6 +52,29 @@ def test_non_finite_is_refused_and_garbage_is_not_a_blob():
         codec.decode(b"definitely not a blob")
 
 
+def test_delta_coding_round_trips_at_every_bit_depth():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-3.0, 9.0, size=(2, 17, 33)).astype(np.float32)
+    for bits in (1, 4, 6, 8):
+        blob = codec.encode({"x": ("u8", x)}, bits=bits)
+        entry, q = codec.decode_quantized(blob)["x"]
+        assert entry["delta"] == codec.DELTA_AXIS and q.max() <= 2**bits - 1
+        out = codec.decode(blob)["x"]
+        assert np.abs(out - x).max() <= codec.max_abs_error(float(x.min()), float(x.max()), bits) * 1.0001 + 1e-6
+
+
+def test_version_1_blobs_are_still_read():
+    """Rows written before format 2 (xz, no delta) decode unchanged."""
+    import lzma
+    import struct
+
+    q = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    head = json.dumps({"arrays": [{"name": "x", "shape": [3, 4], "kind": "u8", "lo": 0.0, "hi": 63.0,
+                                   "bits": 6}]}).encode()
+    blob = codec.MAGIC + struct.pack("<BI", 1, len(head)) + head + lzma.compress(q.tobytes())
+    assert np.array_equal(codec.decode(blob)["x"], q.astype(np.float32))
+
+
 def test_future_versions_are_refused_clearly():
     blob = bytearray(codec.encode_embedding(np.zeros(4)))
     blob[4] = 99
