@@ -1,11 +1,16 @@
 """The Faust app: one agent that tags micro-batches from ``audio-clips``.
 
-Per batch (``take_events(max_batch, within)``): messages → payloads → decode and tag in
-a worker thread (never on the event loop, so heartbeats keep flowing) → idempotent
-upsert (retried with backoff while the database is away) → one ``audio-tags`` event
-per tagged clip, the original message to ``audio-clips-dlq`` for every failure. Faust
-acknowledges the batch only after all of that, so a worker killed at any instant
-re-reads what it had not finished, and the upsert keeps one result per clip.
+Per batch (``take_events(max_batch, within)``): messages → payloads → decode → model →
+encode and idempotent upsert (retried with backoff while the database is away) → one
+``audio-tags`` event per tagged clip, the original message to ``audio-clips-dlq`` for
+every failure. Faust acknowledges a batch only after all of that, so a worker killed at
+any instant re-reads what it had not finished, and the upsert keeps one result per clip.
+
+Decoding, the model and storing each run in their own single thread, never on the event
+loop (heartbeats keep flowing). ``pipeline_depth`` agent actors share the partitions'
+queue, so while one batch is in the model the next decodes and the previous is stored;
+Faust commits an offset only once every message before it is acknowledged, whichever
+actor handled it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stream.messages import dlq_headers, encode_event, payload_from_message
 from tagger.config import Settings
 from tagger.inference import Tagger
-from tagger.pipeline import tag_payloads
+from tagger.pipeline import Tagged, decode_payloads, finish_records, run_model
 from tagger.repository import ClipRecord, save_clips
 
 log = logging.getLogger("soundtag.worker")
@@ -63,8 +69,42 @@ def _save_one_by_one(sessions, records: list[ClipRecord], batch_error: Exception
                                                 error=rec.error)])
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    fetch_max_wait_ms = 100
+
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        # Faust passes a fixed fetch_max_wait_ms=1500 to aiokafka and has no setting for
+        # it; aiokafka reads the attribute when the consumer starts, which is after this.
+        if hasattr(consumer, "_fetch_max_wait_ms"):
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        else:  # a future aiokafka renamed it: keep working, just with Faust's wait
+            log.warning("cannot set the consumer fetch wait on this aiokafka; using Faust's default")
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self):
+        thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        return thread
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class SoundtagApp(faust.App):
+    """A Faust app whose Kafka consumer waits at most ``fetch_max_wait_ms`` per fetch."""
+
+    fetch_max_wait_ms: int = 100
+
+    def _new_transport(self):
+        return _Transport(self.conf.broker_consumer, self)
+
+
 def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Session]) -> faust.App:
-    app = faust.App(
+    app = SoundtagApp(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -77,20 +117,29 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
         consumer_max_fetch_size=8 * 1024 * 1024,
         stream_wait_empty=False,
     )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     clips = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw",
                       partitions=app.conf.topic_partitions)
     tags = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-tagger")
+    decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode")
+    model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model")
+    storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store")
 
-    @app.agent(clips)
+    def store(tagged: Tagged) -> list[ClipRecord]:
+        records = finish_records(tagged)
+        save_with_retry(sessions, records)
+        return records
+
+    @app.agent(clips, concurrency=settings.pipeline_depth)
     async def tag_clips(stream):
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(settings.max_batch, within=settings.batch_within_s):
             messages = [e.message for e in events]
             payloads = [payload_from_message(m.key, m.value, m.topic, m.partition, m.offset) for m in messages]
-            records = await loop.run_in_executor(executor, tag_payloads, tagger, payloads, settings.max_duration_s)
-            await loop.run_in_executor(executor, save_with_retry, sessions, records)
+            decoded = await loop.run_in_executor(decoder, decode_payloads, payloads, settings.max_duration_s)
+            tagged = await loop.run_in_executor(model, run_model, tagger, decoded)
+            records = await loop.run_in_executor(storer, store, tagged)
             for message, record in zip(messages, records):
                 key = record.clip_id.encode()
                 if record.status == "tagged":
@@ -99,10 +148,10 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
                     await dlq.send(key=message.key, value=message.value or b"",
                                    headers=dlq_headers(message.headers, record.error or "unknown error"))
             await app.producer.flush()
-            tagged = sum(r.status == "tagged" for r in records)
+            tagged_count = sum(r.status == "tagged" for r in records)
             partitions = sorted({m.partition for m in messages})
             log.info("batch of %d from partitions %s: %d tagged, %d failed",
-                     len(records), partitions, tagged, len(records) - tagged)
+                     len(records), partitions, tagged_count, len(records) - tagged_count)
 
     app.tag_clips = tag_clips  # type: ignore[attr-defined]
     return app

@@ -289,3 +289,23 @@ def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, produ
         assert Path(worker.log_path).read_text().count("batch of ") > before_first, "the first worker got none"
     finally:
         second.stop()
+
+
+def test_worker_consumer_uses_the_configured_fetch_wait_and_pipeline_depth():
+    """Faust hard-codes a 1.5 s fetch wait; the worker's consumer gets SOUNDTAG_FETCH_MAX_WAIT_MS."""
+    import asyncio
+
+    from stream.app import create_app
+    from tagger.config import Settings
+
+    async def build():
+        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1",
+                            fetch_max_wait_ms=123, pipeline_depth=3)
+        app = create_app(settings, tagger=None, sessions=None)
+        consumer = app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms, app.tag_clips.concurrency
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(build()) == (123, 3)
