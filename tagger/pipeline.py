@@ -1,8 +1,10 @@
 """Bytes in, storable records out: the decode → tag step every entry point shares.
 
-Ingest, the Faust worker and the API hand ``tag_payloads`` a batch of raw files
-with their ids and sources; every payload comes back as exactly one ``ClipRecord``,
-tagged or failed with a reason. Nothing raises for bad input.
+A batch of raw files with their ids and sources goes through three steps,
+``decode_payloads`` → ``run_model`` → ``finish_records`` (``tag_payloads`` runs all
+three; ingest and the worker run them in separate threads so they overlap across
+batches). Every payload comes back as exactly one ``ClipRecord``, tagged or failed
+with a reason. Nothing raises for bad input.
 """
 
 from __future__ import annotations
@@ -112,12 +114,9 @@ def finish_records(tagged: Tagged) -> list[ClipRecord]:
     return tagged.decoded.records
 
 
-def tag_decoded(tagger: Tagger, decoded: Decoded) -> list[ClipRecord]:
-    return finish_records(run_model(tagger, decoded))
-
-
 def tag_payloads(tagger: Tagger, payloads: list[Payload], max_duration_s: float | None = None) -> list[ClipRecord]:
-    return tag_decoded(tagger, decode_payloads(payloads, max_duration_s))
+    """All three steps in one call (the API's uploads)."""
+    return finish_records(run_model(tagger, decode_payloads(payloads, max_duration_s)))
 
 
 def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio]) -> list[TagResult | Exception]:
