@@ -4,10 +4,15 @@ Recipe: MixUp (Beta(0.2, 0.2)), SpecAugment frequency and time masks, label
 smoothing 0.1, dropout 0.5, AdamW (weight decay 0.01), OneCycleLR, up to 100
 epochs with early stopping on validation accuracy. bf16 autocast on CPUs that
 support it (measured ~2.3× faster per step here) and fp16 autocast on CUDA.
+Two additions: a random circular time shift per clip (a sound event can start
+anywhere in the 5 s), and an exponential moving average of the weights (decay
+0.995 per step, batch-norm statistics included) that is what gets validated and
+saved: single-step weights swung by up to 9 points of validation accuracy from one
+epoch to the next in the first shipped run.
 
-Every epoch writes ``last.pt`` (model, optimizer, scheduler, epoch, RNG) so
-``--resume`` continues a killed run exactly, and ``best.safetensors`` when validation
-accuracy improves.
+Every epoch writes ``last.pt`` (model, its average, optimizer, scheduler, epoch,
+RNG) so ``--resume`` continues a killed run exactly, and ``best.safetensors`` when
+validation accuracy improves.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from tagger.checkpoint import save_checkpoint
@@ -41,6 +47,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     freq_mask: int = 24
     time_mask: int = 60
+    time_roll: bool = True  # random circular shift along time, per clip
+    ema_decay: float = 0.995  # weight average validated and saved; 0 turns it off
     patience: int = 20
     val_fold: int = 5
     seed: int = 1234
@@ -64,6 +72,18 @@ def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, gen: torch.Gen
     t_mask = (t_idx >= t_0[:, None]) & (t_idx < (t_0 + t_w)[:, None])
     mask = f_mask[:, None, :, None] | t_mask[:, None, None, :]
     return torch.where(mask.to(x.device), fill, x)
+
+
+def time_roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shift each clip circularly along time by a random number of frames."""
+    b, _, _, frames = x.shape
+    shift = torch.randint(0, frames, (b,), generator=gen)
+    idx = (torch.arange(frames)[None, :] + shift[:, None]) % frames
+    return torch.gather(x, 3, idx[:, None, None, :].expand_as(x))
+
+
+# What a run saved before a setting existed used, so such runs still resume.
+_LEGACY_CONFIG = {"time_roll": False, "ema_decay": 0.0}
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -115,6 +135,8 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
     )
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
     state = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "history": []}
 
     last = out / "last.pt"
@@ -125,10 +147,13 @@ def train(cfg: TrainConfig) -> dict:
     if last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         saved_cfg = json.loads(ckpt["config"])
-        for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit"):
-            if saved_cfg[key] != getattr(cfg, key):
-                raise SystemExit(f"--resume: {key}={getattr(cfg, key)} differs from the run in {out} ({saved_cfg[key]})")
+        for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit", "time_roll", "ema_decay"):
+            saved = saved_cfg.get(key, _LEGACY_CONFIG.get(key))
+            if saved != getattr(cfg, key):
+                raise SystemExit(f"--resume: {key}={getattr(cfg, key)} differs from the run in {out} ({saved})")
         model.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -154,6 +179,8 @@ def train(cfg: TrainConfig) -> dict:
             x = x_train[idx].float()
             y = F.one_hot(y_train[idx], n_classes).float()
             y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / n_classes
+            if cfg.time_roll:
+                x = time_roll(x, gen)
             x = spec_augment(x, cfg.freq_mask, cfg.time_mask, gen)
             lam = float(beta.sample())
             mix = torch.randperm(len(idx), generator=gen)
@@ -167,10 +194,13 @@ def train(cfg: TrainConfig) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.3f}")
         train_s = time.perf_counter() - t0
-        probs = predict_probs(model, x_val, device)
+        judged = ema.module if ema is not None else model
+        probs = predict_probs(judged, x_val, device)
         val_acc = float((probs.argmax(1) == y_val).mean())
         top3 = float((np.argsort(-probs, 1)[:, :3] == y_val[:, None]).any(1).mean())
         lr = scheduler.get_last_lr()[0]
@@ -186,10 +216,10 @@ def train(cfg: TrainConfig) -> dict:
             writer.flush()
         if val_acc > state["best_acc"]:
             state["best_acc"], state["best_epoch"] = val_acc, epoch + 1
-            save_checkpoint(out / "best.safetensors", model, data.class_names,
+            save_checkpoint(out / "best.safetensors", judged, data.class_names,
                             {"val_fold": cfg.val_fold, "val_top1": val_acc, "val_top3": top3, "epoch": epoch + 1},
                             half=False)
-        _save_last(last, model, optimizer, scheduler, gen, state, cfg)
+        _save_last(last, model, ema, optimizer, scheduler, gen, state, cfg)
         epochs_bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.3f}", best=f"{state['best_acc']:.3f}")
         tqdm.write(json.dumps(record))
     if writer:
@@ -198,11 +228,12 @@ def train(cfg: TrainConfig) -> dict:
     return state
 
 
-def _save_last(path: Path, model, optimizer, scheduler, gen, state, cfg) -> None:
+def _save_last(path: Path, model, ema, optimizer, scheduler, gen, state, cfg) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
             "model": model.state_dict(),
+            **({"ema": ema.state_dict()} if ema is not None else {}),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
