@@ -141,3 +141,13 @@ def test_export_and_evaluate_write_the_report_and_the_checkpoint_figures(tiny_es
     meta = read_metadata(shipped)
     assert meta["metrics"]["top1"] == report["top1"] and meta["metrics"]["fold"] == 5
     assert load_checkpoint(shipped).class_names == CLASSES
+
+
+def test_time_roll_shifts_each_clip_circularly():
+    from training.train import time_roll
+
+    x = torch.arange(3 * 2 * 5, dtype=torch.float32).reshape(3, 1, 2, 5)
+    rolled = time_roll(x, torch.Generator().manual_seed(0))
+    for clip, out in zip(x, rolled):
+        shifts = [s for s in range(5) if torch.equal(torch.roll(clip, -s, dims=-1), out)]
+        assert len(shifts) == 1  # the same shift for every mel band of a clip
