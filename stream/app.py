@@ -70,14 +70,12 @@ def _save_one_by_one(sessions, records: list[ClipRecord], batch_error: Exception
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_max_wait_ms = 100
-
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         # Faust passes a fixed fetch_max_wait_ms=1500 to aiokafka and has no setting for
         # it; aiokafka reads the attribute when the consumer starts, which is after this.
         if hasattr(consumer, "_fetch_max_wait_ms"):
-            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+            consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
         else:  # a future aiokafka renamed it: keep working, just with Faust's wait
             log.warning("cannot set the consumer fetch wait on this aiokafka; using Faust's default")
         return consumer
@@ -85,9 +83,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self):
-        thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-        thread.fetch_max_wait_ms = self.app.fetch_max_wait_ms
-        return thread
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -97,7 +93,9 @@ class _Transport(faust_aiokafka.Transport):
 class SoundtagApp(faust.App):
     """A Faust app whose Kafka consumer waits at most ``fetch_max_wait_ms`` per fetch."""
 
-    fetch_max_wait_ms: int = 100
+    def __init__(self, *args, fetch_max_wait_ms: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
 
     def _new_transport(self):
         return _Transport(self.conf.broker_consumer, self)
@@ -116,8 +114,8 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
         producer_max_request_size=8 * 1024 * 1024,
         consumer_max_fetch_size=8 * 1024 * 1024,
         stream_wait_empty=False,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
-    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     clips = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw",
                       partitions=app.conf.topic_partitions)
     tags = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
