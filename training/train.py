@@ -4,8 +4,9 @@ Recipe: MixUp (Beta(0.2, 0.2)), SpecAugment frequency and time masks, label
 smoothing 0.1, dropout 0.5, AdamW (weight decay 0.01), OneCycleLR, up to 100
 epochs with early stopping on validation accuracy. bf16 autocast on CPUs that
 support it (measured ~2.3× faster per step here) and fp16 autocast on CUDA.
-One addition: a random circular time shift per clip (a sound event can start
-anywhere in the 5 s window).
+Optional (``--time-roll``, off by default): a random circular time shift per clip.
+Measured against the shipped recipe, same 80 epochs and seed: fold-5 top-1 0.795
+instead of 0.785 but top-3 0.895 instead of 0.930, so it is not the default.
 
 Every epoch writes ``last.pt`` (model, optimizer, scheduler, epoch, RNG) so
 ``--resume`` continues a killed run exactly, and ``best.safetensors`` when validation
@@ -43,7 +44,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     freq_mask: int = 24
     time_mask: int = 60
-    time_roll: bool = True  # random circular shift along time, per clip
+    time_roll: bool = False  # random circular shift along time, per clip
     patience: int = 20
     val_fold: int = 5
     seed: int = 1234
