@@ -2,8 +2,9 @@
 
 Input (B, 1, 128 mel, T frames) in dB. A 7×7/2 stem with max-pool, four stages of two
 basic residual blocks (64→128→256→512 channels, stride 2 from the second stage on),
-global average pooling, dropout and a linear classifier. Fully convolutional, so any
-T works; the global pool makes the output length-independent.
+global average pooling, dropout and a linear classifier whose logits are divided by a
+fitted temperature (calibration). Fully convolutional, so any T works; the global pool
+makes the output length-independent.
 
 ``forward(x, with_features=True)`` also returns the stem's and every stage's output:
 the feature maps the page draws, and the global-pool embedding.
@@ -44,6 +45,10 @@ class AudioCNN(nn.Module):
         # and saved with the weights, so callers feed plain dB values.
         self.register_buffer("input_mean", torch.tensor(0.0))
         self.register_buffer("input_std", torch.tensor(1.0))
+        # Temperature scaling (Guo et al. 2017): logits are divided by it so confidences
+        # match accuracy. 1 while training; `soundtag evaluate --calibrate` fits it on the
+        # validation fold afterwards. It never changes which classes rank first.
+        self.register_buffer("logit_temperature", torch.tensor(1.0))
         self.stem = nn.Sequential(
             nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(64),
@@ -76,10 +81,16 @@ class AudioCNN(nn.Module):
             x = stage(x)
             features[f"stage{i}"] = x
         embedding = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        logits = self.classifier(self.dropout(embedding))
+        logits = self.classifier(self.dropout(embedding)) / self.logit_temperature
         if with_features:
             return logits, features, embedding
         return logits
+
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints and training runs from before calibration existed: temperature 1.
+        state_dict.setdefault(prefix + "logit_temperature", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

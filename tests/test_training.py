@@ -142,6 +142,28 @@ def test_export_and_evaluate_write_the_report_and_the_checkpoint_figures(tiny_es
     assert load_checkpoint(shipped).class_names == CLASSES
 
 
+def test_evaluate_calibrate_fits_a_temperature_that_the_checkpoint_then_serves(tiny_esc50, trained_run, tmp_path):
+    model_path = tmp_path / "model.safetensors"
+    export_checkpoint(trained_run[0], model_path)
+    before = evaluate(model_path, data_dir=tiny_esc50, out_dir=tmp_path / "before")
+    assert before["temperature"] == 1.0 and before["calibration"] == {}
+
+    report = evaluate(model_path, data_dir=tiny_esc50, out_dir=tmp_path / "cal", calibrate=True,
+                      write_into_checkpoint=True)
+    cal = report["calibration"]
+    assert cal["temperature"] > 0 and cal["fitted_on_fold"] == 5
+    assert report["top1"] == before["top1"] and report["top3"] == before["top3"]  # rankings unchanged
+    assert cal["ece_before"] == pytest.approx(before["ece"], abs=1e-3)
+    assert "cross-fitted" in (tmp_path / "cal" / "report.md").read_text()
+
+    served = load_checkpoint(model_path)
+    assert float(served.model.logit_temperature) == pytest.approx(cal["temperature"], rel=1e-3)
+    assert served.version == report["model_version"] != before["model_version"]
+    assert read_metadata(model_path)["metrics"]["calibration"] == cal
+    again = evaluate(model_path, data_dir=tiny_esc50, out_dir=tmp_path / "again")
+    assert again["ece"] == pytest.approx(report["ece"], abs=1e-3) and again["calibration"] == cal
+
+
 def test_time_roll_shifts_each_clip_circularly():
     from training.train import time_roll
 

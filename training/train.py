@@ -87,7 +87,8 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 @torch.inference_mode()
-def predict_probs(model: AudioCNN, specs, device: torch.device, batch_size: int = 64) -> np.ndarray:
+def predict_logits(model: AudioCNN, specs, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Logits in fp32, computed at the precision the tagger serves with."""
     model.eval()
     out = []
     dtype = autocast_dtype(device)
@@ -96,8 +97,13 @@ def predict_probs(model: AudioCNN, specs, device: torch.device, batch_size: int 
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
-        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        out.append(logits.float().cpu().numpy())
     return np.concatenate(out)
+
+
+def predict_probs(model: AudioCNN, specs, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    logits = torch.from_numpy(predict_logits(model, specs, device, batch_size))
+    return torch.softmax(logits, dim=-1).numpy()
 
 
 def train(cfg: TrainConfig) -> dict:
