@@ -86,7 +86,6 @@ class AudioCNN(nn.Module):
             return logits, features, embedding
         return logits
 
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints and training runs from before calibration existed: temperature 1.
         state_dict.setdefault(prefix + "logit_temperature", torch.tensor(1.0))

@@ -68,7 +68,7 @@ def evaluate(model_path, data_dir=None, out_dir="runs/evaluation", fold: int = 5
         }
     probs = softmax(logits)
     # Measure that mixed precision does not cost accuracy: the same fold in fp32.
-    probs32 = _predict_fp32(model, x, device)
+    probs32 = softmax(predict_logits(model, x, device, autocast=False))
 
     pred = probs.argmax(1)
     top3 = np.argsort(-probs, 1)[:, :3]
@@ -127,11 +127,3 @@ def evaluate(model_path, data_dir=None, out_dir="runs/evaluation", fold: int = 5
     )
     return report
 
-
-@torch.inference_mode()
-def _predict_fp32(model, x, device, batch_size: int = 64) -> np.ndarray:
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.asarray(x[i : i + batch_size], dtype=np.float32)).to(device)
-        out.append(torch.softmax(model(xb.contiguous(memory_format=torch.channels_last)).float(), -1).cpu().numpy())
-    return np.concatenate(out)

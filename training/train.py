@@ -87,11 +87,13 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 @torch.inference_mode()
-def predict_logits(model: AudioCNN, specs, device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Logits in fp32, computed at the precision the tagger serves with."""
+def predict_logits(model: AudioCNN, specs, device: torch.device, batch_size: int = 64,
+                   autocast: bool = True) -> np.ndarray:
+    """Logits as fp32 arrays, computed at the precision the tagger serves with
+    (``autocast=False``: plain fp32, to measure what mixed precision costs)."""
     model.eval()
     out = []
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device) if autocast else None
     for i in range(0, len(specs), batch_size):
         x = torch.from_numpy(np.asarray(specs[i : i + batch_size], dtype=np.float32)).to(device)
         x = x.contiguous(memory_format=torch.channels_last)
