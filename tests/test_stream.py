@@ -309,3 +309,42 @@ def test_worker_consumer_uses_the_configured_fetch_wait_and_pipeline_depth():
             await consumer.stop()
 
     assert asyncio.run(build()) == (123, 3)
+
+
+def test_worker_never_commits_past_a_message_another_actor_still_holds():
+    """Two actors: the later batch is acknowledged first. Faust alone would commit past the
+    earlier batch's first message (a SIGKILL then lost it); the worker's consumer waits."""
+    import asyncio
+
+    from faust.types import TP
+    from faust.types.tuples import Message
+
+    from stream.app import create_app
+    from tagger.config import Settings
+
+    async def offsets():
+        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1", pipeline_depth=2)
+        app = create_app(settings, tagger=None, sessions=None)
+        app.topics.add(app.topic(settings.input_topic))
+        await app.topics._update_indices()  # what subscribing does when the worker starts
+        consumer = app.consumer
+        seen = []
+        # Faust lets one unacknowledged message through, and any number when the
+        # committed offset is 0 or unknown.
+        for partition, (committed, held_back) in enumerate([(10, 1), (10, 2), (0, 2), (None, 2)]):
+            tp = TP(settings.input_topic, partition)
+            start = committed or 0
+            messages = [Message(settings.input_topic, tp.partition, start + i, 0.0, 0, None, b"k", b"v", None, tp=tp)
+                        for i in range(10)]
+            for m in messages:
+                consumer.track_message(m)
+            consumer._committed_offset[tp] = committed
+            for m in messages[held_back:6]:  # actor B's batch done; actor A still holds the first ones
+                consumer.ack(m)
+            held = consumer._new_offset(tp)
+            for m in messages[:held_back]:  # actor A done
+                consumer.ack(m)
+            seen.append((held, consumer._new_offset(tp) - start))
+        return seen
+
+    assert asyncio.run(offsets()) == [(None, 6)] * 4
