@@ -1,5 +1,11 @@
 """Decode audio bytes or files into mono float32 at the model's sample rate.
 
+libsndfile reads what it knows (WAV, FLAC, Ogg Vorbis/Opus, AIFF); FFmpeg through PyAV
+reads the rest people have (MP3, M4A/AAC, WebM/Opus from browsers). The format is
+recognised by content, not by the file's name. Decoding runs in blocks: the duration
+limit is enforced while reading, and each block is down-mixed and fed to a streaming
+soxr resampler, so memory stays near the size of the output whatever the input rate.
+
 Everything that can go wrong with user audio ends here as an ``AudioError`` with a
 message a person can act on; callers record it as a failed clip.
 """
@@ -8,17 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
+import soxr
 
 from tagger.features import SAMPLE_RATE
 
-AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus"}
+# Names that are audio even when the content is garbled (its owner should hear of it).
+AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
+                    ".mp3", ".m4a", ".mp4", ".aac", ".webm", ".weba", ".mka", ".caf"}
+READABLE_FORMATS = "WAV, FLAC, Ogg (Vorbis/Opus), AIFF, MP3, M4A/AAC, WebM/Opus"
+MIN_SAMPLE_RATE = 2_000
+MAX_SAMPLE_RATE = 768_000
+MIN_DURATION_S = 0.1
+BLOCK_FRAMES = 65_536
+_UNKNOWN_LENGTH = 1 << 40  # libsndfile reports ~2**63 frames for streams of unknown length
+_LIBSNDFILE_FORMATS = {"wav", "flac", "ogg", "aiff", "caf"}
 
 
 class AudioError(ValueError):
@@ -41,59 +58,290 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The container a file's first bytes announce, or None when they announce no audio."""
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == b"caff":
+        return "caf"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+        return "aac"  # ADTS frame header
+    if len(head) >= 3 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 and head[2] & 0xF0 != 0xF0:
+        return "mp3"  # MPEG audio frame sync with a valid layer and bitrate
+    return None
+
+
+def is_audio_file(path: Path) -> bool:
+    """Audio by name or by content; anything else (notes.txt) is not a clip."""
+    if path.suffix.lower() in AUDIO_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(16)) is not None
+    except OSError:
+        return True  # unreadable: let the caller record why
+
+
 def decode_bytes(data: bytes, max_duration_s: float | None = None) -> DecodedAudio:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise AudioError(f"expected audio bytes, got {type(data).__name__}")
     data = bytes(data)
     if not data:
         raise AudioError("empty file: no audio data")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            sample_rate, channels, frames = f.samplerate, f.channels, f.frames
-            if sample_rate <= 0 or channels <= 0:
-                raise AudioError(f"invalid header: {sample_rate} Hz, {channels} channels")
-            # Check the declared length before reading so a 30-minute clip is refused
-            # without decoding it.
-            if max_duration_s is not None and frames / sample_rate > max_duration_s:
-                raise AudioError(
-                    f"clip is {frames / sample_rate:.1f} s long, over the limit of "
-                    f"{max_duration_s:.0f} s (SOUNDTAG_MAX_DURATION_S)"
-                )
-            pcm = f.read(dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
-        raise AudioError(f"not a readable WAV/FLAC/Ogg file: {_soundfile_reason(exc)}") from None
-    if pcm.shape[0] == 0:
-        raise AudioError("file holds no audio samples (0 frames)")
-    if not np.isfinite(pcm).all():
-        raise AudioError("audio contains NaN or infinite samples")
-    mono = pcm.mean(axis=1, dtype=np.float32)
-    return DecodedAudio(
-        samples=resample(mono, sample_rate),
-        sample_rate=int(sample_rate),
-        channels=int(channels),
-        sha256=sha256_hex(data),
-    )
+    samples, rate, channels = _decode(lambda: io.BytesIO(data), data[:16], _wav_declared_frames(data[:4096], len(data)),
+                                      max_duration_s)
+    return DecodedAudio(samples, rate, channels, sha256_hex(data))
 
 
 def decode_file(path: str | Path, max_duration_s: float | None = None) -> DecodedAudio:
+    """Decode from disk in blocks: a long file is never held in memory as bytes."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        digest = file_sha256(path)
     except OSError as exc:
         raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_bytes(data, max_duration_s=max_duration_s)
+    if size == 0:
+        raise AudioError("empty file: no audio data")
+    samples, rate, channels = _decode(lambda: open(path, "rb"), head[:16], _wav_declared_frames(head, size),
+                                      max_duration_s)
+    return DecodedAudio(samples, rate, channels, digest)
 
 
-def resample(mono: np.ndarray, sample_rate: int) -> np.ndarray:
-    if sample_rate == SAMPLE_RATE:
-        return np.ascontiguousarray(mono, dtype=np.float32)
-    out = AF.resample(torch.from_numpy(mono), int(sample_rate), SAMPLE_RATE)
-    return out.numpy().astype(np.float32, copy=False)
+def _decode(open_source, head: bytes, wav_frames: tuple[int, int] | None,
+            max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
+    fmt = sniff_format(head)
+    errors = []
+    # libsndfile first for what it reads (fast, exact); FFmpeg for the rest and as a
+    # second opinion on what libsndfile refuses (a damaged Ogg FFmpeg still plays).
+    # Content no container announces goes to libsndfile alone (it knows headerless and
+    # rare formats); FFmpeg would guess at random bytes.
+    if fmt is None:
+        readers = [_read_libsndfile]
+    elif fmt in _LIBSNDFILE_FORMATS:
+        readers = [_read_libsndfile, _read_ffmpeg]
+    else:
+        readers = [_read_ffmpeg]
+    for reader in readers:
+        try:
+            with open_source() as source:
+                samples, rate, channels, declared = reader(source, max_duration_s, wav_frames)
+            break
+        except _Unreadable as exc:
+            errors.append(str(exc))
+        except AudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decoder library's own surprise is this file's fault
+            errors.append(f"{type(exc).__name__}: {exc}"[:300])
+    else:
+        kind = f"{fmt.upper()} " if fmt else ""
+        raise AudioError(f"not a readable {kind}audio file ({READABLE_FORMATS} are read): {errors[0]}")
+    got = len(samples) / SAMPLE_RATE
+    if declared is not None and declared > 0 and got < 0.98 * declared / rate - 0.01:
+        raise AudioError(f"truncated: header {declared / rate:.2f} s, data {got:.3f} s")
+    if len(samples) == 0:
+        raise AudioError("file holds no audio samples (0 frames)")
+    if got < MIN_DURATION_S:
+        raise AudioError(f"clip is {got:.3f} s long, shorter than the {MIN_DURATION_S} s needed to hear anything")
+    return samples, rate, channels
+
+
+class _Unreadable(Exception):
+    """This reader cannot make sense of the input (another may)."""
+
+
+def _check_stream(rate: int, channels: int) -> None:
+    if channels <= 0 or channels > 64:
+        raise AudioError(f"invalid header: {channels} channels")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"sample rate {rate} Hz is outside the {MIN_SAMPLE_RATE:,}–{MAX_SAMPLE_RATE:,} Hz "
+                         "that recordings use")
+
+
+def _read_libsndfile(source: BinaryIO, max_duration_s, wav_frames):
+    try:
+        f = sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        raise _Unreadable(_soundfile_reason(exc)) from None
+    with f:
+        rate, channels = f.samplerate, f.channels
+        if rate <= 0:
+            raise AudioError(f"invalid header: {rate} Hz")
+        _check_stream(rate, channels)
+        if f.frames >= _UNKNOWN_LENGTH or (f.frames == 0 and f.format != "WAV"):
+            # A stream written to a pipe, or a cut-off Ogg: libsndfile stops short or fails
+            # at the unknown end, FFmpeg reads what is there.
+            raise _Unreadable("length unknown to libsndfile")
+        declared = f.frames if f.frames > 0 else None
+        if wav_frames is not None:
+            declared = wav_frames[0]
+        _refuse_declared_length(declared, rate, max_duration_s)
+        out = _MonoResampler(rate, max_duration_s, declared)
+        try:
+            while True:
+                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                out.add(block)
+                if f.tell() >= f.frames:
+                    break
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            if out.frames_in == 0:
+                raise _Unreadable(_soundfile_reason(exc)) from None
+            # A damaged tail: keep what decoded; a header that promised more says so below.
+        return out.finish(), rate, channels, declared
+
+
+def _read_ffmpeg(source: BinaryIO, max_duration_s, wav_frames):
+    import av  # FFmpeg; imported here so the common libsndfile path does not pay for it
+
+    try:
+        container = av.open(source, mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError) as exc:
+        raise _Unreadable(_ffmpeg_reason(exc)) from None
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise _Unreadable("no audio stream in the file")
+        ctx = stream.codec_context
+        if ctx is None:
+            raise _Unreadable("audio stream without a decoder")
+        rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
+        _check_stream(rate, channels)
+        declared_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        if declared_s is not None:
+            _refuse_declared_length(int(declared_s * rate), rate, max_duration_s)
+        out = _MonoResampler(rate, max_duration_s, int(declared_s * rate) if declared_s else None)
+        try:
+            for frame in _frames(container, stream):
+                if frame.sample_rate != rate:
+                    raise AudioError(f"sample rate changes inside the file ({rate} → {frame.sample_rate} Hz)")
+                out.add(_frame_samples(frame))
+        except (av.FFmpegError, ValueError) as exc:
+            if out.frames_in == 0:
+                raise _Unreadable(_ffmpeg_reason(exc)) from None
+        if out.frames_in == 0:
+            raise _Unreadable("no audio could be decoded")
+        # Lossy formats carry an estimate of their length; FLAC and WAV headers a promise.
+        exact = container.format.name in ("flac", "wav")
+        return out.finish(), rate, channels, int(declared_s * rate) if exact and declared_s else None
+
+
+def _frames(container, stream) -> Iterator:
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+def _frame_samples(frame) -> np.ndarray:
+    """An FFmpeg audio frame → float32 (frames, channels)."""
+    arr = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    arr = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
+    kind = arr.dtype
+    if kind == np.uint8:
+        return (arr.astype(np.float32) - 128.0) / 128.0
+    if np.issubdtype(kind, np.integer):
+        return arr.astype(np.float32) / float(np.iinfo(kind).max + 1)
+    return arr.astype(np.float32, copy=False)
+
+
+class _MonoResampler:
+    """Down-mixes blocks to mono and resamples them to SAMPLE_RATE as they arrive."""
+
+    def __init__(self, rate: int, max_duration_s: float | None, declared_frames: int | None) -> None:
+        self.rate, self.max_duration_s = rate, max_duration_s
+        self.frames_in = 0
+        self.nonfinite = False
+        self.stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+        # Sized from the header so a long file is written in place, not grown and copied;
+        # pages a lying header promised but never fills are never touched, so cost nothing.
+        guess = int(declared_frames * SAMPLE_RATE / rate) + 1024 if declared_frames else 10 * SAMPLE_RATE
+        cap = (max_duration_s or 3600) * SAMPLE_RATE + 1024
+        self.buffer = np.empty(int(min(guess, cap)), dtype=np.float32)
+        self.length = 0
+
+    def add(self, block: np.ndarray) -> None:
+        self.frames_in += len(block)
+        if self.max_duration_s is not None and self.frames_in > self.max_duration_s * self.rate:
+            raise AudioError(f"clip is over the limit of {self.max_duration_s:.0f} s (SOUNDTAG_MAX_DURATION_S)")
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        if not np.isfinite(mono).all():
+            raise AudioError("audio contains NaN or infinite samples")
+        self._append(mono if self.stream is None else self.stream.resample_chunk(mono))
+
+    def finish(self) -> np.ndarray:
+        if self.stream is not None:
+            self._append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        return self.buffer[: self.length]
+
+    def _append(self, part: np.ndarray) -> None:
+        end = self.length + len(part)
+        if end > len(self.buffer):
+            grown = np.empty(max(end, len(self.buffer) * 3 // 2), dtype=np.float32)
+            grown[: self.length] = self.buffer[: self.length]
+            self.buffer = grown
+        self.buffer[self.length : end] = part
+        self.length = end
+
+
+def _refuse_declared_length(frames: int | None, rate: int, max_duration_s: float | None) -> None:
+    # Cheap refusal before decoding anything when the header already says it is too long.
+    if frames is not None and max_duration_s is not None and frames / rate > max_duration_s:
+        raise AudioError(f"clip is {frames / rate:.1f} s long, over the limit of "
+                         f"{max_duration_s:.0f} s (SOUNDTAG_MAX_DURATION_S)")
+
+
+def _wav_declared_frames(head: bytes, total_size: int) -> tuple[int, int] | None:
+    """(frames the WAV header promises, bytes per frame), or None when it promises no length.
+
+    libsndfile quietly shortens a WAV to the bytes that are there; the promise tells a
+    truncated file from a short one.
+    """
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, 0
+    while pos + 8 <= len(head):
+        chunk, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            channels = struct.unpack("<H", head[pos + 10 : pos + 12])[0]
+            bits = struct.unpack("<H", head[pos + 22 : pos + 24])[0] if pos + 24 <= len(head) else 0
+            block_align = struct.unpack("<H", head[pos + 20 : pos + 22])[0] or channels * ((bits + 7) // 8)
+        elif chunk == b"data":
+            if block_align <= 0 or size in (0, 0xFFFFFFFF) or size > 0xFFFFFF00:
+                return None  # streaming writers leave the size open
+            return size // block_align, block_align
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def _soundfile_reason(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     # libsndfile prefixes messages with the file object's repr; keep the reason only.
     return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text).split(": '<", 1)[0]

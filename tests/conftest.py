@@ -109,3 +109,30 @@ def shipped_tagger(shipped_model_path):
     from tagger.inference import Tagger
 
     return Tagger.load(shipped_model_path, device="cpu")
+
+
+def encoded_bytes(container: str, codec: str, sr: int = 44100, seconds: float = 1.0, seed: int = 0) -> bytes:
+    """A tone encoded by FFmpeg (PyAV): MP3, M4A/AAC and WebM/Opus as people's files hold them."""
+    import av
+
+    samples = make_tone(seconds, sr, 1, 200 + 37 * seed, seed)[:, 0]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=sr, layout="mono")
+        frame_size = 1152 if codec == "libmp3lame" else 1024
+        fmt = stream.codec_context.codec.audio_formats[0].name
+        pts = 0
+        for start in range(0, len(samples), frame_size):
+            chunk = samples[start : start + frame_size]
+            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = sr, pts
+            pts += len(chunk)
+            resampled = av.AudioResampler(format=fmt, layout="mono", rate=sr).resample(frame)
+            for r in resampled:
+                out.mux(stream.encode(r))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+ENCODED_FORMATS = {"mp3": ("mp3", "libmp3lame", 44100), "m4a": ("ipod", "aac", 44100),
+                   "webm": ("webm", "libopus", 48000)}

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tagger.audio import AudioError, decode_bytes, decode_file
+from tagger.audio import AudioError, decode_bytes, decode_file, sniff_format
 from tagger.features import SAMPLE_RATE
-from tests.conftest import audio_bytes, make_tone
+from tests.conftest import ENCODED_FORMATS, audio_bytes, encoded_bytes, make_tone
 
 
 @pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "FLOAT"),
@@ -79,15 +79,76 @@ def test_bad_input_is_a_clear_error(name):
     assert "Traceback" not in str(err.value)
 
 
-def test_truncated_wav_body_decodes_what_is_there():
-    data = audio_bytes("WAV", 2.0)
-    clip = decode_bytes(data[: len(data) // 2])  # header says 2 s, half the bytes are there
-    assert 0.9 < clip.duration_s < 1.1
+def test_truncated_wav_is_refused_with_what_the_header_promised():
+    data = audio_bytes("WAV", 1.0)
+    with pytest.raises(AudioError, match=r"truncated: header 1.00 s, data 0.003 s"):
+        decode_bytes(data[: 44 + 264])  # header says 1 s, the file holds 3 ms
 
 
-def test_header_lying_about_its_length():
-    clip = decode_bytes(_wav_with_declared_frames(44100, 10 * 44100))
-    assert clip.duration_s == pytest.approx(1.0, abs=0.01)
+def test_header_lying_about_its_length_is_truncated():
+    with pytest.raises(AudioError, match="truncated: header 10.00 s, data 1.000 s"):
+        decode_bytes(_wav_with_declared_frames(44100, 10 * 44100))
+
+
+def test_cut_off_flac_is_truncated():
+    data = audio_bytes("FLAC", 2.0)
+    with pytest.raises(AudioError, match="truncated: header 2.00 s"):
+        decode_bytes(data[: len(data) // 2])
+
+
+def test_flac_of_unknown_length_decodes():
+    """What a FLAC encoder writing to a pipe leaves: total samples 0 (unknown)."""
+    data = bytearray(audio_bytes("FLAC", 2.0))
+    streaminfo_tail = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)
+    data[18:26] = streaminfo_tail.to_bytes(8, "big")
+    clip = decode_bytes(bytes(data))
+    assert clip.duration_s == pytest.approx(2.0, abs=0.01)
+
+
+@pytest.mark.parametrize("rate", [44099, 7919, 192000])
+def test_rates_sharing_no_factor_resample_quickly_in_little_memory(rate):
+    import resource
+    import time
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    clip = decode_bytes(audio_bytes("WAV", seconds=2.0, sr=rate))
+    assert time.perf_counter() - start < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    assert clip.duration_s == pytest.approx(2.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("rate", [1, 100, 1999, 1_000_000])
+def test_insane_sample_rates_are_refused(rate):
+    data = bytearray(audio_bytes("WAV", seconds=0.5, sr=8000))
+    data[24:28] = struct.pack("<I", rate)
+    with pytest.raises(AudioError, match=f"sample rate {rate} Hz is outside"):
+        decode_bytes(bytes(data))
+
+
+def test_too_short_to_hear_is_refused():
+    with pytest.raises(AudioError, match="shorter than the 0.1 s"):
+        decode_bytes(audio_bytes("WAV", seconds=0.02))
+
+
+@pytest.mark.parametrize("name", list(ENCODED_FORMATS))
+def test_compressed_formats_people_have_decode(name):
+    data = encoded_bytes(*ENCODED_FORMATS[name], seconds=1.5)
+    assert sniff_format(data[:16]) in {"mp3", "mp4", "webm"}
+    clip = decode_bytes(data)
+    assert clip.duration_s == pytest.approx(1.5, abs=0.08)
+    spectrum = np.abs(np.fft.rfft(clip.samples))
+    assert np.argmax(spectrum) * SAMPLE_RATE / len(clip.samples) == pytest.approx(200, abs=5)
+
+
+def test_long_file_decodes_from_disk_and_the_limit_holds_while_reading(tmp_path):
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(44100 * 30, np.int16), 44100, subtype="PCM_16")
+    assert decode_file(path).duration_s == pytest.approx(30.0)
+    data = bytearray(path.read_bytes())
+    data[40:44] = struct.pack("<I", 0xFFFFFFFF)  # a streaming writer's open length
+    with pytest.raises(AudioError, match="over the limit of 10 s"):
+        decode_bytes(bytes(data), max_duration_s=10)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
