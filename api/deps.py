@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tagger.config import Settings
 from tagger.inference import Tagger
+from tagger.stages import StageRunner
 
 
 @dataclass
@@ -20,6 +21,7 @@ class AppState:
     sessions: sessionmaker[Session]
     tagger: Tagger | None
     model_error: str | None = None
+    runner: StageRunner | None = None  # decode ‖ model ‖ store, when the model loaded
 
 
 def get_state(request: Request) -> AppState:
@@ -31,10 +33,10 @@ def get_session(state: AppState = Depends(get_state)) -> Iterator[Session]:
         yield session
 
 
-def get_tagger(state: AppState = Depends(get_state)) -> Tagger:
-    if state.tagger is None:
+def get_runner(state: AppState = Depends(get_state)) -> StageRunner:
+    if state.runner is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {state.model_error}")
-    return state.tagger
+    return state.runner
 
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when SOUNDTAG_API_KEY is set")

@@ -9,15 +9,17 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api.deps import AppState
 from api.metrics import MetricsMiddleware
 from api.routes import clips, inference, system
+from api.text import control_character_problem
 from tagger.checkpoint import CheckpointError, ModelNotFoundError
 from tagger.config import Settings, get_settings
 from tagger.inference import Tagger
 from tagger.service import UntrainedModelError, load_tagger, open_database
+from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
 
 log = logging.getLogger("soundtag.api")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -39,28 +41,53 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _too_large(send, self.max_bytes)
         seen = 0
-        started = False
+        over = False
+        answered = False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    over = True
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+        async def guarded_send(message):
+            # A body parser may swallow _BodyTooLarge and answer 400 itself: the answer
+            # to an oversized body is 413 whoever noticed first.
+            nonlocal answered
+            if over:
+                if not answered:
+                    answered = True
+                    await _too_large(send, self.max_bytes)
+                return
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLarge:
-            if not started:
-                await _too_large(send, self.max_bytes)
+            pass
+        if over and not answered:
+            await _too_large(send, self.max_bytes)
+
+
+class ControlCharacterGuard:
+    """A control character in the path or query is a 422, before any route or database."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            problem = control_character_problem(scope.get("path", ""), scope.get("query_string", b""))
+            if problem:
+                response = JSONResponse({"detail": f"{problem}; control characters are not allowed"}, 422)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -86,9 +113,14 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
             except (ModelNotFoundError, CheckpointError, UntrainedModelError) as exc:
                 error = str(exc)
                 log.error("model not loaded: %s", error)
-        app.state.soundtag = AppState(settings=settings, sessions=open_database(settings), tagger=model,
-                                      model_error=error)
+        sessions = open_database(settings)
+        # A request should not hang on a database that is away: a short wait, then 503.
+        runner = StageRunner(model, sessions, settings.max_duration_s, DatabaseWaiter(5.0)) if model else None
+        app.state.soundtag = AppState(settings=settings, sessions=sessions, tagger=model,
+                                      model_error=error, runner=runner)
         yield
+        if runner is not None:
+            runner.close()
 
     app = FastAPI(
         title="soundtag",
@@ -101,6 +133,7 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
     app.include_router(system.router)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ControlCharacterGuard)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -108,9 +141,17 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
         return FileResponse(STATIC_DIR / "index.html")
 
     @app.exception_handler(OperationalError)
-    async def database_down(request: Request, exc: OperationalError):
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_down(request: Request, exc: Exception):
         log.warning("database unavailable: %s", str(exc).splitlines()[0])
         return JSONResponse({"detail": "database unavailable, try again shortly"}, status_code=503)
+
+    @app.exception_handler(DBAPIError)
+    async def database_refused(request: Request, exc: DBAPIError):
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            return await database_down(request, exc)
+        log.warning("database refused a value on %s: %s", request.url.path, str(exc.orig).splitlines()[0])
+        return JSONResponse({"detail": "the database cannot hold a value in this request"}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):

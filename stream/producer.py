@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from stream.messages import content_type
 from tagger.audio import sha256_hex
 from tagger.ingest import find_audio_files
-from stream.messages import CONTENT_TYPES
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # Kafka's default max.message.bytes
 
@@ -19,12 +19,17 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # Kafka's default max.message.bytes
 @dataclass
 class PublishSummary:
     sent: int = 0
-    failed: int = 0
+    failed: int = 0  # files not sent, the broker's fault or the file's
     failures: list[tuple[str, str]] = field(default_factory=list)
+    not_audio: list[str] = field(default_factory=list)
+    gave_up: str | None = None
 
     def __str__(self) -> str:
-        lines = [f"{self.sent} sent, {self.failed} failed"]
-        lines += [f"failed: {path}: {error}" for path, error in self.failures[:20]]
+        lines = [f"failed: {path}: {error}" for path, error in self.failures[:20]]
+        lines += [f"not audio, skipped: {path}" for path in self.not_audio[:20]]
+        if self.gave_up:
+            lines.append(f"stopped: {self.gave_up}")
+        lines.append(f"{self.sent} sent, {self.failed} not sent, {len(self.not_audio)} not audio")
         return "\n".join(lines)
 
 
@@ -48,11 +53,13 @@ def topic_message_limit(bootstrap: str, topic: str) -> int:
     return configured
 
 
-def make_producer(bootstrap: str, max_message_bytes: int):
+def make_producer(bootstrap: str, max_message_bytes: int, max_block_s: float = 20.0):
     from kafka import KafkaProducer
 
     return KafkaProducer(
         bootstrap_servers=bootstrap,
+        max_block_ms=int(max_block_s * 1000),
+        request_timeout_ms=int(max_block_s * 1000),
         acks="all",
         compression_type="gzip",
         max_request_size=max_message_bytes + 64 * 1024,
@@ -62,18 +69,25 @@ def make_producer(bootstrap: str, max_message_bytes: int):
 
 
 def publish(paths, topic: str | None = None, bootstrap: str = "127.0.0.1:9092", progress: bool = True,
-            producer=None) -> PublishSummary:
+            producer=None, max_block_s: float = 20.0) -> PublishSummary:
+    from kafka.errors import KafkaError
+
     from tagger.config import get_settings
 
     topic = topic or get_settings().input_topic
-    files = find_audio_files(paths)
+    found = find_audio_files(paths)
+    summary = PublishSummary(not_audio=[str(p) for p in found.not_audio])
     limit = topic_message_limit(bootstrap, topic)
     own = producer is None
-    producer = producer or make_producer(bootstrap, limit)
-    summary = PublishSummary()
+    try:
+        producer = producer or make_producer(bootstrap, limit, max_block_s)
+    except KafkaError as exc:
+        summary.gave_up = f"Kafka broker unreachable at {bootstrap}: {type(exc).__name__}: {exc}"
+        summary.failed = len(found.audio)
+        return summary
     futures = []
     try:
-        for path in tqdm(files, desc=f"publish → {topic}", unit="clip", disable=not progress):
+        for path in tqdm(found.audio, desc=f"publish → {topic}", unit="clip", disable=not progress):
             try:
                 data = Path(path).read_bytes()
             except OSError as exc:
@@ -88,20 +102,31 @@ def publish(paths, topic: str | None = None, bootstrap: str = "127.0.0.1:9092", 
                                                     "SOUNDTAG_KAFKA_MAX_MESSAGE_BYTES)"))
                 continue
             headers = [
-                ("content-type", CONTENT_TYPES.get(Path(path).suffix.lower(), "application/octet-stream").encode()),
+                ("content-type", content_type(Path(path), data).encode()),
                 ("source", str(Path(path).resolve()).encode()),
                 ("sent-at", datetime.now(timezone.utc).isoformat().encode()),
             ]
-            futures.append((path, producer.send(topic, key=sha256_hex(data).encode(), value=data, headers=headers)))
-        producer.flush()
+            try:
+                futures.append((path, producer.send(topic, key=sha256_hex(data).encode(), value=data,
+                                                    headers=headers)))
+            except KafkaError as exc:  # no metadata within max_block_s: the broker is away
+                summary.gave_up = f"Kafka broker unreachable at {bootstrap}: {type(exc).__name__}: {exc}"
+                break
+        try:
+            producer.flush(timeout=max_block_s * 3)
+        except KafkaError as exc:
+            summary.gave_up = summary.gave_up or f"Kafka broker did not take the messages: {type(exc).__name__}"
         for path, fut in futures:
             try:
-                fut.get(timeout=30)
+                fut.get(timeout=max_block_s)
                 summary.sent += 1
             except Exception as exc:  # noqa: BLE001 - reported per file
                 summary.failures.append((str(path), f"{type(exc).__name__}: {exc}"))
     finally:
         if own:
-            producer.close()
-    summary.failed = len(summary.failures)
+            try:
+                producer.close(timeout=5)
+            except Exception:  # noqa: BLE001 - closing a producer whose broker is gone
+                pass
+    summary.failed = len(found.audio) - summary.sent
     return summary

@@ -113,14 +113,14 @@ def decode_bytes(data: bytes, max_duration_s: float | None = None) -> DecodedAud
     return DecodedAudio(samples, rate, channels, sha256_hex(data))
 
 
-def decode_file(path: str | Path, max_duration_s: float | None = None) -> DecodedAudio:
+def decode_file(path: str | Path, max_duration_s: float | None = None, sha256: str | None = None) -> DecodedAudio:
     """Decode from disk in blocks: a long file is never held in memory as bytes."""
     path = Path(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(4096)
-        digest = file_sha256(path)
+        digest = sha256 or file_sha256(path)
     except OSError as exc:
         raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
     if size == 0:

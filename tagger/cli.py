@@ -18,18 +18,27 @@ def _fail(message: str, code: int = 2) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tagger.ingest import ingest
     from tagger.service import load_tagger, open_database
+    from tagger.stages import DatabaseWaiter
 
     settings = get_settings()
     tagger = load_tagger(settings)
     sessions = open_database(settings)
     summary = ingest(args.paths, tagger, sessions, batch_size=args.batch_size or settings.batch_size,
-                     max_duration_s=settings.max_duration_s, progress=not args.quiet)
-    for source, error in summary.failures[:20]:
-        print(f"failed: {source}: {error}", file=sys.stderr)
-    if len(summary.failures) > 20:
-        print(f"... and {len(summary.failures) - 20} more failures (status 'failed' in the database)", file=sys.stderr)
+                     max_duration_s=settings.max_duration_s, progress=not args.quiet,
+                     waiter=DatabaseWaiter(settings.db_retry_s))
+    _list("failed", summary.failures, "(status 'failed' in the database)")
+    _list("not audio, skipped", [(p, "") for p in summary.not_audio], "")
     print(summary)
+    if summary.gave_up:
+        return _fail(f"{summary.gave_up}; run the same command again to finish", 1)
     return 130 if summary.interrupted else 0
+
+
+def _list(what: str, items: list[tuple[str, str]], more: str, shown: int = 20) -> None:
+    for source, reason in items[:shown]:
+        print(f"{what}: {source}{': ' + reason if reason else ''}", file=sys.stderr)
+    if len(items) > shown:
+        print(f"... and {len(items) - shown} more {what} {more}".rstrip(), file=sys.stderr)
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -96,7 +105,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     summary = publish(args.paths, topic=args.topic, bootstrap=get_settings().kafka_bootstrap,
                       progress=not args.quiet)
     print(summary)
-    return 0 if summary.failed == 0 else 1
+    return 0 if summary.failed == 0 and not summary.gave_up else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     max_duration_s: float = 600.0
     batch_size: int = 32
+    # How long ingest, the worker and the API's uploads wait out a database outage before
+    # giving up (ingest exits non-zero; the worker stops without acknowledging the batch).
+    db_retry_s: float = Field(default=120.0, ge=0)
 
     # Streaming.
     input_topic: str = "audio-clips"

@@ -30,7 +30,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, serve: bool = True) -> i
     db_label = settings.database_url.split("@")[-1]
     print(f"model {tagger.version} on {tagger.device}; database {db_label}")
     sessions = open_database(settings)
-    files = find_audio_files([SAMPLES_DIR])
+    files = find_audio_files([SAMPLES_DIR]).audio
     summary = ingest(files, tagger, sessions, batch_size=settings.batch_size, max_duration_s=settings.max_duration_s)
     print(summary)
     from tagger.audio import sha256_hex

@@ -4,8 +4,10 @@ Resumable by construction: each batch is committed in its own transaction and a 
 already tagged by the same model version is skipped, so after Ctrl-C (or a crash) a
 re-run finishes the job.
 
-Three stages, one thread each, so the model never waits for files or the database:
-read and decode batch n+1 ‖ run the model on batch n ‖ encode and store batch n-1.
+Every file in a folder is looked at: audio (by name or by content) is tagged or failed
+with its reason; anything else is counted and listed as not audio. The stage runner
+overlaps hashing and decoding batch n+1 ‖ the model on batch n ‖ storing batch n-1, and
+waits out a database outage for a bounded time.
 """
 
 from __future__ import annotations
@@ -13,59 +15,71 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from tagger.audio import AUDIO_EXTENSIONS, sha256_hex
+from tagger.audio import file_sha256, is_audio_file
 from tagger.inference import Tagger
-from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
-from tagger.repository import ClipRecord, save_clips, tagged_ids
+from tagger.pipeline import Decoded, Payload
+from tagger.repository import ClipRecord, tagged_ids
+from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
 
 
 @dataclass
 class IngestSummary:
     tagged: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already tagged by this model version
     failed: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    not_audio: list[str] = field(default_factory=list)
     interrupted: bool = False
+    gave_up: str | None = None  # why the run stopped early (the database stayed away)
 
     @property
     def clips_per_second(self) -> float:
         return self.tagged / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
-        head = "interrupted: " if self.interrupted else ""
-        return (f"{head}{self.tagged} tagged, {self.skipped} skipped, {self.failed} failed "
-                f"in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s)")
+        head = "interrupted: " if self.interrupted else "stopped early: " if self.gave_up else ""
+        return (f"{head}{self.tagged} tagged, {self.skipped} already tagged, {self.failed} failed, "
+                f"{len(self.not_audio)} not audio in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s)")
 
 
-def find_audio_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named on the command line are always tried; folders contribute audio files."""
-    found: list[Path] = []
+@dataclass
+class FoundFiles:
+    audio: list[Path]
+    not_audio: list[Path]
+
+
+def find_audio_files(paths: Iterable[str | Path]) -> FoundFiles:
+    """Files named on the command line are always tried; in folders every file is looked at."""
+    found = FoundFiles([], [])
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             for root, dirs, files in os.walk(path, onerror=None):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.extend(Path(root) / f for f in sorted(files)
-                             if Path(f).suffix.lower() in AUDIO_EXTENSIONS and not f.startswith("."))
+                for name in sorted(files):
+                    if name.startswith("."):
+                        continue
+                    file = Path(root) / name
+                    (found.audio if is_audio_file(file) else found.not_audio).append(file)
         else:
-            found.append(path)  # a missing file becomes a recorded failure, not a crash
+            found.audio.append(path)  # a missing file becomes a recorded failure, not a crash
     return found
 
 
-def _read(path: Path) -> Payload:
+def _payload(path: Path) -> Payload:
     try:
-        return Payload(data=path.read_bytes(), source=str(path.resolve()))
+        digest = file_sha256(path)
     except OSError as exc:
-        return Payload(data=b"", source=str(path.absolute()),
-                       error=f"cannot read file: {exc.strerror or exc}")
+        return Payload(data=b"", source=str(path.absolute()), error=f"cannot read file: {exc.strerror or exc}")
+    return Payload(data=b"", source=str(path.resolve()), clip_id=digest, path=path, sha256=digest)
 
 
 def _batches(files: list[Path], size: int) -> Iterator[list[Path]]:
@@ -80,28 +94,27 @@ def ingest(
     batch_size: int = 32,
     max_duration_s: float | None = None,
     progress: bool = True,
+    waiter: DatabaseWaiter | None = None,
 ) -> IngestSummary:
-    files = find_audio_files(paths)
-    summary = IngestSummary()
+    found = find_audio_files(paths)
+    files = found.audio
+    summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
+    runner = StageRunner(tagger, sessions, max_duration_s, waiter)
 
     def prepare(batch: list[Path]) -> tuple[Decoded, int]:
-        payloads = [_read(p) for p in batch]
         # Hash first so clips already tagged by this model are skipped before decoding.
-        for p in payloads:
-            if p.data and p.clip_id is None:
-                p.clip_id = sha256_hex(p.data)
-        with sessions() as s:
-            done = tagged_ids(s, [p.clip_id for p in payloads if p.clip_id], tagger.version)
-        todo = [p for p in payloads if p.clip_id not in done]
-        return decode_payloads(todo, max_duration_s), len(payloads) - len(todo)
+        payloads = [_payload(p) for p in batch]
+        ids = [p.clip_id for p in payloads if p.clip_id]
 
-    def store(tagged: Tagged) -> list[ClipRecord]:
-        records = finish_records(tagged)
-        with sessions.begin() as s:
-            save_clips(s, records)
-        return records
+        def lookup() -> set[str]:
+            with sessions() as s:
+                return tagged_ids(s, ids, tagger.version)
+
+        done = runner.waiter.run(lookup, "checking which clips are already tagged")
+        todo = [p for p in payloads if p.clip_id not in done]
+        return runner.decode(todo).result(), len(payloads) - len(todo)
 
     def account(records: list[ClipRecord], skipped: int) -> None:
         summary.skipped += skipped
@@ -114,9 +127,8 @@ def ingest(
         bar.update(len(records) + skipped)
         bar.set_postfix(tagged=summary.tagged, skipped=summary.skipped, failed=summary.failed)
 
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-decode")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-store")
-    storing = None  # (future of the batch being stored, its skipped count)
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read")
+    storing: tuple[Future[list[ClipRecord]], int] | None = None
     try:
         batches = _batches(files, batch_size)
         pending = reader.submit(prepare, next(batches)) if files else None
@@ -124,11 +136,11 @@ def ingest(
             decoded, skipped = pending.result()
             nxt = next(batches, None)
             pending = reader.submit(prepare, nxt) if nxt is not None else None
-            tagged = run_model(tagger, decoded)
+            tagged = runner.tag(decoded).result()
             if storing is not None:
                 done, storing = storing, None
                 account(done[0].result(), done[1])
-            storing = (writer.submit(store, tagged), skipped)
+            storing = (runner.store(tagged), skipped)
         if storing is not None:
             done, storing = storing, None
             account(done[0].result(), done[1])
@@ -139,11 +151,13 @@ def ingest(
         if storing is not None and not storing[0].cancel():
             try:
                 account(storing[0].result(), storing[1])
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, DatabaseUnavailable):
                 pass
+    except DatabaseUnavailable as exc:
+        summary.gave_up = str(exc)
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True, cancel_futures=True)
+        runner.close()
         bar.close()
         summary.seconds = time.perf_counter() - start
     return summary

@@ -1,10 +1,10 @@
-"""Bytes in, storable records out: the decode → tag step every entry point shares.
+"""Bytes or files in, storable records out: the steps every entry point shares.
 
-A batch of raw files with their ids and sources goes through three steps,
-``decode_payloads`` → ``run_model`` → ``finish_records`` (``tag_payloads`` runs all
-three; ingest and the worker run them in separate threads so they overlap across
-batches). Every payload comes back as exactly one ``ClipRecord``, tagged or failed
-with a reason. Nothing raises for bad input.
+A batch of payloads with their ids and sources goes through ``decode_payloads`` →
+``run_model`` → ``finish_records`` (``tagger.stages.StageRunner`` runs each on its own
+thread). Every payload comes back as exactly one ``ClipRecord``, tagged or failed with a
+reason. Nothing raises for bad input, whatever the exception: one clip's failure is
+that clip's alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass
 
 from tagger import codec
-from tagger.audio import AudioError, DecodedAudio, decode_bytes, sha256_hex
+from pathlib import Path
+
+from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, sha256_hex
 from tagger.inference import Tagger, TagResult
 from tagger.models import CLIP_ID_MAX
 from tagger.repository import ClipRecord
@@ -23,10 +25,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Payload:
-    data: bytes
+    data: bytes  # the file's bytes, or b"" when ``path`` is given
     source: str
     clip_id: str | None = None  # None: the content hash becomes the id
     error: str | None = None  # set by the caller when the payload is already known bad
+    path: Path | None = None  # decode from disk in blocks instead of from ``data``
+    sha256: str | None = None  # of the file at ``path``, when the caller has it
 
 
 def clip_id_problem(clip_id: str) -> str | None:
@@ -64,7 +68,7 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
     audio: list[tuple[int, DecodedAudio]] = []
     for i, p in enumerate(payloads):
         data = p.data if isinstance(p.data, (bytes, bytearray, memoryview)) else b""
-        sha = sha256_hex(bytes(data)) if data else None
+        sha = p.sha256 or (sha256_hex(bytes(data)) if data else None)
         clip_id, problem = p.clip_id, p.error
         if clip_id is not None and (bad := clip_id_problem(clip_id)):
             problem, clip_id = problem or f"invalid clip id: {bad}", None
@@ -76,10 +80,15 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
         if problem:
             continue
         try:
-            decoded = decode_bytes(p.data, max_duration_s=max_duration_s)
+            decoded = decode_file(p.path, max_duration_s, sha256=sha) if p.path else decode_bytes(p.data, max_duration_s)
         except AudioError as exc:
             rec.error = str(exc)
             continue
+        except Exception as exc:  # noqa: BLE001 - an unforeseen fault fails this clip, not the batch
+            log.exception("decoding %s failed unexpectedly", p.source)
+            rec.error = f"decoding failed: {type(exc).__name__}: {exc}"[:2000]
+            continue
+        rec.sha256 = decoded.sha256
         rec.sample_rate, rec.channels = decoded.sample_rate, decoded.channels
         rec.duration_s = round(decoded.duration_s, 4)
         audio.append((i, decoded))
@@ -107,16 +116,17 @@ def finish_records(tagged: Tagged) -> list[ClipRecord]:
         if isinstance(result, Exception):
             rec.error = f"tagging failed: {type(result).__name__}: {result}"
             continue
+        try:
+            features = features_row(result)
+        except Exception as exc:  # noqa: BLE001 - one clip's encoding fault is that clip's alone
+            log.exception("encoding the features of %s failed", rec.source)
+            rec.error = f"storing features failed: {type(exc).__name__}: {exc}"[:2000]
+            continue
         rec.status, rec.error = "tagged", None
         rec.model_version = tagged.model_version
         rec.top3 = result.top3
-        rec.features = features_row(result)
+        rec.features = features
     return tagged.decoded.records
-
-
-def tag_payloads(tagger: Tagger, payloads: list[Payload], max_duration_s: float | None = None) -> list[ClipRecord]:
-    """All three steps in one call (the API's uploads)."""
-    return finish_records(run_model(tagger, decode_payloads(payloads, max_duration_s)))
 
 
 def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio]) -> list[TagResult | Exception]:

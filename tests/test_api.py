@@ -9,7 +9,9 @@ from sqlalchemy import text
 from api.main import create_app
 from tagger import db
 from tagger.config import Settings
-from tests.conftest import audio_bytes
+import struct
+
+from tests.conftest import ENCODED_FORMATS, audio_bytes, encoded_bytes
 
 API_KEY = "s3cret-key"
 
@@ -116,14 +118,14 @@ def test_errors(client):
     r = client.post("/api/clips", headers={"X-API-Key": API_KEY})
     assert r.status_code == 422
     for body in [{"data": "%%%"}, {"data": base64.b64encode(b"garbage").decode()}, {}, {"data": 5}]:
-        r = client.post("/inference", json=body)
+        r = client.post("/inference", json=body, headers={"X-API-Key": API_KEY})
         assert r.status_code == 422, body
         assert "Traceback" not in r.text
 
 
 def test_inference_route_is_compatible_with_the_original(client):
     data = base64.b64encode(audio_bytes("WAV", 5.0, seed=11)).decode()
-    r = client.post("/inference", json={"data": data})
+    r = client.post("/inference", json={"data": data}, headers={"X-API-Key": API_KEY})
     assert r.status_code == 200
     body = r.json()
     assert [set(p) for p in body["predictions"]] == [{"class", "confidence"}] * 3
@@ -149,3 +151,87 @@ def test_readyz_reports_a_missing_model(settings, tmp_path):
         assert r.status_code == 503 and "SOUNDTAG_MODEL_PATH" in r.json()["checks"]["model"]
         assert c.post("/api/clips", files=[("files", ("a.wav", audio_bytes()))],
                       headers={"X-API-Key": API_KEY}).status_code == 503
+
+
+def test_inference_needs_the_api_key_when_one_is_set(client):
+    body = {"data": base64.b64encode(audio_bytes("WAV", 1.0)).decode()}
+    assert client.post("/inference", json=body).status_code == 401
+    assert client.post("/inference", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/inference", json=body, headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def test_inference_accepts_base64_with_line_breaks(client):
+    raw = base64.b64encode(audio_bytes("WAV", 1.0, seed=4)).decode()
+    wrapped = "\n".join(raw[i : i + 76] for i in range(0, len(raw), 76)) + "\n"  # what `base64` writes
+    r = client.post("/inference", json={"data": wrapped}, headers={"X-API-Key": API_KEY})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("request_args", [
+    ("/api/clips", {"label": "dog\x00"}),
+    ("/api/clips", {"cursor": "\x00"}),
+    ("/api/clips", {"label": "a\x1bb"}),
+    ("/api/clips/abc%00def", {}),
+    ("/api/clips/abc%00def/visualization", {}),
+])
+def test_control_characters_in_text_inputs_are_422(client, request_args):
+    path, params = request_args
+    r = client.get(path, params=params)
+    assert r.status_code == 422 and "control character" in r.json()["detail"]
+
+
+def test_control_characters_in_upload_names_and_ids_are_422(client):
+    boundary = "soundtagboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"bad\x00name.wav\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode() + audio_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    r = client.post("/api/clips", content=body, headers={
+        "X-API-Key": API_KEY, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 422 and "control characters" in r.json()["detail"]
+    r = _upload(client, [("ok.wav", audio_bytes())], clip_id="a\x00b")
+    assert r.status_code == 422 and "control characters" in r.json()["detail"]
+
+
+def test_chunked_upload_over_the_limit_is_413(client):
+    boundary = "soundtagboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.wav\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode()
+
+    def chunks():  # no Content-Length: the body streams in chunks
+        yield head
+        for _ in range(40):
+            yield b"\0" * 100_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post("/api/clips", content=chunks(), headers={
+        "X-API-Key": API_KEY, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413, r.text
+
+
+def test_an_existing_clip_id_is_not_overwritten_silently(client):
+    first = audio_bytes("WAV", 1.0, seed=21)
+    assert _upload(client, [("a.wav", first)], clip_id="keep-me").status_code == 201
+    assert _upload(client, [("a.wav", first)], clip_id="keep-me").status_code == 201  # same audio: idempotent
+    r = _upload(client, [("b.wav", audio_bytes("WAV", 1.0, seed=22))], clip_id="keep-me")
+    assert r.status_code == 409 and "replace=true" in r.json()["detail"]
+    assert client.get("/api/clips/keep-me").json()["source"] == "upload:a.wav"
+    r = _upload(client, [("b.wav", audio_bytes("WAV", 1.0, seed=22))], clip_id="keep-me", replace="true")
+    assert r.status_code == 201
+    assert client.get("/api/clips/keep-me").json()["source"] == "upload:b.wav"
+
+
+@pytest.mark.parametrize("name", list(ENCODED_FORMATS))
+def test_compressed_uploads_are_tagged(client, name):
+    r = _upload(client, [(f"clip.{name}", encoded_bytes(*ENCODED_FORMATS[name], seconds=1.5, seed=5))])
+    assert r.status_code == 201 and r.json()["items"][0]["status"] == "tagged", r.text
+
+
+def test_odd_rates_and_lying_files_are_answered_not_crashed(client):
+    r = _upload(client, [("odd.wav", audio_bytes("WAV", 2.0, sr=44099, seed=6))])
+    assert r.status_code == 201 and r.json()["items"][0]["sample_rate"] == 44099
+    truncated = audio_bytes("WAV", 1.0, seed=7)[: 44 + 264]
+    r = _upload(client, [("cut.wav", truncated)])
+    assert r.status_code == 422 and "truncated: header 1.00 s" in r.json()["detail"]
+    one_hz = bytearray(audio_bytes("WAV", 1.0, sr=8000, seed=8))
+    one_hz[24:28] = struct.pack("<I", 1)
+    r = _upload(client, [("slow.wav", bytes(one_hz))])
+    assert r.status_code == 422 and "sample rate 1 Hz" in r.json()["detail"]

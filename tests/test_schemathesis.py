@@ -19,7 +19,7 @@ def test_no_server_errors_for_any_schema_valid_or_invalid_request(pg_url, random
     exe = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     with api_server(env, tmp_path / "api.log") as url:
         run = subprocess.run(
-            [exe, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "40",
+            [exe, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "150",
              "--header", "X-API-Key: k", "--seed", "1", "--no-color"],
             capture_output=True, text=True, timeout=600,
         )

@@ -9,12 +9,14 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.convert import clip_out, record_out, visualization
-from api.deps import AppState, get_session, get_state, get_tagger, require_api_key
+from api.deps import AppState, get_runner, get_session, get_state, require_api_key
 from api.metrics import CLIPS
 from api.schemas import ClipList, ClipOut, LabelCount, LabelList, UploadResult, Visualization
 from tagger import repository
-from tagger.inference import Tagger
-from tagger.pipeline import Payload, tag_payloads
+from api.text import has_control_characters
+from tagger.audio import READABLE_FORMATS, sha256_hex
+from tagger.pipeline import Payload, clip_id_problem
+from tagger.stages import StageRunner
 
 router = APIRouter(prefix="/api", tags=["clips"])
 
@@ -72,33 +74,36 @@ def list_labels(session: Annotated[Session, Depends(get_session)],
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(require_api_key)],
     summary="Upload and tag one or more audio files",
-    responses={401: {"description": "API key missing or wrong"}, 413: {"description": "upload too large"},
+    responses={401: {"description": "API key missing or wrong"}, 409: {"description": "clip_id holds another clip"},
+               413: {"description": "upload too large"},
                422: {"description": "no file could be tagged (each is recorded as failed)"}},
 )
 async def upload_clips(
-    files: Annotated[list[UploadFile], File(description="WAV, FLAC or Ogg files")],
+    files: Annotated[list[UploadFile], File(description=f"audio files: {READABLE_FORMATS}")],
     state: Annotated[AppState, Depends(get_state)],
-    tagger: Annotated[Tagger, Depends(get_tagger)],
+    runner: Annotated[StageRunner, Depends(get_runner)],
     clip_id: Annotated[str | None, Form(max_length=255, description="id for a single file (default: content hash)")] = None,
+    replace: Annotated[bool, Form(description="overwrite the clip already stored under clip_id")] = False,
 ) -> UploadResult:
     limit = state.settings.max_upload_bytes
     if clip_id is not None and len(files) != 1:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "clip_id can only name a single uploaded file")
+    if clip_id is not None and (problem := clip_id_problem(clip_id)):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid clip_id: {problem}")
     payloads = []
     for f in files:
+        name = f.filename or "unnamed"
+        if has_control_characters(name):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"file name {name!r} contains control characters")
         data = await f.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                                f"{f.filename!r} is over the upload limit of {limit} bytes")
-        payloads.append(Payload(data=data, source=f"upload:{f.filename or 'unnamed'}", clip_id=clip_id))
-    # Decode and inference block: run them off the event loop.
-    records = await run_in_threadpool(tag_payloads, tagger, payloads, state.settings.max_duration_s)
-
-    def save() -> None:
-        with state.sessions.begin() as session:
-            repository.save_clips(session, records)
-
-    await run_in_threadpool(save)
+                                f"{name!r} is over the upload limit of {limit} bytes")
+        payloads.append(Payload(data=data, source=f"upload:{name}", clip_id=clip_id))
+    if clip_id is not None and not replace:
+        await run_in_threadpool(_refuse_overwrite, state, clip_id, sha256_hex(payloads[0].data))
+    records = await runner.run(payloads)
     for r in records:
         CLIPS.labels(r.status).inc()
     items = [record_out(r) for r in records]
@@ -108,3 +113,12 @@ async def upload_clips(
             "; ".join(f"{r.source.removeprefix('upload:')}: {r.error}" for r in records),
         )
     return UploadResult(items=items)
+
+
+def _refuse_overwrite(state: AppState, clip_id: str, sha256: str) -> None:
+    with state.sessions() as session:
+        existing = repository.get_clip(session, clip_id)
+    if existing is not None and existing.sha256 not in (None, sha256):
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"clip {clip_id!r} already holds other audio (sha256 {existing.sha256[:12]}…); "
+                            "send replace=true to overwrite it")

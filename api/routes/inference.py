@@ -2,42 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AppState, get_state, get_tagger
+from api.deps import AppState, get_runner, get_state, require_api_key
 from api.inference_compat import inference_response
 from api.schemas import InferenceRequest, InferenceResponse
-from tagger.audio import AudioError, decode_bytes
-from tagger.inference import Tagger
+from tagger.pipeline import Payload
+from tagger.stages import StageRunner
 
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/inference", response_model=InferenceResponse,
-             responses={413: {"description": "audio too large"}, 422: {"description": "not decodable audio"}})
+@router.post("/inference", response_model=InferenceResponse, dependencies=[Depends(require_api_key)],
+             responses={401: {"description": "API key missing or wrong"}, 413: {"description": "audio too large"},
+                        422: {"description": "not decodable audio"}})
 async def inference(
     body: InferenceRequest,
     state: Annotated[AppState, Depends(get_state)],
-    tagger: Annotated[Tagger, Depends(get_tagger)],
+    runner: Annotated[StageRunner, Depends(get_runner)],
 ) -> dict:
     limit = state.settings.max_upload_bytes
-    if len(body.data) > limit * 4 // 3 + 4:
+    # What the `base64` tool writes wraps lines; whitespace is never part of the data.
+    encoded = "".join(body.data.split())
+    if len(encoded) > limit * 4 // 3 + 4:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"audio is over the limit of {limit} bytes")
     try:
-        data = base64.b64decode(body.data, validate=True)
+        data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "data is not valid base64") from None
-
-    def run() -> dict:
-        clip = decode_bytes(data, max_duration_s=state.settings.max_duration_s)
-        return inference_response(clip, tagger.tag([clip])[0])
-
-    try:
-        return await run_in_threadpool(run)
-    except AudioError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    decoded = await asyncio.wrap_future(runner.decode([Payload(data=data, source="inference")]))
+    if not decoded.audio:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, decoded.records[0].error or "not audio")
+    tagged = await asyncio.wrap_future(runner.tag(decoded))
+    result = tagged.results[0]
+    if isinstance(result, Exception):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tagging failed: {type(result).__name__}")
+    return inference_response(decoded.audio[0][1], result)

@@ -1,0 +1,140 @@
+"""The one stage runner: decode ‖ model ‖ store, each in its own thread.
+
+Bulk ingest, the Faust worker and the API all push batches of payloads through a
+``StageRunner``. Each stage has a single thread, so while the model runs batch n the
+decoder can read batch n+1 and the store can write batch n-1, and nothing blocking ever
+runs on an event loop. Every payload comes out as exactly one stored record, tagged or
+failed with its reason; the only thing that escapes is ``DatabaseUnavailable``, when the
+database stayed away longer than the caller is willing to wait (nothing of that batch
+is then stored, and the caller must not acknowledge it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tagger.inference import Tagger
+from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
+from tagger.repository import ClipRecord, save_clips
+
+log = logging.getLogger("soundtag.store")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database stayed unreachable for longer than the retry budget."""
+
+
+class DatabaseWaiter:
+    """Runs database work, waiting out outages with backoff for at most ``give_up_after_s``.
+
+    One line when the database goes away, one when it is back: not one per retry.
+    """
+
+    def __init__(self, give_up_after_s: float = 120.0, max_delay_s: float = 5.0) -> None:
+        self.give_up_after_s, self.max_delay_s = give_up_after_s, max_delay_s
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+
+    def run(self, operation, what: str):
+        delay, started = 0.25, time.monotonic()
+        while True:
+            try:
+                result = operation()
+            except DBAPIError as exc:
+                if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+                    raise
+                waited = time.monotonic() - started
+                if waited >= self.give_up_after_s:
+                    raise DatabaseUnavailable(
+                        f"database unreachable for {waited:.0f} s while {what}: {_first_line(exc)}") from None
+                self._went_down(exc, what)
+                time.sleep(min(delay, max(0.0, self.give_up_after_s - waited)))
+                delay = min(delay * 2, self.max_delay_s)
+                continue
+            self._came_back()
+            return result
+
+    def _went_down(self, exc: Exception, what: str) -> None:
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("database unavailable while %s (%s); waiting up to %.0f s for it",
+                            what, _first_line(exc), self.give_up_after_s)
+
+    def _came_back(self) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                log.warning("database is back after %.1f s", time.monotonic() - self._down_since)
+                self._down_since = None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], waiter: DatabaseWaiter) -> None:
+    """Store a batch in one transaction; a record the database refuses fails alone."""
+
+    def write(batch: list[ClipRecord]) -> None:
+        with sessions.begin() as session:
+            save_clips(session, batch)
+
+    try:
+        waiter.run(lambda: write(records), f"storing {len(records)} clips")
+        return
+    except DatabaseUnavailable:
+        raise
+    except DBAPIError as exc:
+        log.error("batch write refused (%s); storing clip by clip", _first_line(exc))
+    for rec in records:
+        try:
+            waiter.run(lambda: write([rec]), f"storing clip {rec.clip_id}")
+        except DatabaseUnavailable:
+            raise
+        except DBAPIError as exc:
+            rec.status, rec.error = "failed", f"database refused the result: {_first_line(exc)}"
+            rec.top3, rec.features = [], None
+            waiter.run(lambda: write([ClipRecord(clip_id=rec.clip_id, source=rec.source[:2000], status="failed",
+                                                 error=rec.error)]), f"recording clip {rec.clip_id} as failed")
+
+
+class StageRunner:
+    def __init__(self, tagger: Tagger, sessions: sessionmaker[Session], max_duration_s: float | None = None,
+                 waiter: DatabaseWaiter | None = None) -> None:
+        self.tagger, self.sessions, self.max_duration_s = tagger, sessions, max_duration_s
+        self.waiter = waiter or DatabaseWaiter()
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode")
+        self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model")
+        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store")
+
+    # Each stage on its own thread; callers chain the futures to overlap batches.
+    def decode(self, payloads: list[Payload]) -> Future[Decoded]:
+        return self._decoder.submit(decode_payloads, payloads, self.max_duration_s)
+
+    def tag(self, decoded: Decoded) -> Future[Tagged]:
+        return self._model.submit(run_model, self.tagger, decoded)
+
+    def store(self, tagged: Tagged) -> Future[list[ClipRecord]]:
+        return self._storer.submit(self._finish_and_save, tagged)
+
+    def _finish_and_save(self, tagged: Tagged) -> list[ClipRecord]:
+        records = finish_records(tagged)
+        save_records(self.sessions, records, self.waiter)
+        return records
+
+    async def run(self, payloads: list[Payload]) -> list[ClipRecord]:
+        """One batch through all three stages without blocking the event loop."""
+        decoded = await asyncio.wrap_future(self.decode(payloads))
+        tagged = await asyncio.wrap_future(self.tag(decoded))
+        return await asyncio.wrap_future(self.store(tagged))
+
+    def close(self, wait: bool = True) -> None:
+        for pool in (self._decoder, self._model, self._storer):
+            pool.shutdown(wait=wait, cancel_futures=True)
