@@ -3,8 +3,9 @@
 Per batch (``take_events(max_batch, within)``): messages → payloads → decode → model →
 encode and idempotent upsert (retried with backoff while the database is away) → one
 ``audio-tags`` event per tagged clip, the original message to ``audio-clips-dlq`` for
-every failure. Faust acknowledges a batch only after all of that, so a worker killed at
-any instant re-reads what it had not finished, and the upsert keeps one result per clip.
+every failure. The batch's messages are held (``_Consumer.hold``) until all of that is
+durable, so a worker stopped, killed or failing at any instant re-reads what it had not
+finished, and the upsert keeps one result per clip.
 
 Decoding, the model and storing each run in their own single thread, never on the event
 loop (heartbeats keep flowing). ``pipeline_depth`` agent actors share the partitions'
@@ -15,10 +16,9 @@ before it is acknowledged, whichever actor handled it (``_Consumer._new_offset``
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
+import os
+import signal
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -30,51 +30,14 @@ except ImportError:  # older Faust acknowledges on the event loop only
     import threading
 
     ack_lock = threading.RLock()
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stream.messages import dlq_headers, encode_event, payload_from_message
 from tagger.config import Settings
 from tagger.inference import Tagger
-from tagger.pipeline import Tagged, decode_payloads, finish_records, run_model
-from tagger.repository import ClipRecord, save_clips
+from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
 
 log = logging.getLogger("soundtag.worker")
-
-
-def save_with_retry(sessions: sessionmaker[Session], records: list[ClipRecord], max_delay: float = 10.0) -> None:
-    """Write a batch; while the database is unreachable, wait and try again (nothing is dropped)."""
-    delay = 0.5
-    while True:
-        try:
-            with sessions.begin() as session:
-                save_clips(session, records)
-            return
-        except (OperationalError,) as exc:
-            log.warning("database unavailable (%s); retrying in %.1f s", str(exc).splitlines()[0], delay)
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                log.warning("database connection lost; retrying in %.1f s", delay)
-            else:
-                _save_one_by_one(sessions, records, exc)
-                return
-        time.sleep(delay)
-        delay = min(delay * 2, max_delay)
-
-
-def _save_one_by_one(sessions, records: list[ClipRecord], batch_error: Exception) -> None:
-    """A record the database refuses fails alone; the rest of the batch is stored."""
-    log.error("batch write refused (%s); storing clip by clip", batch_error)
-    for rec in records:
-        try:
-            with sessions.begin() as session:
-                save_clips(session, [rec])
-        except DBAPIError as exc:
-            rec.status, rec.error = "failed", f"database refused the result: {str(exc).splitlines()[0]}"
-            rec.top3, rec.features = [], None
-            with sessions.begin() as session:
-                save_clips(session, [ClipRecord(clip_id=rec.clip_id[:255], source=rec.source, status="failed",
-                                                error=rec.error)])
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -90,18 +53,48 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer, but it never commits past a message whose result is not durable."""
+
+    _held: dict[TP, set[int]]
+
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def hold(self, messages) -> None:
+        """These messages' rows or dead letters are not durable yet: commit nothing past them.
+
+        Held until ``release``; whatever ends the agent before that (a stop, a crash, an
+        exception) leaves them held, so they are re-read after a restart. Faust's batch
+        iterator acknowledges a whole batch in a ``finally:`` when its agent is
+        cancelled, and acknowledged alone would mean committed.
+        """
+        with ack_lock:
+            held = self.__dict__.setdefault("_held", {})
+            for m in messages:
+                held.setdefault(m.tp, set()).add(m.offset)
+
+    def release(self, messages) -> None:
+        with ack_lock:
+            held = self.__dict__.get("_held", {})
+            for m in messages:
+                held.get(m.tp, set()).discard(m.offset)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        with ack_lock:  # another worker re-reads them from the committed offset
+            for tp in revoked:
+                self.__dict__.get("_held", {}).pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
     def _new_offset(self, tp: TP) -> int | None:
-        """Faust's commit offset, but never past a message that is still being processed.
+        """Faust's commit offset, but never past a message that is held or still in flight.
 
         Faust commits the first run of consecutive acknowledged offsets and lets that run
         start one past the committed offset, or anywhere when the committed offset is 0
         or unknown. With several actors a later batch is often acknowledged first, so
         Faust would commit past the earlier batch's messages, and a worker killed then
         would lose them (seen: 299 of 300 clips after a SIGKILL). So: no commit for a
-        partition while a message below its acknowledged ones is still in flight.
+        partition while a message at or below its acknowledged ones is held, or below
+        them is still in flight.
         """
         acked = self._acked.get(tp)
         if acked:
@@ -109,7 +102,11 @@ class _Consumer(faust_aiokafka.Consumer):
             with ack_lock:  # acknowledgements may come from other threads
                 in_flight = [m.offset for m in self._unacked_messages
                              if m.tp == tp and (committed is None or m.offset >= committed)]
+                held = self.__dict__.get("_held", {}).get(tp)
+                lowest_held = min(held) if held else None
             if in_flight and min(in_flight) < min(acked):
+                return None
+            if lowest_held is not None and lowest_held <= min(acked):
                 return None
         return super()._new_offset(tp)
 
@@ -148,36 +145,36 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
                       partitions=app.conf.topic_partitions)
     tags = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode")
-    model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model")
-    storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store")
-
-    def store(tagged: Tagged) -> list[ClipRecord]:
-        records = finish_records(tagged)
-        save_with_retry(sessions, records)
-        return records
+    runner = StageRunner(tagger, sessions, settings.max_duration_s, DatabaseWaiter(settings.db_retry_s))
+    app.gave_up = None  # type: ignore[attr-defined]
 
     @app.agent(clips, concurrency=settings.pipeline_depth)
     async def tag_clips(stream):
-        loop = asyncio.get_running_loop()
+        consumer = app.consumer
         async for events in stream.take_events(settings.max_batch, within=settings.batch_within_s):
             messages = [e.message for e in events]
-            payloads = [payload_from_message(m.key, m.value, m.topic, m.partition, m.offset) for m in messages]
-            decoded = await loop.run_in_executor(decoder, decode_payloads, payloads, settings.max_duration_s)
-            tagged = await loop.run_in_executor(model, run_model, tagger, decoded)
-            records = await loop.run_in_executor(storer, store, tagged)
-            for message, record in zip(messages, records):
-                key = record.clip_id.encode()
-                if record.status == "tagged":
-                    await tags.send(key=key, value=encode_event(record))
-                else:
-                    await dlq.send(key=message.key, value=message.value or b"",
-                                   headers=dlq_headers(message.headers, record.error or "unknown error"))
-            await app.producer.flush()
+            consumer.hold(messages)
+            try:
+                records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
+                                            for m in messages])
+                for message, record in zip(messages, records):
+                    if record.status == "tagged":
+                        await tags.send(key=record.clip_id.encode(), value=encode_event(record))
+                    else:
+                        await dlq.send(key=message.key, value=message.value or b"",
+                                       headers=dlq_headers(message.headers, record.error or "unknown error"))
+                await app.producer.flush()
+            except DatabaseUnavailable as exc:
+                # The batch stays held (never committed); stop so that a restart re-reads it.
+                log.critical("%s; stopping the worker: the batch will be re-read after a restart", exc)
+                app.gave_up = str(exc)  # type: ignore[attr-defined]
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            consumer.release(messages)
             tagged_count = sum(r.status == "tagged" for r in records)
-            partitions = sorted({m.partition for m in messages})
-            log.info("batch of %d from partitions %s: %d tagged, %d failed",
-                     len(records), partitions, tagged_count, len(records) - tagged_count)
+            log.info("batch of %d from partitions %s: %d tagged, %d failed", len(records),
+                     sorted({m.partition for m in messages}), tagged_count, len(records) - tagged_count)
 
     app.tag_clips = tag_clips  # type: ignore[attr-defined]
+    app.runner = runner  # type: ignore[attr-defined]
     return app

@@ -1,20 +1,84 @@
-"""`soundtag worker`: load the model and the database, then run the Faust worker."""
+"""`soundtag worker`: load the model and the database, then run the Faust worker.
+
+Two things an operator needs that Faust does not give: a stop that takes seconds even
+when the broker is gone (nothing unacknowledged is ever committed, so ending the process
+after a short grace loses nothing), and one log line per broker state change instead
+of one per retry.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
+
+from faust import Worker
 
 from tagger.config import get_settings
 from tagger.service import load_tagger, open_database
+
+STOP_GRACE_S = 8.0
+log = logging.getLogger("soundtag.worker")
+
+
+class _StopWithinSeconds(Worker):
+    def _schedule_shutdown(self, signal) -> None:
+        first = not self._signal_stop_time
+        super()._schedule_shutdown(signal)
+        if first:
+            timer = threading.Timer(STOP_GRACE_S, self._exit_now)
+            timer.daemon = True
+            timer.start()
+
+    def _exit_now(self) -> None:
+        print(f"soundtag worker: still stopping after {STOP_GRACE_S:.0f} s; exiting now "
+              "(unfinished batches were never committed and will be re-read)", file=sys.stderr, flush=True)
+        os._exit(1 if getattr(self.app, "gave_up", None) else 0)
+
+
+class RepeatedLogCollapser(logging.Filter):
+    """Lets the first of a run of identical messages through, then one line a minute.
+
+    aiokafka logs every failed reconnect (dozens a second while a broker is away).
+    """
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            last, suppressed = self._seen.get(key, (0.0, 0))
+            if now - last < self.every_s:
+                self._seen[key] = (last, suppressed + 1)
+                return False
+            self._seen[key] = (now, 0)
+        if suppressed:
+            record.msg = f"{record.msg} (and {suppressed} more like it in the last {self.every_s:.0f} s)"
+        return True
+
+
+def _collapse_repeated_broker_errors() -> None:
+    collapser = RepeatedLogCollapser()
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.consumer.group_coordinator", "aiokafka.cluster",
+                 "faust", "mode"):
+        logging.getLogger(name).addFilter(collapser)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(collapser)
 
 
 def run_worker(loglevel: str = "info") -> int:
     settings = get_settings()
     tagger = load_tagger(settings)  # a missing model stops here, with a clear message
     sessions = open_database(settings)
-    from faust import Worker
-
     from stream.app import create_app
 
     app = create_app(settings, tagger, sessions)
@@ -23,6 +87,14 @@ def run_worker(loglevel: str = "info") -> int:
           f"{settings.input_topic} → {settings.output_topic} (DLQ {settings.dlq_topic}) "
           f"via {settings.kafka_bootstrap}, batches of ≤{settings.max_batch} within {settings.batch_within_s}s",
           file=sys.stderr, flush=True)
-    worker = Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
-    return 0
+    worker = _StopWithinSeconds(app, loglevel=loglevel, quiet=True)
+    _collapse_repeated_broker_errors()
+    try:
+        worker.execute_from_commandline()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    if getattr(app, "gave_up", None):
+        print(f"soundtag worker: stopped: {app.gave_up}", file=sys.stderr, flush=True)
+        return 1
+    return code

@@ -13,7 +13,12 @@ from sqlalchemy import func, select, text
 from tagger import db
 from tagger.ingest import ingest
 from tagger.models import Clip, ClipFeatures, Tag
-from tests.conftest import audio_bytes
+import struct
+
+import psycopg
+
+from tests.conftest import (ENCODED_FORMATS, PG_ADMIN_URL, _create_database, _drop_database, audio_bytes,
+                            encoded_bytes)
 
 
 def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
@@ -93,7 +98,7 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
     done = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(folder), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert f"{120 - n} tagged, {n} skipped, 0 failed" in done.stdout
+    assert f"{120 - n} tagged, {n} already tagged, 0 failed" in done.stdout
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Clip)) == 120
 
@@ -120,3 +125,74 @@ def test_unreachable_database_is_one_clear_line(tmp_path, random_checkpoint):
     r = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "database error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_file_in_a_folder_is_tagged_failed_or_listed(tmp_path, pg_url, random_tagger):
+    sessions = _fresh(pg_url)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, name in enumerate(ENCODED_FORMATS):
+        (folder / f"clip.{name}").write_bytes(encoded_bytes(*ENCODED_FORMATS[name], seconds=1.5, seed=40 + i))
+    (folder / "no-extension").write_bytes(audio_bytes("FLAC", 1.0, seed=50))  # audio by content
+    (folder / "odd-rate.wav").write_bytes(audio_bytes("WAV", 2.0, sr=44099, seed=51))
+    (folder / "cut.wav").write_bytes(audio_bytes("WAV", 1.0, seed=52)[: 44 + 264])
+    one_hz = bytearray(audio_bytes("WAV", 1.0, sr=8000, seed=53))
+    one_hz[24:28] = struct.pack("<I", 1)
+    (folder / "one-hz.wav").write_bytes(bytes(one_hz))
+    (folder / "notes.txt").write_text("not audio\n")
+    (folder / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    summary = ingest([folder], random_tagger, sessions, batch_size=3, progress=False)
+    assert summary.tagged == 5, summary.failures  # mp3, m4a, webm, FLAC without a name, 44,099 Hz
+    assert dict(summary.failures) == {
+        str((folder / "cut.wav").resolve()): "truncated: header 1.00 s, data 0.003 s",
+        str((folder / "one-hz.wav").resolve()): "sample rate 1 Hz is outside the 2,000–768,000 Hz that "
+                                                 "recordings use",
+    }
+    assert sorted(summary.not_audio) == [str(folder / "notes.txt"), str(folder / "picture.png")]
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Clip).where(Clip.status == "tagged")) == 5
+        assert s.scalar(select(func.count()).select_from(Clip).where(Clip.status == "failed")) == 2
+    again = ingest([folder], random_tagger, sessions, batch_size=3, progress=False)
+    assert (again.tagged, again.skipped, again.failed) == (0, 5, 2)
+
+
+def _block_database(name: str, blocked: bool) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if blocked else "true"}')
+        if blocked:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+def test_ingest_rides_out_a_30_second_database_outage(tmp_path, random_checkpoint):
+    name, url = _create_database("soundtag_outage")
+    try:
+        db.upgrade(url)
+        folder = tmp_path / "outage"
+        folder.mkdir()
+        for i in range(160):
+            (folder / f"c{i:03d}.wav").write_bytes(audio_bytes("WAV", 5.0, sr=16000, seed=500 + i))
+        sessions = db.session_factory(url)
+        proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "ingest", str(folder), "--batch-size", "8",
+                                 "--quiet"], env=_cli_env(url, random_checkpoint),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            with sessions() as s:
+                if s.scalar(select(func.count()).select_from(Clip)) >= 16:
+                    break
+            time.sleep(0.2)
+        _block_database(name, True)
+        try:
+            time.sleep(30)
+            assert proc.poll() is None, proc.communicate()
+        finally:
+            _block_database(name, False)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        assert "160 tagged, 0 already tagged, 0 failed" in out
+        assert err.count("database unavailable") == 1 and err.count("database is back") == 1, err
+        with sessions() as s:
+            assert s.scalar(select(func.count()).select_from(Clip)) == 160
+            assert s.scalar(select(func.count()).select_from(Tag)) == 480
+    finally:
+        _drop_database(name)
