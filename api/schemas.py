@@ -81,7 +81,8 @@ class UploadResult(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    data: str = Field(description="the audio file's bytes, base64-encoded (WAV, FLAC or Ogg)")
+    data: str = Field(description="the audio file's bytes, base64-encoded (WAV, FLAC, Ogg, AIFF, MP3, M4A/AAC, "
+                                  "WebM/Opus); line breaks are ignored")
 
 
 class Prediction(BaseModel):

@@ -53,6 +53,21 @@ def topic_message_limit(bootstrap: str, topic: str) -> int:
     return configured
 
 
+def broker_reachable(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    """Whether any bootstrap server accepts a connection: a quick answer before the
+    Kafka client's own retries (a minute of them) when the broker is simply not there."""
+    import socket
+
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def make_producer(bootstrap: str, max_message_bytes: int, max_block_s: float = 20.0):
     from kafka import KafkaProducer
 
@@ -77,6 +92,10 @@ def publish(paths, topic: str | None = None, bootstrap: str = "127.0.0.1:9092", 
     topic = topic or get_settings().input_topic
     found = find_audio_files(paths)
     summary = PublishSummary(not_audio=[str(p) for p in found.not_audio])
+    if producer is None and not broker_reachable(bootstrap):
+        summary.gave_up = f"Kafka broker unreachable at {bootstrap} (no answer within 5 s)"
+        summary.failed = len(found.audio)
+        return summary
     limit = topic_message_limit(bootstrap, topic)
     own = producer is None
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -24,6 +25,12 @@ log = logging.getLogger("soundtag.worker")
 
 
 class _StopWithinSeconds(Worker):
+    def on_setup_root_logger(self, logger, level) -> None:
+        super().on_setup_root_logger(logger, level)
+        collapser = RepeatedLogCollapser()
+        for handler in logger.handlers:  # Faust's own handlers, set up as the worker starts
+            handler.addFilter(collapser)
+
     def _schedule_shutdown(self, signal) -> None:
         first = not self._signal_stop_time
         super()._schedule_shutdown(signal)
@@ -66,13 +73,28 @@ class RepeatedLogCollapser(logging.Filter):
         return True
 
 
-def _collapse_repeated_broker_errors() -> None:
-    collapser = RepeatedLogCollapser()
-    for name in ("aiokafka", "aiokafka.conn", "aiokafka.consumer.group_coordinator", "aiokafka.cluster",
-                 "faust", "mode"):
-        logging.getLogger(name).addFilter(collapser)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(collapser)
+def _wait_for_broker(bootstrap: str) -> bool:
+    """Wait (one line, not one per try) until the broker answers; False if stopped first."""
+    from stream.producer import broker_reachable
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        announced = False
+        while not broker_reachable(bootstrap, timeout_s=2.0):
+            if not announced:
+                print(f"soundtag worker: Kafka broker at {bootstrap} unreachable; waiting for it",
+                      file=sys.stderr, flush=True)
+                announced = True
+            if stop.wait(2.0):
+                print("soundtag worker: stopped while waiting for the broker", file=sys.stderr, flush=True)
+                return False
+        if announced:
+            print(f"soundtag worker: Kafka broker at {bootstrap} is up", file=sys.stderr, flush=True)
+        return True
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_worker(loglevel: str = "info") -> int:
@@ -87,8 +109,9 @@ def run_worker(loglevel: str = "info") -> int:
           f"{settings.input_topic} → {settings.output_topic} (DLQ {settings.dlq_topic}) "
           f"via {settings.kafka_bootstrap}, batches of ≤{settings.max_batch} within {settings.batch_within_s}s",
           file=sys.stderr, flush=True)
+    if not _wait_for_broker(settings.kafka_bootstrap):
+        return 0  # stopped while waiting: nothing was taken, nothing to hand back
     worker = _StopWithinSeconds(app, loglevel=loglevel, quiet=True)
-    _collapse_repeated_broker_errors()
     try:
         worker.execute_from_commandline()
         code = 0

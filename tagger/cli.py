@@ -102,6 +102,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from stream.producer import publish
 
+    # kafka-python logs every failed connection attempt; the summary says what happened.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
     summary = publish(args.paths, topic=args.topic, bootstrap=get_settings().kafka_bootstrap,
                       progress=not args.quiet)
     print(summary)
@@ -185,8 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from tagger.service import UntrainedModelError
 
+    try:
+        get_settings()
+    except ValidationError as exc:
+        return _fail("configuration: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     try:
         return args.func(args)
     except (ModelNotFoundError, CheckpointError, UntrainedModelError) as exc:

@@ -10,13 +10,17 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
 SHIPPED_MODEL_PATH = ASSETS_DIR / "audiocnn-esc50.safetensors"
 SAMPLES_DIR = ASSETS_DIR / "samples"
+
+
+# Example values from deploy/.env.example and their kin: never accepted as real secrets.
+PLACEHOLDER_SECRETS = {"change-me", "change-me-too", "changeme", "secret", "password"}
 
 
 def _default_database_url() -> str:
@@ -33,6 +37,8 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     model_path: Path = SHIPPED_MODEL_PATH
     api_key: str | None = None
+    # Deployments set this so the API refuses to start without a key (docker-compose.yml).
+    require_api_key: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Randomly initialised checkpoints (plumbing tests) are refused unless this is set.
     allow_untrained: bool = False
@@ -63,6 +69,36 @@ class Settings(BaseSettings):
     # Batches in flight per worker: while one is in the model, the next one decodes and
     # the one before it is stored, so the model waits for neither.
     pipeline_depth: int = Field(default=2, ge=1, le=8)
+
+
+    @field_validator("api_key")
+    @classmethod
+    def _real_api_key(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("SOUNDTAG_API_KEY is a placeholder from the example; set a real secret "
+                             "(e.g. `openssl rand -hex 24`)")
+        return value or None
+
+    @field_validator("database_url")
+    @classmethod
+    def _real_database_password(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(value).password
+        except Exception:  # noqa: BLE001 - a malformed URL is reported when it is used
+            return value
+        if password is not None and str(password).lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("the database password in SOUNDTAG_DATABASE_URL is a placeholder from the "
+                             "example; set a real secret")
+        return value
+
+    @model_validator(mode="after")
+    def _key_when_required(self) -> "Settings":
+        if self.require_api_key and not self.api_key:
+            raise ValueError("SOUNDTAG_REQUIRE_API_KEY is set but SOUNDTAG_API_KEY is empty: "
+                             "the API will not start without a key")
+        return self
 
 
 @functools.cache

@@ -26,7 +26,8 @@ from sqlalchemy import text
 
 from deploy.dev_broker import start_broker
 from tagger import db
-from tests.conftest import PG_ADMIN_URL, _create_database, _drop_database, audio_bytes
+from tests.conftest import (ENCODED_FORMATS, PG_ADMIN_URL, _create_database, _drop_database, audio_bytes,
+                            encoded_bytes)
 from tests.servers import free_port
 
 pytestmark = pytest.mark.kafka
@@ -249,28 +250,60 @@ def test_database_outage_mid_stream_loses_nothing(worker, producer, stream_db):
     assert worker.proc.poll() is None
 
 
-def test_sigkill_mid_stream_then_restart_leaves_exactly_one_result_per_clip(worker, worker_env, producer,
-                                                                             stream_db, tmp_path):
-    url = stream_db[1]
-    items = [(f"crash-{i}".encode(), _clip(3000 + i, seconds=2.0)) for i in range(300)]
+def test_compressed_formats_and_odd_rates_are_tagged_through_the_stream(worker, producer, stream_db, broker):
+    tag = uuid.uuid4().hex[:6]
+    items = [(f"{name}-{tag}".encode(), encoded_bytes(*spec, seconds=1.5, seed=60 + i))
+             for i, (name, spec) in enumerate(ENCODED_FORMATS.items())]
+    items.append((f"odd-rate-{tag}".encode(), audio_bytes("WAV", 2.0, sr=44099, seed=64)))
+    cut = (f"cut-{tag}".encode(), audio_bytes("WAV", 1.0, seed=65)[: 44 + 264])
+    _send(producer, items + [cut])
+    ids = [k.decode() for k, _ in items]
+    _wait_rows(stream_db[1], ids + [cut[0].decode()])
+    _assert_exactly_once(stream_db[1], ids)
+    error = _query(stream_db[1], "SELECT error FROM clips WHERE id = %s", (cut[0].decode(),))[0][0]
+    assert error == "truncated: header 1.00 s, data 0.003 s"
+
+
+def _stop_mid_stream_then_restart(sig, prefix, seed, worker, worker_env, producer, url, log_path) -> float:
+    """Publish 300 clips, send ``sig`` once part of them is stored, restart, check exactly once.
+
+    Returns how long the worker took to exit after the signal.
+    """
+    items = [(f"{prefix}-{i}".encode(), _clip(seed + i, seconds=2.0)) for i in range(300)]
     ids = [k.decode() for k, _ in items]
     _send(producer, items)
     deadline = time.time() + 120
-    while time.time() < deadline:  # kill once part of the stream is stored
+    while time.time() < deadline:  # stop once part of the stream is stored
         if _query(url, "SELECT count(*) FROM clips WHERE id = ANY(%s)", (ids,))[0][0] >= 40:
             break
         time.sleep(0.2)
-    worker.proc.send_signal(signal.SIGKILL)
-    worker.proc.wait()
+    asked = time.time()
+    worker.proc.send_signal(sig)
+    worker.proc.wait(timeout=60)
+    took = time.time() - asked
     stored = _query(url, "SELECT count(*) FROM clips WHERE id = ANY(%s)", (ids,))[0][0]
-    assert 0 < stored < 300, "the kill should land mid-stream"
-    restarted = Worker(worker_env, tmp_path / "worker-restarted.log")
+    assert 0 < stored < 300, "the stop should land mid-stream"
+    restarted = Worker(worker_env, log_path)
     try:
         restarted.wait_ready(timeout=300)
         _wait_rows(url, ids, timeout=400)
         _assert_exactly_once(url, ids)
     finally:
-        worker.proc, worker.log_path = restarted.proc, restarted.log_path  # the module's worker from now on
+        worker.proc, worker.log_path, worker.log = restarted.proc, restarted.log_path, restarted.log
+    return took
+
+
+def test_sigterm_mid_stream_then_restart_leaves_exactly_one_result_per_clip(worker, worker_env, producer,
+                                                                             stream_db, tmp_path):
+    took = _stop_mid_stream_then_restart(signal.SIGTERM, "term", 5000, worker, worker_env, producer, stream_db[1],
+                                         tmp_path / "worker-after-term.log")
+    assert took < 15, "a worker stops within seconds of SIGTERM"
+
+
+def test_sigkill_mid_stream_then_restart_leaves_exactly_one_result_per_clip(worker, worker_env, producer,
+                                                                             stream_db, tmp_path):
+    _stop_mid_stream_then_restart(signal.SIGKILL, "crash", 3000, worker, worker_env, producer, stream_db[1],
+                                  tmp_path / "worker-restarted.log")
 
 
 def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, producer, stream_db, tmp_path):
@@ -348,3 +381,71 @@ def test_worker_never_commits_past_a_message_another_actor_still_holds():
         return seen
 
     assert asyncio.run(offsets()) == [(None, 6)] * 4
+
+
+def test_a_batch_whose_agent_ends_early_is_never_committed():
+    """Faust's batch iterator acknowledges a cancelled batch in its ``finally:``; messages
+    the worker still holds block the commit anyway, even after they are garbage."""
+    import asyncio
+    import gc
+
+    from faust.types import TP
+    from faust.types.tuples import Message
+
+    from stream.app import create_app
+    from tagger.config import Settings
+
+    async def offsets():
+        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1")
+        app = create_app(settings, tagger=None, sessions=None)
+        app.topics.add(app.topic(settings.input_topic))
+        await app.topics._update_indices()
+        consumer = app.consumer
+        tp = TP(settings.input_topic, 0)
+        consumer._committed_offset[tp] = 10
+        messages = [Message(settings.input_topic, 0, 10 + i, 0.0, 0, None, b"k", b"v", None, tp=tp)
+                    for i in range(8)]
+        for m in messages:
+            consumer.track_message(m)
+        consumer.hold(messages[:4])  # batch A taken; its agent is then cancelled
+        for m in messages:  # Faust acknowledges batch A anyway; batch B is done
+            consumer.ack(m)
+        del m
+        messages_b = messages[4:]
+        del messages
+        gc.collect()
+        blocked = consumer._new_offset(tp)
+        consumer.release(messages_b)
+        return blocked
+
+    assert asyncio.run(offsets()) is None
+
+
+def test_worker_whose_broker_goes_away_logs_little_and_stops_within_seconds(worker_env, tmp_path):
+    port = free_port()
+    broker_log = open(tmp_path / "tansu.log", "w")
+    broker_proc = start_broker(port, broker_log)
+    _wait_port(port)
+    env = {**worker_env, "SOUNDTAG_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "SOUNDTAG_CONSUMER_GROUP": "soundtag-gone"}
+    lonely = Worker(env, tmp_path / "worker-gone.log")
+    try:
+        lonely.wait_ready(timeout=300)
+        broker_proc.terminate()
+        broker_proc.wait(timeout=10)
+        time.sleep(3)
+        before = len(lonely.log_path.read_text().splitlines())
+        time.sleep(10)
+        during = len(lonely.log_path.read_text().splitlines()) - before
+        assert lonely.proc.poll() is None
+        asked = time.time()
+        lonely.proc.send_signal(signal.SIGTERM)
+        lonely.proc.wait(timeout=60)
+        took = time.time() - asked
+    finally:
+        lonely.stop(signal.SIGKILL)
+        if broker_proc.poll() is None:
+            broker_proc.kill()
+        broker_log.close()
+    print(f"{during} log lines in 10 s with the broker gone; stopped {took:.1f} s after SIGTERM")
+    assert during < 50, lonely.log_path.read_text()[-3000:]
+    assert took < 15

@@ -1,0 +1,49 @@
+"""Settings refuse what a deployment must not run with: example secrets, a missing key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from tagger.config import Settings
+
+
+@pytest.mark.parametrize("key", ["change-me", "change-me-too", "CHANGEME"])
+def test_placeholder_api_keys_are_refused(key):
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(api_key=key)
+
+
+def test_placeholder_database_password_is_refused():
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(database_url="postgresql+psycopg://soundtag:change-me@postgres:5432/soundtag")
+    assert Settings(database_url="postgresql+psycopg://soundtag:9f8e7d@postgres/soundtag")
+
+
+def test_a_required_key_must_be_set():
+    with pytest.raises(ValidationError, match="will not start without a key"):
+        Settings(require_api_key=True, api_key="")
+    assert Settings(require_api_key=True, api_key="a-real-secret-3f9a").api_key == "a-real-secret-3f9a"
+
+
+def test_the_cli_says_so_in_one_line():
+    env = {**os.environ, "SOUNDTAG_API_KEY": "change-me", "SOUNDTAG_DATABASE_URL": "sqlite://"}
+    r = subprocess.run([sys.executable, "-m", "tagger.cli", "serve"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert "placeholder" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compose_requires_a_key_and_listens_on_loopback():
+    from pathlib import Path
+
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    api = compose["services"]["api"]
+    assert api["environment"]["SOUNDTAG_API_KEY"].startswith("${SOUNDTAG_API_KEY:?")
+    assert api["environment"]["SOUNDTAG_REQUIRE_API_KEY"] == "true"
+    assert all(p.startswith("${SOUNDTAG_API_BIND:-127.0.0.1}:") for p in api["ports"])
+    assert all(str(p).startswith("127.0.0.1:") for p in compose["services"]["kafka"]["ports"])
