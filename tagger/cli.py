@@ -55,9 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         data_dir=args.data_dir, out_dir=args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
-        max_lr=args.lr, seed=args.seed, patience=args.patience, device=get_settings().device,
-        limit=args.limit, resume=args.resume, val_fold=args.val_fold,
-        time_roll=args.time_roll,
+        max_lr=args.lr, seed=args.seed, device=get_settings().device, limit=args.limit, resume=args.resume,
+        val_fold=args.val_fold, time_roll=not args.no_time_roll, crop_p=args.crop_p, band_p=args.band_p,
+        num_threads=args.threads,
     )
     if args.cv:
         from training.train import cross_validate
@@ -71,15 +71,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate
+    from training.evaluate import evaluate, robustness_table
 
     report = evaluate(args.model or get_settings().model_path, data_dir=args.data_dir, out_dir=args.out_dir,
-                      fold=args.fold, write_into_checkpoint=args.write_into_checkpoint, calibrate=args.calibrate)
-    print(f"fold {args.fold}: top-1 {report['top1']:.4f}  top-3 {report['top3']:.4f}  ECE {report['ece']:.4f}")
+                      fold=args.fold, write_into_checkpoint=args.write_into_checkpoint, calibrate=args.calibrate,
+                      temperature_to=args.temperature_to, limit=args.limit)
+    print(f"{report['model_version']} on fold {args.fold} ({report['clips']} clips):\n")
+    print(robustness_table(report["conditions"]))
     if args.calibrate:
         cal = report["calibration"]
-        print(f"temperature {cal['temperature']:.4f}: ECE {cal['ece_before']:.4f} before, "
-              f"{cal['ece_cross_fitted']:.4f} cross-fitted on halves of the fold")
+        print(f"temperature {cal['temperature']:.4f} fitted on fold {args.fold} (all conditions): "
+              f"ECE {cal['ece_before']:.4f} → {cal['ece_after']:.4f}"
+              + (f"; written into {args.temperature_to}" if args.temperature_to else ""))
     if args.write_into_checkpoint:
         print(f"wrote the figures into {report['model']} (version {report['model_version']})")
     print(f"report: {args.out_dir}/report.md")
@@ -136,18 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train AudioCNN on ESC-50")
     p.add_argument("--data-dir", default=None, help="ESC-50 folder (default: $SOUNDTAG_ESC50_DIR or ../shared/datasets/esc50)")
     p.add_argument("--out-dir", default="runs/esc50")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=80, help="fixed schedule: the last epoch is the model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="OneCycle peak learning rate")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--patience", type=int, default=20, help="early stopping: epochs without val improvement")
-    p.add_argument("--val-fold", type=int, default=5)
-    p.add_argument("--time-roll", action="store_true",
-                   help="random circular time shift per clip (measured: top-1 +1 point, top-3 -3.5 points)")
-    p.add_argument("--cv", action="store_true", help="5-fold cross-validation")
+    p.add_argument("--val-fold", type=int, default=None, choices=[1, 2, 3, 4],
+                   help="hold out one of folds 1–4 (fold 5 is the test fold and never trains or validates)")
+    p.add_argument("--no-time-roll", action="store_true", help="no random circular time shift")
+    p.add_argument("--crop-p", type=float, default=0.3, help="probability of a short crop repeated to fill")
+    p.add_argument("--band-p", type=float, default=0.3, help="probability of the clip through 8 or 16 kHz")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--cv", action="store_true", help="4-fold cross-validation on folds 1–4")
     p.add_argument("--limit", type=int, default=None, help="train on only N clips (smoke test)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
-    p.add_argument("--export", default=None, help="write the best weights as an fp16 checkpoint here")
+    p.add_argument("--export", default=None, help="write the last epoch's weights as an fp16 checkpoint here")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, calibration and confusion matrix on an ESC-50 fold")
@@ -156,10 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=5)
     p.add_argument("--out-dir", default="runs/evaluation")
     p.add_argument("--write-into-checkpoint", action="store_true",
-                   help="store the figures (and a fitted temperature) in the checkpoint")
+                   help="store the figures (and a temperature fitted with --calibrate) in the checkpoint")
     p.add_argument("--calibrate", action="store_true",
-                   help="fit the logit temperature on this fold (temperature scaling); "
-                        "with --write-into-checkpoint the model serves calibrated confidences")
+                   help="fit the logit temperature on this fold (one of 1–4, never the test fold) with every "
+                        "robustness condition mixed in")
+    p.add_argument("--temperature-to", default=None,
+                   help="write the fitted temperature into this checkpoint (the model trained on folds 1–4)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N clips of the fold (smoke test)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="run the API and the page")

@@ -20,7 +20,7 @@ import torchaudio.transforms as T
 SAMPLE_RATE = 44_100
 N_FFT = 1024
 HOP_LENGTH = 512
-N_MELS = 128
+N_MELS = 64
 F_MIN = 20.0
 F_MAX = 22_050.0
 TOP_DB = 80.0
@@ -39,7 +39,11 @@ PREPROCESSING = {
     "window_seconds": WINDOW_SECONDS,
     "mel_scale": "htk",
     "power": 2.0,
+    "db_reference": "window peak (in the model)",
+    "short_clips": "trailing silence trimmed, repeated to fill the window",
+    "long_clips": "windows inside the clip, overlapping by half",
 }
+SILENCE = 1e-4  # |sample| below this is digital silence (ESC-50 pads clips with zeros)
 
 
 class _LogMel(torch.nn.Module):
@@ -80,19 +84,29 @@ def log_mel(waveforms: torch.Tensor) -> torch.Tensor:
     return _log_mel_module(str(waveforms.device))(waveforms)
 
 
-def pad_to_windows(samples: torch.Tensor) -> torch.Tensor:
-    """Zero-pad a mono waveform to a whole number of 5 s windows (at least one).
+def window_input(samples: torch.Tensor) -> torch.Tensor:
+    """The waveform the model sees for a clip: one filled window, or the clip itself.
 
-    ESC-50 itself pads short recordings with silence, so short clips are padded the
-    same way the model saw in training.
+    A clip whose sound (trailing digital silence trimmed) fits in one window is repeated
+    to fill it, the way training fills ESC-50's padded clips; a longer clip is returned
+    as it is and tagged with windows inside it (``window_starts``).
     """
     n = samples.shape[-1]
-    windows = max(1, -(-n // WINDOW_SAMPLES))
-    return torch.nn.functional.pad(samples, (0, windows * WINDOW_SAMPLES - n))
+    loud = torch.nonzero(samples.abs() > SILENCE)
+    end = int(loud[-1]) + 1 if len(loud) else n
+    if end > WINDOW_SAMPLES:
+        return samples
+    sound = samples[:end] if end >= SAMPLE_RATE // 10 else samples[: max(n, 1)]
+    return sound.repeat(-(-WINDOW_SAMPLES // sound.shape[-1]))[:WINDOW_SAMPLES]
 
 
 def window_starts(frames: int) -> list[int]:
-    """Start frames of the 5 s windows of a spectrogram of ``frames`` frames."""
-    count = max(1, round((frames - 1) * HOP_LENGTH / WINDOW_SAMPLES))
-    starts = [min(round(k * WINDOW_SAMPLES / HOP_LENGTH), frames - WINDOW_FRAMES) for k in range(count)]
-    return [max(0, s) for s in starts]
+    """Start frames of the windows of a spectrogram of ``frames`` frames.
+
+    Windows stay inside the clip and overlap by half; the last one ends at the clip's end.
+    """
+    if frames <= WINDOW_FRAMES:
+        return [0]
+    hop = WINDOW_FRAMES // 2
+    starts = list(range(0, frames - WINDOW_FRAMES, hop))
+    return starts + [frames - WINDOW_FRAMES]

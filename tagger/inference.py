@@ -1,7 +1,8 @@
 """The one inference core: decoded clips → top-3, timeline, feature maps, embedding.
 
 Used by bulk ingest, the Faust worker and the API. A batch of clips becomes one
-stack of 5 s windows (short clips padded, long ones cut into consecutive windows),
+stack of 5 s windows (short clips repeated to fill one, long ones tagged with windows
+inside the clip that overlap by half, the last ending at the clip's end),
 run through the network in chunks of ``batch_size``. A clip's top-3 is the mean of
 its windows' class probabilities; clips longer than one window also get a per-window
 timeline, and their feature maps come from one extra fully-convolutional pass over
@@ -26,7 +27,7 @@ from tagger.features import (
     WINDOW_FRAMES,
     WINDOW_SAMPLES,
     log_mel,
-    pad_to_windows,
+    window_input,
     window_starts,
 )
 
@@ -131,7 +132,7 @@ class Tagger:
         return results  # type: ignore[return-value]
 
     def _spectrograms(self, clips: list[DecodedAudio]) -> list[torch.Tensor]:
-        padded = [pad_to_windows(torch.from_numpy(c.samples)) for c in clips]
+        padded = [window_input(torch.from_numpy(c.samples)) for c in clips]
         specs: list[torch.Tensor | None] = [None] * len(clips)
         one = [i for i, p in enumerate(padded) if p.shape[-1] == WINDOW_SAMPLES]
         # Equal lengths: batched STFTs, a few clips at a time. Measured on this CPU, 8

@@ -1,10 +1,11 @@
 """AudioCNN: a ResNet-18-layout residual CNN over log-mel spectrograms.
 
-Input (B, 1, 128 mel, T frames) in dB. A 7×7/2 stem with max-pool, four stages of two
-basic residual blocks (64→128→256→512 channels, stride 2 from the second stage on),
-global average pooling, dropout and a linear classifier whose logits are divided by a
-fitted temperature (calibration). Fully convolutional, so any T works; the global pool
-makes the output length-independent.
+Input (B, 1, 64 mel, T frames) in dB. Each input is first referenced to its own loudest
+bin (so the level of a recording drops out) and floored ``TOP_DB`` below it. A 7×7/2
+stem with max-pool, four stages of two basic residual blocks (32→64→128→256 channels,
+stride 2 from the second stage on), global average pooling, dropout and a linear
+classifier whose logits are divided by a fitted temperature (calibration). Fully
+convolutional, so any T works; the global pool makes the output length-independent.
 
 ``forward(x, with_features=True)`` also returns the stem's and every stage's output:
 the feature maps the page draws, and the global-pool embedding.
@@ -16,7 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tagger.features import TOP_DB
+
 FEATURE_TAPS = ("stem", "stage1", "stage2", "stage3", "stage4")
+WIDTHS = (32, 64, 128, 256)  # half ResNet-18's widths: about 7× cheaper per epoch
 
 
 class BasicBlock(nn.Module):
@@ -39,7 +43,7 @@ class BasicBlock(nn.Module):
 
 
 class AudioCNN(nn.Module):
-    def __init__(self, num_classes: int = 50, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 50, dropout: float = 0.5, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
         # Fixed input normalisation, set from the training set's log-mel statistics
         # and saved with the weights, so callers feed plain dB values.
@@ -50,13 +54,12 @@ class AudioCNN(nn.Module):
         # validation fold afterwards. It never changes which classes rank first.
         self.register_buffer("logit_temperature", torch.tensor(1.0))
         self.stem = nn.Sequential(
-            nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(1, widths[0], 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
-        widths = (64, 128, 256, 512)
-        stages, in_ch = [], 64
+        stages, in_ch = [], widths[0]
         for i, width in enumerate(widths):
             stride = 1 if i == 0 else 2
             stages.append(nn.Sequential(BasicBlock(in_ch, width, stride), BasicBlock(width, width)))
@@ -75,6 +78,7 @@ class AudioCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
         features: dict[str, torch.Tensor] = {}
+        x = reference_to_peak(x)
         x = self.stem((x - self.input_mean) / self.input_std)
         features["stem"] = x
         for i, stage in enumerate(self.stages, start=1):
@@ -90,6 +94,15 @@ class AudioCNN(nn.Module):
         # Checkpoints and training runs from before calibration existed: temperature 1.
         state_dict.setdefault(prefix + "logit_temperature", torch.tensor(1.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def reference_to_peak(x: torch.Tensor) -> torch.Tensor:
+    """dB relative to each input's loudest bin, floored TOP_DB below it: level-invariant.
+
+    Inside the model so that every caller (training crops, serving windows of a long
+    clip) gets the same per-window reference without having to remember it.
+    """
+    return torch.clamp(x - x.amax(dim=(-2, -1), keepdim=True), min=-TOP_DB)
 
 
 def count_parameters(model: nn.Module) -> int:

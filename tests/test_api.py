@@ -88,7 +88,7 @@ def test_visualization_of_a_long_clip_has_a_timeline(client):
     r = _upload(client, [("long.ogg", audio_bytes("OGG", 12.0, seed=7))], clip_id="long-one")
     assert r.status_code == 201
     vis = client.get("/api/clips/long-one/visualization").json()
-    assert vis["spectrogram"]["shape"][0] == 128 and vis["spectrogram"]["levels"] == 63
+    assert vis["spectrogram"]["shape"][0] == 64 and vis["spectrogram"]["levels"] == 63
     raw = base64.b64decode(vis["spectrogram"]["data"])
     assert len(raw) == vis["spectrogram"]["shape"][0] * vis["spectrogram"]["shape"][1]
     assert set(vis["feature_maps"]) == {"stem", "stage1", "stage2", "stage3", "stage4"}
@@ -129,8 +129,8 @@ def test_inference_route_is_compatible_with_the_original(client):
     assert r.status_code == 200
     body = r.json()
     assert [set(p) for p in body["predictions"]] == [{"class", "confidence"}] * 3
-    assert body["input_spectrogram"]["shape"] == [128, 431]
-    assert len(body["input_spectrogram"]["values"]) == 128
+    assert body["input_spectrogram"]["shape"] == [64, 431]
+    assert len(body["input_spectrogram"]["values"]) == 64
     assert set(body["visualization"]) == {"stem", "stage1", "stage2", "stage3", "stage4"}
     assert body["waveform"]["sample_rate"] == 44100 and body["waveform"]["duration"] == pytest.approx(5.0)
     assert 8000 <= len(body["waveform"]["values"]) < 16000  # every (n // 8000)-th sample, as the original

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tagger.audio import DecodedAudio, decode_file
-from tagger.features import WINDOW_FRAMES, WINDOW_SAMPLES, log_mel, pad_to_windows
+from tagger.features import N_MELS, WINDOW_FRAMES, WINDOW_SAMPLES, log_mel, window_input, window_starts
 from tagger.model import AudioCNN, count_parameters
 
 
@@ -16,10 +16,18 @@ def _clip(seconds: float, seed: int = 0) -> DecodedAudio:
 
 def test_model_layout():
     model = AudioCNN()
-    assert 10_500_000 < count_parameters(model) < 12_000_000
-    logits, feats, emb = model(torch.zeros(2, 1, 128, WINDOW_FRAMES), with_features=True)
-    assert logits.shape == (2, 50) and emb.shape == (2, 512)
-    assert [f.shape[1] for f in feats.values()] == [64, 64, 128, 256, 512]
+    assert 2_700_000 < count_parameters(model) < 2_900_000
+    logits, feats, emb = model(torch.zeros(2, 1, N_MELS, WINDOW_FRAMES), with_features=True)
+    assert logits.shape == (2, 50) and emb.shape == (2, 256)
+    assert [f.shape[1] for f in feats.values()] == [32, 32, 64, 128, 256]
+
+
+def test_the_model_hears_the_same_at_any_level():
+    """Each input is referenced to its own peak: a recording 40 dB quieter is the same input."""
+    model = AudioCNN().eval()
+    x = torch.randn(1, WINDOW_SAMPLES)
+    loud, quiet = log_mel(x), log_mel(0.01 * x)
+    assert torch.allclose(model(loud), model(quiet), atol=1e-3)
 
 
 def test_log_mel_shape_and_no_empty_filters():
@@ -28,7 +36,7 @@ def test_log_mel_shape_and_no_empty_filters():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torchaudio warns on an empty mel filter
         spec = log_mel(torch.zeros(1, WINDOW_SAMPLES) + 1e-3)
-    assert spec.shape == (1, 1, 128, WINDOW_FRAMES)
+    assert spec.shape == (1, 1, N_MELS, WINDOW_FRAMES)
 
 
 def test_batching_does_not_change_a_clips_features():
@@ -46,12 +54,14 @@ def test_tag_batch_of_mixed_lengths(random_tagger):
     assert len(results) == 4
     for r in results:
         assert len(r.top3) == 3 and abs(r.probabilities.sum() - 1) < 1e-3
-        assert r.envelope.shape[0] == 2 and r.embedding.shape == (512,)
+        assert r.envelope.shape[0] == 2 and r.embedding.shape == (256,)
         assert set(r.feature_maps) == {"stem", "stage1", "stage2", "stage3", "stage4"}
         assert r.feature_maps["stage4"]["channels"].shape[0] == 4
     assert results[0].timeline == [] and results[1].timeline == []
-    assert [w["start_s"] for w in results[2].timeline] == pytest.approx([0.0, 5.0, 10.0], abs=0.02)
-    assert results[2].spectrogram.shape[1] > 3 * WINDOW_FRAMES - 10  # the whole clip, for the page
+    # Windows inside the clip, overlapping by half, the last ending at the clip's end.
+    assert [w["start_s"] for w in results[2].timeline] == pytest.approx([0.0, 2.49, 4.99, 7.0], abs=0.02)
+    assert results[2].timeline[-1]["end_s"] == pytest.approx(12.0, abs=0.02)
+    assert results[2].spectrogram.shape[1] == 1 + 12 * 44100 // 512  # the whole clip, unpadded, for the page
 
 
 def test_batched_and_single_results_agree(random_tagger):
@@ -70,12 +80,23 @@ def test_training_and_tagger_preprocessing_are_identical(random_tagger):
     path = find_esc50_dir() / "audio" / "1-100032-A-0.ogg"
     train_spec = clip_spectrogram(path)
     result = random_tagger.tag([decode_file(path)])[0]
-    assert train_spec.shape == (1, 128, WINDOW_FRAMES)
+    assert train_spec.shape == (1, N_MELS, WINDOW_FRAMES)
     assert torch.equal(train_spec[0], torch.from_numpy(result.spectrogram))
 
 
-def test_padding_is_zero_and_window_aligned():
-    x = torch.ones(1000)
-    padded = pad_to_windows(x)
-    assert padded.shape[-1] == WINDOW_SAMPLES and padded[1000:].abs().sum() == 0
-    assert pad_to_windows(torch.ones(WINDOW_SAMPLES + 1)).shape[-1] == 2 * WINDOW_SAMPLES
+def test_short_clips_are_repeated_to_fill_a_window_after_their_silence_is_trimmed():
+    x = torch.cat([torch.linspace(0.1, 1.0, 10_000), torch.zeros(50_000)])  # 0.23 s of sound, then silence
+    filled = window_input(x)
+    assert filled.shape[-1] == WINDOW_SAMPLES
+    assert torch.equal(filled[:10_000], x[:10_000]) and torch.equal(filled[10_000:20_000], x[:10_000])
+    assert torch.equal(window_input(torch.ones(WINDOW_SAMPLES + 1)), torch.ones(WINDOW_SAMPLES + 1))
+    silent = torch.zeros(3000)  # nothing to trim to: the clip as it is, repeated
+    assert window_input(silent).shape[-1] == WINDOW_SAMPLES
+
+
+def test_long_clips_get_windows_inside_the_clip():
+    assert window_starts(WINDOW_FRAMES) == [0]
+    assert window_starts(WINDOW_FRAMES + 22) == [0, 22]  # 5.25 s: no padded, mostly silent window
+    starts = window_starts(3 * WINDOW_FRAMES)
+    assert starts[-1] + WINDOW_FRAMES == 3 * WINDOW_FRAMES
+    assert all(b - a <= WINDOW_FRAMES // 2 for a, b in zip(starts, starts[1:]))

@@ -61,7 +61,8 @@ def cache_env(tmp_path_factory):
 
 
 def _cfg(data_dir, out_dir, **kw) -> TrainConfig:
-    return TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), epochs=4, batch_size=8, seed=7, **kw)
+    return TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **{"epochs": 4, "batch_size": 8, "seed": 7,
+                                                                          "val_fold": 4, **kw})
 
 
 def _weights(run_dir) -> dict[str, torch.Tensor]:
@@ -72,7 +73,7 @@ def test_cache_is_built_once_and_matches_the_reader(tiny_esc50, cache_env):
     data = read_esc50(tiny_esc50)
     assert data.class_names == CLASSES and len(data.files) == 40
     first = load_spectrograms(data)
-    assert first.shape == (40, 1, 128, 431) and first.dtype == np.float16
+    assert first.shape == (40, 1, 64, 431) and first.dtype == np.float16
     cached = list(os.scandir(cache_env))
     again = load_spectrograms(data)
     assert isinstance(again, np.memmap) and np.array_equal(np.asarray(again), first)
@@ -89,7 +90,7 @@ def trained_run(tiny_esc50, cache_env, tmp_path_factory):
 def test_training_writes_checkpoints_logs_and_history(tiny_esc50, trained_run):
     run, state = trained_run
     assert state["epoch"] == 4 and len(state["history"]) == 4
-    assert (run / "last.pt").is_file() and (run / "best.safetensors").is_file()
+    assert (run / "last.pt").is_file() and (run / "last.safetensors").is_file()
     assert list((run / "tensorboard").iterdir()), "TensorBoard events"
     history = json.loads((run / "history.json").read_text())["history"]
     assert all({"loss", "val_top1", "val_top3", "lr", "epoch_seconds"} <= set(h) for h in history)
@@ -102,7 +103,7 @@ def test_a_killed_run_resumes_exactly_where_it_stopped(tiny_esc50, cache_env, tr
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "tagger.cli", "train", "--data-dir", str(tiny_esc50), "--out-dir", str(killed),
-           "--epochs", "4", "--batch-size", "8", "--seed", "7"]
+           "--epochs", "4", "--batch-size", "8", "--seed", "7", "--val-fold", "4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 300
     while not (killed / "last.pt").is_file():
@@ -126,42 +127,64 @@ def test_resume_refuses_a_different_configuration(tiny_esc50, cache_env, tmp_pat
         train(_cfg(tiny_esc50, tmp_path / "r", resume=True))
 
 
-def test_export_and_evaluate_write_the_report_and_the_checkpoint_figures(tiny_esc50, trained_run, tmp_path):
+def test_fold_5_never_trains_validates_or_calibrates(tiny_esc50, cache_env, tmp_path):
+    with pytest.raises(SystemExit, match="test fold"):
+        train(_cfg(tiny_esc50, tmp_path / "x", val_fold=5))
+    with pytest.raises(SystemExit, match="test fold"):
+        evaluate(tmp_path / "unused.safetensors", data_dir=tiny_esc50, fold=5, calibrate=True)
+
+
+def test_export_and_evaluate_write_the_robustness_report_and_the_checkpoint_figures(tiny_esc50, trained_run,
+                                                                                     tmp_path):
     shipped = tmp_path / "model.safetensors"
     export_checkpoint(trained_run[0], shipped)
     assert all(v.dtype == torch.float16 for v in load_file(str(shipped)).values() if v.is_floating_point())
     report = evaluate(shipped, data_dir=tiny_esc50, out_dir=tmp_path / "eval", write_into_checkpoint=True)
-    for key in ("top1", "top3", "ece", "top1_fp32", "argmax_agreement_vs_fp32"):
-        assert 0.0 <= report[key] <= 1.0
-    assert report["clips"] == 8 and report["top1"] <= report["top3"]
+    assert set(report["conditions"]) == {"full clip", "1 s excerpt", "2 s excerpt", "-20 dB", "-40 dB",
+                                         "through 8 kHz", "through 16 kHz", "5.25 s long", "12 s long"}
+    for figures in report["conditions"].values():
+        assert 0.0 <= figures["top1"] <= figures["top3"] <= 1.0
+        assert 0.0 <= figures["ece"] <= 1.0 and 0.0 <= figures["wrong_confident"] <= 1.0
+    assert report["clips"] == 8 and report["top1"] == report["conditions"]["full clip"]["top1"]
     assert set(report["per_class"]) == set(CLASSES)
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
-    assert "top-1 accuracy" in (tmp_path / "eval" / "report.md").read_text()
+    assert "| through 8 kHz |" in (tmp_path / "eval" / "report.md").read_text()
     meta = read_metadata(shipped)
     assert meta["metrics"]["top1"] == report["top1"] and meta["metrics"]["fold"] == 5
+    assert meta["metrics"]["conditions"] == report["conditions"]
+    assert meta["metrics"]["trained_on_folds"] == [1, 2, 3]
     assert load_checkpoint(shipped).class_names == CLASSES
 
 
-def test_evaluate_calibrate_fits_a_temperature_that_the_checkpoint_then_serves(tiny_esc50, trained_run, tmp_path):
-    model_path = tmp_path / "model.safetensors"
-    export_checkpoint(trained_run[0], model_path)
-    before = evaluate(model_path, data_dir=tiny_esc50, out_dir=tmp_path / "before")
-    assert before["temperature"] == 1.0 and before["calibration"] == {}
+def test_a_temperature_fitted_on_a_validation_fold_is_served_by_the_final_model(tiny_esc50, trained_run,
+                                                                                 tmp_path):
+    held_out, final = tmp_path / "val.safetensors", tmp_path / "final.safetensors"
+    export_checkpoint(trained_run[0], held_out)
+    export_checkpoint(trained_run[0], final)
+    before = evaluate(final, data_dir=tiny_esc50, out_dir=tmp_path / "before")
+    assert before["temperature"] == 1.0
 
-    report = evaluate(model_path, data_dir=tiny_esc50, out_dir=tmp_path / "cal", calibrate=True,
-                      write_into_checkpoint=True)
+    report = evaluate(held_out, data_dir=tiny_esc50, fold=4, out_dir=tmp_path / "cal", calibrate=True,
+                      temperature_to=final)
     cal = report["calibration"]
-    assert cal["temperature"] > 0 and cal["fitted_on_fold"] == 5
-    assert report["top1"] == before["top1"] and report["top3"] == before["top3"]  # rankings unchanged
-    assert cal["ece_before"] == pytest.approx(before["ece"], abs=1e-3)
-    assert "cross-fitted" in (tmp_path / "cal" / "report.md").read_text()
-
-    served = load_checkpoint(model_path)
+    assert cal["temperature"] > 0 and cal["fitted_on_fold"] == 4 and len(cal["conditions"]) == 9
+    served = load_checkpoint(final)
     assert float(served.model.logit_temperature) == pytest.approx(cal["temperature"], rel=1e-3)
-    assert served.version == report["model_version"] != before["model_version"]
-    assert read_metadata(model_path)["metrics"]["calibration"] == cal
-    again = evaluate(model_path, data_dir=tiny_esc50, out_dir=tmp_path / "again")
-    assert again["ece"] == pytest.approx(report["ece"], abs=1e-3) and again["calibration"] == cal
+    assert read_metadata(final)["metrics"]["calibration"] == cal
+    after = evaluate(final, data_dir=tiny_esc50, out_dir=tmp_path / "after")
+    assert after["top1"] == before["top1"] and after["top3"] == before["top3"]  # rankings unchanged
+    assert after["model_version"] != before["model_version"]
+
+
+def test_crops_are_repeated_to_fill_the_window():
+    from training.train import crop_and_repeat
+
+    x = torch.arange(2 * 431, dtype=torch.float32).reshape(2, 1, 1, 431)
+    out = crop_and_repeat(x, 1.0, torch.Generator().manual_seed(0))
+    for clip, filled in zip(x, out):
+        row = filled[0, 0]
+        period = next(n for n in range(43, 216) if torch.equal(row[n : 2 * n], row[:n]) or 2 * n > 431)
+        assert torch.equal(row[:period], clip[0, 0, int(row[0]) - int(clip[0, 0, 0]):][:period])
 
 
 def test_time_roll_shifts_each_clip_circularly():

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from tagger.audio import decode_file
-from tagger.features import PREPROCESSING, log_mel, pad_to_windows, WINDOW_SAMPLES
+from tagger.features import PREPROCESSING, SAMPLE_RATE, WINDOW_SAMPLES, log_mel, window_input
 
 DEFAULT_ESC50_DIRS = (
     Path("../shared/datasets/esc50"),
@@ -68,31 +68,48 @@ def read_esc50(root: str | Path | None = None) -> Esc50:
     )
 
 
-def clip_spectrogram(path: Path) -> torch.Tensor:
-    """(1, 128, 431) log-mel of one ESC-50 clip: the tagger's own decode and features."""
-    samples = torch.from_numpy(decode_file(path).samples)
-    return log_mel(pad_to_windows(samples)[:WINDOW_SAMPLES].unsqueeze(0))[0]
+BAND_LIMITS = {"full": None, "16k": 16_000, "8k": 8_000}  # training variants: what low-rate files sound like
 
 
-def cache_path(cache_dir: Path, data: Esc50) -> Path:
+def through_rate(samples: np.ndarray, rate: int | None) -> np.ndarray:
+    """A 44.1 kHz clip as it sounds after a trip through ``rate`` (the decoder's own soxr)."""
+    if rate is None:
+        return samples
+    import soxr
+
+    down = soxr.resample(samples, SAMPLE_RATE, rate)
+    return soxr.resample(down, rate, SAMPLE_RATE).astype(np.float32)[: len(samples)]
+
+
+def clip_spectrogram(path: Path, rate: int | None = None) -> torch.Tensor:
+    """(1, n_mels, 431) log-mel of one ESC-50 clip: the tagger's own decode and features."""
+    samples = through_rate(decode_file(path).samples, rate)
+    return log_mel(window_input(torch.from_numpy(samples))[:WINDOW_SAMPLES].unsqueeze(0))[0]
+
+
+def cache_path(cache_dir: Path, data: Esc50, variant: str = "full") -> Path:
     # Keyed by the preprocessing and by which clips, so a changed setting or another copy
     # of the data set never reads a stale cache.
-    key = hashlib.sha256(json.dumps([PREPROCESSING, str(data.root), data.files], sort_keys=True).encode())
-    return cache_dir / f"esc50-logmel-{key.hexdigest()[:12]}.npy"
+    key = hashlib.sha256(json.dumps([PREPROCESSING, str(data.root), data.files, variant],
+                                    sort_keys=True).encode())
+    return cache_dir / f"esc50-logmel-{variant}-{key.hexdigest()[:12]}.npy"
 
 
-def load_spectrograms(data: Esc50, cache_dir: str | Path | None = None) -> np.ndarray:
-    """All clips' log-mel as float16 (N, 1, 128, 431), built once and then memory-mapped."""
+def load_spectrograms(data: Esc50, cache_dir: str | Path | None = None, variant: str = "full") -> np.ndarray:
+    """All clips' log-mel as float16 (N, 1, n_mels, 431), built once and then memory-mapped.
+
+    ``variant`` names a band limit from ``BAND_LIMITS`` (the clip through 8 or 16 kHz).
+    """
     cache_dir = Path(cache_dir or os.environ.get("SOUNDTAG_CACHE_DIR", Path.home() / ".cache" / "soundtag"))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_path(cache_dir, data)
+    path = cache_path(cache_dir, data, variant)
     if path.is_file():
         arr = np.load(path, mmap_mode="r")
         if arr.shape[0] == len(data.files):
             return arr
     specs = [
-        clip_spectrogram(data.root / "audio" / name).numpy().astype(np.float16)
-        for name in tqdm(data.files, desc="caching log-mel spectrograms", unit="clip")
+        clip_spectrogram(data.root / "audio" / name, BAND_LIMITS[variant]).numpy().astype(np.float16)
+        for name in tqdm(data.files, desc=f"caching log-mel spectrograms ({variant})", unit="clip")
     ]
     arr = np.stack(specs)
     tmp = path.with_suffix(".tmp.npy")

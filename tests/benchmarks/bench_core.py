@@ -37,6 +37,26 @@ def model_only(tagger, clips: list[Path], repeats: int) -> dict:
     return out
 
 
+def previous_layout_ratio(tagger, repeats: int) -> dict:
+    """Model-only ms per clip of the layout shipped before (ResNet-18 widths 64→512 on 128
+    mel bins) against today's, same batch, precision and thread count, in this run."""
+    from tagger.features import N_MELS, WINDOW_FRAMES
+    from tagger.inference import Tagger
+    from tagger.checkpoint import Checkpoint
+    from tagger.model import AudioCNN
+
+    previous = Tagger(Checkpoint(AudioCNN(widths=(64, 128, 256, 512)).eval(), tagger.class_names, "previous", {}),
+                      tagger.device)
+    out = {}
+    for bs in (1, 32):
+        n = repeats if bs == 32 else 4 * repeats
+        now = time_model(tagger, torch.randn(bs, 1, N_MELS, WINDOW_FRAMES), True, n)
+        before = time_model(previous, torch.randn(bs, 1, 128, WINDOW_FRAMES), True, n)
+        out[f"previous_layout_ms_per_clip_batch{bs}_taps"] = round(1000 * before, 2)
+        out[f"model_to_previous_ratio_batch{bs}"] = round(now / before, 3)
+    return out
+
+
 def ingest_rate(tagger, clips: list[Path]) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="soundtag-bench-"))
     try:
@@ -75,6 +95,7 @@ def run(quick: bool = False) -> dict:
     clips = real_clips(n)
     figures = {"model": path.name, "model_version": tagger.version, "threads": torch.get_num_threads()}
     figures.update(model_only(tagger, clips, repeats=3 if quick else 10))
+    figures.update(previous_layout_ratio(tagger, repeats=3 if quick else 10))
     figures.update(ingest_rate(tagger, clips))
     model_rate = 1000 / figures["model_ms_per_clip_batch32_taps"]
     figures["model_clips_per_s_batch32_taps"] = round(model_rate, 2)
