@@ -72,16 +72,49 @@ def _log_mel_module(device: str) -> _LogMel:
     return _LogMel().to(device).eval()
 
 
+@functools.cache
+def _framed_mel_module(device: str) -> T.MelSpectrogram:
+    """The same mel power, on frames the caller has already cut (no centre padding)."""
+    return T.MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS,
+                            f_min=F_MIN, f_max=F_MAX, power=2.0, center=False).to(device).eval()
+
+
+LONG_CLIP_CHUNK_FRAMES = 4096  # ≈ 47 s of audio per STFT call for clips longer than that
+
+
 @torch.inference_mode()
 def log_mel(waveforms: torch.Tensor) -> torch.Tensor:
     """Log-mel (dB) of a batch of equal-length mono 44.1 kHz waveforms, shape (B, samples).
 
-    Returns float32 (B, 1, N_MELS, 1 + samples // HOP_LENGTH).
+    Returns float32 (B, 1, N_MELS, 1 + samples // HOP_LENGTH). A single long clip is
+    transformed in chunks of frames, so a 30-minute file never holds its whole complex
+    STFT (0.6 GB) at once; the frames are the same as in one call.
     """
     if waveforms.dim() == 1:
         waveforms = waveforms.unsqueeze(0)
     waveforms = waveforms.float()
+    frames = 1 + waveforms.shape[-1] // HOP_LENGTH
+    if waveforms.shape[0] == 1 and frames > 2 * LONG_CLIP_CHUNK_FRAMES:
+        return _long_log_mel(waveforms[0])
     return _log_mel_module(str(waveforms.device))(waveforms)
+
+
+def _long_log_mel(x: torch.Tensor) -> torch.Tensor:
+    module = _log_mel_module(str(x.device))
+    framed = _framed_mel_module(str(x.device))
+    n, pad = x.shape[-1], N_FFT // 2
+    frames = 1 + n // HOP_LENGTH
+    parts = []
+    for f0 in range(0, frames, LONG_CLIP_CHUNK_FRAMES):
+        f1 = min(frames, f0 + LONG_CLIP_CHUNK_FRAMES)
+        start, end = f0 * HOP_LENGTH - pad, (f1 - 1) * HOP_LENGTH + pad
+        segment = x[max(start, 0) : min(end, n)]
+        left, right = max(0, -start), max(0, end - n)
+        if left or right:  # the clip's own edges: reflect, as the centred transform does
+            segment = torch.nn.functional.pad(segment[None, None], (left, right), mode="reflect")[0, 0]
+        parts.append(framed(segment))
+    power = torch.cat(parts, dim=-1)
+    return module.to_db(power[None, None])
 
 
 def window_input(samples: torch.Tensor) -> torch.Tensor:
@@ -92,12 +125,22 @@ def window_input(samples: torch.Tensor) -> torch.Tensor:
     as it is and tagged with windows inside it (``window_starts``).
     """
     n = samples.shape[-1]
-    loud = torch.nonzero(samples.abs() > SILENCE)
-    end = int(loud[-1]) + 1 if len(loud) else n
+    end = _sound_end(samples) or n
     if end > WINDOW_SAMPLES:
         return samples
     sound = samples[:end] if end >= SAMPLE_RATE // 10 else samples[: max(n, 1)]
     return sound.repeat(-(-WINDOW_SAMPLES // sound.shape[-1]))[:WINDOW_SAMPLES]
+
+
+def _sound_end(samples: torch.Tensor, block: int = 65_536) -> int:
+    """One past the last sample louder than digital silence (0 if none), found from the
+    end block by block: a long clip is not scanned, nor copied, as a whole."""
+    for end in range(samples.shape[-1], 0, -block):
+        start = max(0, end - block)
+        loud = torch.nonzero(samples[start:end].abs() > SILENCE)
+        if len(loud):
+            return start + int(loud[-1]) + 1
+    return 0
 
 
 def window_starts(frames: int) -> list[int]:

@@ -6,7 +6,7 @@ inside the clip that overlap by half, the last ending at the clip's end),
 run through the network in chunks of ``batch_size``. A clip's top-3 is the mean of
 its windows' class probabilities; clips longer than one window also get a per-window
 timeline, and their feature maps come from one extra fully-convolutional pass over
-the whole clip so the page can draw all of it.
+the clip (its first minute) so the page can draw them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tagger.features import (
 TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the channel mean
 ENVELOPE_POINTS = 1000
 LOG_MEL_CHUNK = 8  # clips per batched STFT on CPU
+FEATURE_MAP_MAX_FRAMES = 1 + 60 * SAMPLE_RATE // HOP_LENGTH  # feature maps cover at most a clip's first 60 s
 
 
 @dataclass
@@ -78,11 +79,14 @@ class Tagger:
         ):
             return self.model(x, with_features=with_features)
 
-    def probabilities(self, windows: torch.Tensor) -> np.ndarray:
-        """Class probabilities of (N, 1, n_mels, frames) spectrogram windows."""
+    def probabilities(self, windows) -> np.ndarray:
+        """Class probabilities of (1, n_mels, frames) spectrogram windows (a tensor or a list
+        of views into a long clip's spectrogram, stacked one batch at a time)."""
         out = []
         for i in range(0, len(windows), self.batch_size):
-            logits = self._forward(windows[i : i + self.batch_size], with_features=False)
+            batch = windows[i : i + self.batch_size]
+            logits = self._forward(batch if isinstance(batch, torch.Tensor) else torch.stack(batch),
+                                   with_features=False)
             out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
@@ -113,10 +117,12 @@ class Tagger:
             for j, i in enumerate(chunk):
                 results[i] = self._result(clips[i], specs[i], probs[j], _clip_maps(maps, j), emb[j])
         if multi_windows:
-            probs = self.probabilities(torch.stack([windows[k] for k in multi_windows]))
+            probs = self.probabilities([windows[k] for k in multi_windows])
             for i in sorted({owner[k] for k in multi_windows}):
                 rows = [n for n, k in enumerate(multi_windows) if owner[k] == i]
-                _, feats, emb = self._forward(specs[i], with_features=True)
+                # Feature maps of a long clip's first minute: all of a long recording's
+                # would cost gigabytes (they are 16× the spectrogram at the stem).
+                _, feats, emb = self._forward(specs[i][..., :FEATURE_MAP_MAX_FRAMES], with_features=True)
                 maps = summarize_feature_maps(feats)
                 result = self._result(clips[i], specs[i], probs[rows].mean(0), _clip_maps(maps, 0), emb[0])
                 result.timeline = [

@@ -100,3 +100,12 @@ def test_long_clips_get_windows_inside_the_clip():
     starts = window_starts(3 * WINDOW_FRAMES)
     assert starts[-1] + WINDOW_FRAMES == 3 * WINDOW_FRAMES
     assert all(b - a <= WINDOW_FRAMES // 2 for a, b in zip(starts, starts[1:]))
+
+
+def test_a_long_clip_is_transformed_in_chunks_with_the_same_frames():
+    from tagger.features import LONG_CLIP_CHUNK_FRAMES, _log_mel_module
+
+    x = 0.1 * torch.randn(512 * (2 * LONG_CLIP_CHUNK_FRAMES + 777) + 123, generator=torch.Generator().manual_seed(0))
+    chunked = log_mel(x)
+    whole = _log_mel_module("cpu")(x[None])
+    assert chunked.shape == whole.shape and torch.equal(chunked, whole)
