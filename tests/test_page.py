@@ -67,7 +67,7 @@ def test_upload_view_permalink_filter_and_no_script_injection(server, browser, t
     assert all(_nonblank(page, "canvas.heatmap")), "a heatmap is blank"
     assert page.locator("canvas.fmap").count() == 5 * 5  # 5 taps × (mean + 4 channels)
     assert _nonblank(page, "#waveform") == [True]
-    assert page.locator("#timeline .win").count() == 3
+    assert page.locator("#timeline .win").count() == 4  # 12 s: windows overlapping by half, the last ending at 12 s
     page.screenshot(path=str(OUT / "page-upload.png"), full_page=True)
 
     # the clip browser shows the name as text too
