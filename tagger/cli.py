@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train AudioCNN on ESC-50")
     p.add_argument("--data-dir", default=None, help="ESC-50 folder (default: $SOUNDTAG_ESC50_DIR or ../shared/datasets/esc50)")
     p.add_argument("--out-dir", default="runs/esc50")
-    p.add_argument("--epochs", type=int, default=80, help="fixed schedule: the last epoch is the model")
+    p.add_argument("--epochs", type=int, default=150, help="fixed schedule: the last epoch is the model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="OneCycle peak learning rate")
     p.add_argument("--seed", type=int, default=1234)

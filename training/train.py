@@ -38,7 +38,7 @@ from training.data import BAND_LIMITS, load_spectrograms, read_esc50
 class TrainConfig:
     data_dir: str | None = None
     out_dir: str = "runs/esc50"
-    epochs: int = 80
+    epochs: int = 150
     batch_size: int = 32
     max_lr: float = 2e-3
     weight_decay: float = 0.01
