@@ -55,7 +55,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     """Faust's consumer, but it never commits past a message whose result is not durable."""
 
-    _held: dict[TP, set[int]]
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: dict[TP, set[int]] = {}  # offsets whose rows or dead letters are not durable yet
 
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -69,20 +71,18 @@ class _Consumer(faust_aiokafka.Consumer):
         cancelled, and acknowledged alone would mean committed.
         """
         with ack_lock:
-            held = self.__dict__.setdefault("_held", {})
             for m in messages:
-                held.setdefault(m.tp, set()).add(m.offset)
+                self._held.setdefault(m.tp, set()).add(m.offset)
 
     def release(self, messages) -> None:
         with ack_lock:
-            held = self.__dict__.get("_held", {})
             for m in messages:
-                held.get(m.tp, set()).discard(m.offset)
+                self._held.get(m.tp, set()).discard(m.offset)
 
     async def on_partitions_revoked(self, revoked) -> None:
         with ack_lock:  # another worker re-reads them from the committed offset
             for tp in revoked:
-                self.__dict__.get("_held", {}).pop(tp, None)
+                self._held.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -102,7 +102,7 @@ class _Consumer(faust_aiokafka.Consumer):
             with ack_lock:  # acknowledgements may come from other threads
                 in_flight = [m.offset for m in self._unacked_messages
                              if m.tp == tp and (committed is None or m.offset >= committed)]
-                held = self.__dict__.get("_held", {}).get(tp)
+                held = self._held.get(tp)
                 lowest_held = min(held) if held else None
             if in_flight and min(in_flight) < min(acked):
                 return None

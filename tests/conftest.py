@@ -42,6 +42,14 @@ def _create_database(prefix: str) -> tuple[str, str]:
     return name, f"{base}/{name}"
 
 
+def block_database(name: str, blocked: bool) -> None:
+    """A database outage as clients see it: new connections refused, open ones ended."""
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if blocked else "true"}')
+        if blocked:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
 def _drop_database(name: str) -> None:
     db.get_engine.cache_clear()  # drop pooled connections' engines (FORCE ends the rest)
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select, text
 
 from tagger import db
@@ -15,9 +14,7 @@ from tagger.ingest import ingest
 from tagger.models import Clip, ClipFeatures, Tag
 import struct
 
-import psycopg
-
-from tests.conftest import (ENCODED_FORMATS, PG_ADMIN_URL, _create_database, _drop_database, audio_bytes,
+from tests.conftest import (ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database,
                             encoded_bytes)
 
 
@@ -156,13 +153,6 @@ def test_every_file_in_a_folder_is_tagged_failed_or_listed(tmp_path, pg_url, ran
     assert (again.tagged, again.skipped, again.failed) == (0, 5, 2)
 
 
-def _block_database(name: str, blocked: bool) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if blocked else "true"}')
-        if blocked:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-
-
 def test_ingest_rides_out_a_30_second_database_outage(tmp_path, random_checkpoint):
     name, url = _create_database("soundtag_outage")
     try:
@@ -181,12 +171,12 @@ def test_ingest_rides_out_a_30_second_database_outage(tmp_path, random_checkpoin
                 if s.scalar(select(func.count()).select_from(Clip)) >= 16:
                     break
             time.sleep(0.2)
-        _block_database(name, True)
+        block_database(name, True)
         try:
             time.sleep(30)
             assert proc.poll() is None, proc.communicate()
         finally:
-            _block_database(name, False)
+            block_database(name, False)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         assert "160 tagged, 0 already tagged, 0 failed" in out

@@ -22,11 +22,10 @@ import pytest
 import soundfile as sf
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from sqlalchemy import text
 
 from deploy.dev_broker import start_broker
 from tagger import db
-from tests.conftest import (ENCODED_FORMATS, PG_ADMIN_URL, _create_database, _drop_database, audio_bytes,
+from tests.conftest import (ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database,
                             encoded_bytes)
 from tests.servers import free_port
 
@@ -225,24 +224,17 @@ def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(wor
     assert worker.proc.poll() is None  # still running
 
 
-def _block_database(name: str, blocked: bool) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if blocked else "true"}')
-        if blocked:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-
-
 def test_database_outage_mid_stream_loses_nothing(worker, producer, stream_db):
     name, url = stream_db
     items = [(f"outage-{i}".encode(), _clip(2000 + i)) for i in range(150)]
     _send(producer, items[:50])
     time.sleep(1.0)
-    _block_database(name, True)
+    block_database(name, True)
     try:
         _send(producer, items[50:])
         time.sleep(6)  # the worker meets a dead database and keeps retrying
     finally:
-        _block_database(name, False)
+        block_database(name, False)
     ids = [k.decode() for k, _ in items]
     _wait_rows(url, ids)
     _assert_exactly_once(url, ids)
