@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from tagger.features import SAMPLE_RATE
+SAMPLE_RATE = 44_100  # every decoded clip comes out mono at this rate (tagger.features builds on it)
 
 # Names that are audio even when the content is garbled (its owner should hear of it).
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",

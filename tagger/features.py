@@ -17,7 +17,8 @@ import functools
 import torch
 import torchaudio.transforms as T
 
-SAMPLE_RATE = 44_100
+from tagger.audio import SAMPLE_RATE  # the decoder's output rate
+
 N_FFT = 1024
 HOP_LENGTH = 512
 N_MELS = 64

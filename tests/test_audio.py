@@ -2,6 +2,7 @@
 
 import io
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,22 @@ def test_wrong_type_is_refused():
 def test_unreadable_path_is_a_clear_error(tmp_path):
     with pytest.raises(AudioError, match="cannot read"):
         decode_file(tmp_path / "missing.wav")
+
+
+def test_a_30_minute_file_decodes_in_little_more_memory_than_its_output(tmp_path):
+    """Decoding reads blocks into a buffer sized from the header: the peak is the decoded
+    audio itself (30 min at 44.1 kHz float32 = 318 MB) plus a few blocks."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "long.wav"
+    with sf.SoundFile(path, "w", 44100, 2, subtype="PCM_16") as f:
+        for _ in range(30):
+            f.write(np.zeros((44100 * 60, 2), np.int16))
+    code = ("import resource, sys; from tagger.audio import decode_file; "
+            "d = decode_file(sys.argv[1], max_duration_s=3600); "
+            "print(d.duration_s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    seconds, peak_mb = out.stdout.split()
+    assert float(seconds) == pytest.approx(1800.0) and int(peak_mb) <= 500, out.stdout + out.stderr
