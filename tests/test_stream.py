@@ -242,17 +242,23 @@ def test_database_outage_mid_stream_loses_nothing(worker, producer, stream_db):
     assert worker.proc.poll() is None
 
 
-def test_compressed_formats_and_odd_rates_are_tagged_through_the_stream(worker, producer, stream_db, broker):
-    tag = uuid.uuid4().hex[:6]
-    items = [(f"{name}-{tag}".encode(), encoded_bytes(*spec, seconds=1.5, seed=60 + i))
-             for i, (name, spec) in enumerate(ENCODED_FORMATS.items())]
-    items.append((f"odd-rate-{tag}".encode(), audio_bytes("WAV", 2.0, sr=44099, seed=64)))
-    cut = (f"cut-{tag}".encode(), audio_bytes("WAV", 1.0, seed=65)[: 44 + 264])
-    _send(producer, items + [cut])
-    ids = [k.decode() for k, _ in items]
-    _wait_rows(stream_db[1], ids + [cut[0].decode()])
-    _assert_exactly_once(stream_db[1], ids)
-    error = _query(stream_db[1], "SELECT error FROM clips WHERE id = %s", (cut[0].decode(),))[0][0]
+def test_compressed_formats_and_odd_rates_are_published_and_tagged(worker, stream_db, broker, tmp_path):
+    from stream.producer import publish
+    from tagger.audio import sha256_hex
+
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    for i, (name, spec) in enumerate(ENCODED_FORMATS.items()):
+        (folder / f"clip.{name}").write_bytes(encoded_bytes(*spec, seconds=1.5, seed=60 + i))
+    (folder / "odd-rate.wav").write_bytes(audio_bytes("WAV", 2.0, sr=44099, seed=64))
+    (folder / "cut.wav").write_bytes(audio_bytes("WAV", 1.0, seed=65)[: 44 + 264])
+    (folder / "notes.txt").write_text("not audio")
+    summary = publish([folder], topic="audio-clips", bootstrap=broker, progress=False)
+    assert (summary.sent, summary.failed, summary.not_audio) == (5, 0, [str(folder / "notes.txt")])
+    ids = {p.name: sha256_hex(p.read_bytes()) for p in folder.iterdir() if p.suffix != ".txt"}
+    _wait_rows(stream_db[1], list(ids.values()))
+    _assert_exactly_once(stream_db[1], [v for k, v in ids.items() if k != "cut.wav"])
+    error = _query(stream_db[1], "SELECT error FROM clips WHERE id = %s", (ids["cut.wav"],))[0][0]
     assert error == "truncated: header 1.00 s, data 0.003 s"
 
 
