@@ -2,7 +2,9 @@
 
 Shape kept for compatibility: ``predictions`` (top 3 of ``{"class", "confidence"}``),
 ``visualization`` (per layer ``{"shape", "values"}``, the channel mean of its feature
-map), ``input_spectrogram`` (``{"shape", "values"}``), ``waveform`` (``{"values",
+map, under the original's layer names: ``conv1``, ``layer1``…``layer4`` and every
+residual block's ``layerN.blockK.conv`` / ``layerN.blockK.relu``), ``input_spectrogram``
+(``{"shape", "values"}``, the clip's real length), ``waveform`` (``{"values",
 "sample_rate", "duration"}``: every (len // 8000)-th sample, as the original did).
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from tagger.audio import DecodedAudio
-from tagger.features import SAMPLE_RATE
+from tagger.features import HOP_LENGTH, SAMPLE_RATE
 from tagger.inference import TagResult
 
 WAVEFORM_POINTS = 8000
@@ -22,13 +24,19 @@ def _array(a: np.ndarray) -> dict:
     return {"shape": list(a.shape), "values": a.tolist()}
 
 
-def inference_response(clip: DecodedAudio, result: TagResult) -> dict:
+def original_layer_name(name: str) -> str:
+    """soundtag's ``stem`` / ``stageN[.blockK.…]`` → the original's ``conv1`` / ``layerN[.blockK.…]``."""
+    return "conv1" if name == "stem" else name.replace("stage", "layer", 1)
+
+
+def inference_response(clip: DecodedAudio, result: TagResult, layer_maps: dict[str, np.ndarray]) -> dict:
     samples = clip.samples
     step = max(1, len(samples) // WAVEFORM_POINTS)
+    real_frames = 1 + len(samples) // HOP_LENGTH  # a short clip's spectrogram, not its repeated fill
     return {
         "predictions": [{"class": label, "confidence": conf} for label, conf in result.top3],
-        "visualization": {tap: _array(parts["mean"]) for tap, parts in result.feature_maps.items()},
-        "input_spectrogram": _array(result.spectrogram),
+        "visualization": {original_layer_name(name): _array(mean) for name, mean in layer_maps.items()},
+        "input_spectrogram": _array(result.spectrogram[:, :real_frames]),
         "waveform": {
             "values": samples[::step].astype(np.float32).tolist(),
             "sample_rate": SAMPLE_RATE,

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     api_key: str | None = None
     # Deployments set this so the API refuses to start without a key (docker-compose.yml).
     require_api_key: bool = False
+    # Origins (comma-separated, e.g. "https://a.example,http://localhost:3000") whose pages
+    # may call the API from a browser; none by default. "*" allows any origin.
+    cors_origins: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Randomly initialised checkpoints (plumbing tests) are refused unless this is set.
     allow_untrained: bool = False
@@ -70,6 +73,10 @@ class Settings(BaseSettings):
     # the one before it is stored, so the model waits for neither.
     pipeline_depth: int = Field(default=2, ge=1, le=8)
 
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @field_validator("api_key")
     @classmethod

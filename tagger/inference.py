@@ -69,7 +69,7 @@ class Tagger:
 
     # -- model ---------------------------------------------------------------
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor, with_features: bool):
+    def _forward(self, x: torch.Tensor, with_features: bool, block_taps: dict[str, torch.Tensor] | None = None):
         if self.device.type == "cuda":
             # Page-locked host memory lets the copy overlap with the previous batch's compute.
             x = x.pin_memory()
@@ -77,7 +77,7 @@ class Tagger:
         with self._lock, torch.autocast(
             self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         ):
-            return self.model(x, with_features=with_features)
+            return self.model(x, with_features=with_features, block_taps=block_taps)
 
     def probabilities(self, windows) -> np.ndarray:
         """Class probabilities of (1, n_mels, frames) spectrogram windows (a tensor or a list
@@ -136,6 +136,18 @@ class Tagger:
                 ]
                 results[i] = result
         return results  # type: ignore[return-value]
+
+    def layer_maps(self, clip: DecodedAudio) -> dict[str, np.ndarray]:
+        """Channel means of the stem, every stage and every residual block (before and after
+        its last activation) for one clip, over what the model sees of it."""
+        spec = self._spectrograms([clip])[0][..., :FEATURE_MAP_MAX_FRAMES]
+        taps: dict[str, torch.Tensor] = {}
+        _, feats, _ = self._forward(spec, with_features=True, block_taps=taps)
+        ordered = {"stem": feats["stem"]}
+        for i in range(1, len(feats)):
+            ordered.update({k: v for k, v in taps.items() if k.startswith(f"stage{i}.")})
+            ordered[f"stage{i}"] = feats[f"stage{i}"]
+        return {name: fm[0].float().mean(dim=0).cpu().numpy() for name, fm in ordered.items()}
 
     def _spectrograms(self, clips: list[DecodedAudio]) -> list[torch.Tensor]:
         padded = [window_input(torch.from_numpy(c.samples)) for c in clips]

@@ -36,10 +36,15 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, taps: dict[str, torch.Tensor] | None = None, name: str = "") -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        if taps is not None:
+            taps[f"{name}.conv"] = out  # before the block's last activation
+        out = F.relu(out)
+        if taps is not None:
+            taps[f"{name}.relu"] = out
+        return out
 
 
 class AudioCNN(nn.Module):
@@ -76,13 +81,17 @@ class AudioCNN(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
-    def forward(self, x: torch.Tensor, with_features: bool = False):
+    def forward(self, x: torch.Tensor, with_features: bool = False,
+                block_taps: dict[str, torch.Tensor] | None = None):
+        """``block_taps``, when given, also receives every residual block's output before
+        and after its last activation, as ``stage{i}.block{k}.conv`` / ``.relu``."""
         features: dict[str, torch.Tensor] = {}
         x = reference_to_peak(x)
         x = self.stem((x - self.input_mean) / self.input_std)
         features["stem"] = x
         for i, stage in enumerate(self.stages, start=1):
-            x = stage(x)
+            for k, block in enumerate(stage):
+                x = block(x, block_taps, f"stage{i}.block{k}")
             features[f"stage{i}"] = x
         embedding = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         logits = self.classifier(self.dropout(embedding)) / self.logit_temperature

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tagger.audio import DecodedAudio
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
 from tagger.repository import ClipRecord, save_clips
@@ -120,6 +121,10 @@ class StageRunner:
 
     def tag(self, decoded: Decoded) -> Future[Tagged]:
         return self._model.submit(run_model, self.tagger, decoded)
+
+    def layer_maps(self, audio: DecodedAudio) -> Future[dict]:
+        """Every layer's channel mean for one clip (the original ``/inference`` answer), on the model thread."""
+        return self._model.submit(self.tagger.layer_maps, audio)
 
     def store(self, tagged: Tagged) -> Future[list[ClipRecord]]:
         return self._storer.submit(self._finish_and_save, tagged)

@@ -132,7 +132,10 @@ def test_inference_route_is_compatible_with_the_original(client):
     assert [set(p) for p in body["predictions"]] == [{"class", "confidence"}] * 3
     assert body["input_spectrogram"]["shape"] == [64, 431]
     assert len(body["input_spectrogram"]["values"]) == 64
-    assert set(body["visualization"]) == {"stem", "stage1", "stage2", "stage3", "stage4"}
+    # The original's layer names: conv1, layer1…4, and each residual block before and after its activation.
+    blocks = {f"layer{n}.block{k}.{part}" for n in range(1, 5) for k in range(2) for part in ("conv", "relu")}
+    assert set(body["visualization"]) == {"conv1", "layer1", "layer2", "layer3", "layer4"} | blocks
+    assert body["visualization"]["layer2.block0.relu"]["shape"] == body["visualization"]["layer2"]["shape"]
     assert body["waveform"]["sample_rate"] == 44100 and body["waveform"]["duration"] == pytest.approx(5.0)
     assert 8000 <= len(body["waveform"]["values"]) < 16000  # every (n // 8000)-th sample, as the original
 
@@ -159,6 +162,13 @@ def test_inference_needs_the_api_key_when_one_is_set(client):
     assert client.post("/inference", json=body).status_code == 401
     assert client.post("/inference", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.post("/inference", json=body, headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def test_inference_spectrogram_has_the_clips_real_length(client):
+    data = base64.b64encode(audio_bytes("WAV", 1.0, seed=9)).decode()
+    body = client.post("/inference", json={"data": data}, headers={"X-API-Key": API_KEY}).json()
+    assert body["input_spectrogram"]["shape"] == [64, 1 + 44100 // 512]
+    assert body["waveform"]["duration"] == pytest.approx(1.0)
 
 
 def test_inference_accepts_base64_with_line_breaks(client):
@@ -236,3 +246,20 @@ def test_odd_rates_and_lying_files_are_answered_not_crashed(client):
     one_hz[24:28] = struct.pack("<I", 1)
     r = _upload(client, [("slow.wav", bytes(one_hz))])
     assert r.status_code == 422 and "sample rate 1 Hz" in r.json()["detail"]
+
+
+def test_cors_lets_a_configured_origin_call_inference(settings, random_tagger):
+    origin = "http://localhost:3000"
+    body = {"data": base64.b64encode(audio_bytes("WAV", 1.0, seed=12)).decode()}
+    allowed = settings.model_copy(update={"cors_origins": f"{origin}, https://other.example"})
+    with TestClient(create_app(allowed, random_tagger)) as c:
+        pre = c.options("/inference", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                               "Access-Control-Request-Headers": "content-type,x-api-key"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+        r = c.post("/inference", json=body, headers={"Origin": origin, "X-API-Key": API_KEY})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        refused = c.post("/inference", json=body, headers={"Origin": "https://evil.example", "X-API-Key": API_KEY})
+        assert "access-control-allow-origin" not in refused.headers
+    with TestClient(create_app(settings, random_tagger)) as c:  # default: no origin is allowed
+        pre = c.options("/inference", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in pre.headers

@@ -93,5 +93,5 @@ def test_stored_features_are_25x_smaller_than_the_json_payload(random_tagger):
     result = random_tagger.tag([clip])[0]
     row = features_row(result)
     stored = sum(len(v) for k, v in row.items() if isinstance(v, bytes))
-    payload = len(json.dumps(inference_response(clip, result)))
+    payload = len(json.dumps(inference_response(clip, result, random_tagger.layer_maps(clip))))
     assert payload / stored >= 25, (stored, payload)

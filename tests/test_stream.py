@@ -447,3 +447,39 @@ def test_worker_whose_broker_goes_away_logs_little_and_stops_within_seconds(work
     print(f"{during} log lines in 10 s with the broker gone; stopped {took:.1f} s after SIGTERM")
     assert during < 50, lonely.log_path.read_text()[-3000:]
     assert took < 15
+
+
+def test_a_held_batch_above_finished_ones_caps_the_commit():
+    """Batch A (offsets 10–13) is stored and released; batch B (14–17) is still held when
+    its agent is cancelled and Faust acknowledges it: the commit stops at 14."""
+    import asyncio
+
+    from faust.types import TP
+    from faust.types.tuples import Message
+
+    from stream.app import create_app
+    from tagger.config import Settings
+
+    async def offsets():
+        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1")
+        app = create_app(settings, tagger=None, sessions=None)
+        app.topics.add(app.topic(settings.input_topic))
+        await app.topics._update_indices()
+        consumer = app.consumer
+        tp = TP(settings.input_topic, 0)
+        consumer._committed_offset[tp] = 10
+        messages = [Message(settings.input_topic, 0, 10 + i, 0.0, 0, None, b"k", b"v", None, tp=tp)
+                    for i in range(8)]
+        for m in messages:
+            consumer.track_message(m)
+        consumer.hold(messages)
+        consumer.release(messages[:4])  # batch A durable
+        for m in messages:  # A acknowledged normally, B by Faust's finally
+            consumer.ack(m)
+        capped = consumer._new_offset(tp)
+        consumer._committed_offset[tp] = capped
+        still = consumer._new_offset(tp)
+        consumer.release(messages[4:])  # had B become durable after all
+        return capped, still, consumer._new_offset(tp)
+
+    assert asyncio.run(offsets()) == (14, None, 18)

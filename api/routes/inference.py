@@ -42,4 +42,5 @@ async def inference(
     result = tagged.results[0]
     if isinstance(result, Exception):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tagging failed: {type(result).__name__}")
-    return inference_response(decoded.audio[0][1], result)
+    audio = decoded.audio[0][1]
+    return inference_response(audio, result, await asyncio.wrap_future(runner.layer_maps(audio)))

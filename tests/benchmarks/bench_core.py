@@ -83,7 +83,7 @@ def storage(tagger, clips: list[Path]) -> dict:
         row = features_row(result)
         stored.append(sum(len(row[k]) for k in ("spectrogram", "feature_maps", "waveform", "embedding"))
                       + len(json.dumps(row["timeline"] or [])))
-        payload.append(len(json.dumps(inference_response(audio, result))))
+        payload.append(len(json.dumps(inference_response(audio, result, tagger.layer_maps(audio)))))
     mean_stored, mean_payload = sum(stored) / len(stored), sum(payload) / len(payload)
     return {"stored_bytes_per_clip": round(mean_stored), "json_bytes_per_clip": round(mean_payload),
             "storage_ratio": round(mean_payload / mean_stored, 1)}
