@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from tagger.audio import DecodedAudio
-from tagger.features import HOP_LENGTH, SAMPLE_RATE
+from tagger.features import SAMPLE_RATE
 from tagger.inference import TagResult
 
 WAVEFORM_POINTS = 8000
@@ -32,11 +32,10 @@ def original_layer_name(name: str) -> str:
 def inference_response(clip: DecodedAudio, result: TagResult, layer_maps: dict[str, np.ndarray]) -> dict:
     samples = clip.samples
     step = max(1, len(samples) // WAVEFORM_POINTS)
-    real_frames = 1 + len(samples) // HOP_LENGTH  # a short clip's spectrogram, not its repeated fill
     return {
         "predictions": [{"class": label, "confidence": conf} for label, conf in result.top3],
         "visualization": {original_layer_name(name): _array(mean) for name, mean in layer_maps.items()},
-        "input_spectrogram": _array(result.spectrogram[:, :real_frames]),
+        "input_spectrogram": _array(result.spectrogram),
         "waveform": {
             "values": samples[::step].astype(np.float32).tolist(),
             "sample_rate": SAMPLE_RATE,

@@ -41,7 +41,7 @@ FEATURE_MAP_MAX_FRAMES = 1 + 60 * SAMPLE_RATE // HOP_LENGTH  # feature maps cove
 class TagResult:
     top3: list[tuple[str, float]]
     probabilities: np.ndarray  # (num_classes,)
-    spectrogram: np.ndarray  # (n_mels, frames) dB, what the model saw
+    spectrogram: np.ndarray  # (n_mels, frames) dB, what the model saw, over the clip's real length
     feature_maps: dict[str, dict[str, np.ndarray]]  # tap → {"mean", "channels", "channel_index"}
     embedding: np.ndarray  # (512,)
     envelope: np.ndarray  # (2, points): min and max of the waveform per bucket
@@ -174,7 +174,9 @@ class Tagger:
         return TagResult(
             top3=self._top3(probs),
             probabilities=np.asarray(probs, dtype=np.float32),
-            spectrogram=spec[0, 0].float().cpu().numpy(),
+            # What the model saw, over the clip's real length: a short clip's repeated fill
+            # is not drawn as if it were data.
+            spectrogram=spec[0, 0, :, : 1 + len(clip.samples) // HOP_LENGTH].float().cpu().numpy(),
             feature_maps=feats,
             embedding=embedding.float().cpu().numpy(),
             envelope=waveform_envelope(clip.samples),

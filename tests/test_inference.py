@@ -58,6 +58,7 @@ def test_tag_batch_of_mixed_lengths(random_tagger):
         assert set(r.feature_maps) == {"stem", "stage1", "stage2", "stage3", "stage4"}
         assert r.feature_maps["stage4"]["channels"].shape[0] == 4
     assert results[0].timeline == [] and results[1].timeline == []
+    assert results[1].spectrogram.shape[1] == 1 + int(0.2 * 44100) // 512  # its real length, not the fill
     # Windows inside the clip, overlapping by half, the last ending at the clip's end.
     assert [w["start_s"] for w in results[2].timeline] == pytest.approx([0.0, 2.49, 4.99, 7.0], abs=0.02)
     assert results[2].timeline[-1]["end_s"] == pytest.approx(12.0, abs=0.02)
