@@ -381,30 +381,36 @@ def test_worker_never_commits_past_a_message_another_actor_still_holds():
     assert asyncio.run(offsets()) == [(None, 6)] * 4
 
 
-def test_a_batch_whose_agent_ends_early_is_never_committed():
-    """Faust's batch iterator acknowledges a cancelled batch in its ``finally:``; messages
-    the worker still holds block the commit anyway, even after they are garbage."""
-    import asyncio
-    import gc
-
+async def _tracked_consumer(count: int, committed: int):
+    """The worker's own Faust consumer with ``count`` messages tracked from offset ``committed``."""
     from faust.types import TP
     from faust.types.tuples import Message
 
     from stream.app import create_app
     from tagger.config import Settings
 
+    settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1")
+    app = create_app(settings, tagger=None, sessions=None)
+    app.topics.add(app.topic(settings.input_topic))
+    await app.topics._update_indices()
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 0)
+    consumer._committed_offset[tp] = committed
+    messages = [Message(settings.input_topic, 0, committed + i, 0.0, 0, None, b"k", b"v", None, tp=tp)
+                for i in range(count)]
+    for m in messages:
+        consumer.track_message(m)
+    return consumer, tp, messages
+
+
+def test_a_batch_whose_agent_ends_early_is_never_committed():
+    """Faust's batch iterator acknowledges a cancelled batch in its ``finally:``; messages
+    the worker still holds block the commit anyway, even after they are garbage."""
+    import asyncio
+    import gc
+
     async def offsets():
-        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1")
-        app = create_app(settings, tagger=None, sessions=None)
-        app.topics.add(app.topic(settings.input_topic))
-        await app.topics._update_indices()
-        consumer = app.consumer
-        tp = TP(settings.input_topic, 0)
-        consumer._committed_offset[tp] = 10
-        messages = [Message(settings.input_topic, 0, 10 + i, 0.0, 0, None, b"k", b"v", None, tp=tp)
-                    for i in range(8)]
-        for m in messages:
-            consumer.track_message(m)
+        consumer, tp, messages = await _tracked_consumer(8, committed=10)
         consumer.hold(messages[:4])  # batch A taken; its agent is then cancelled
         for m in messages:  # Faust acknowledges batch A anyway; batch B is done
             consumer.ack(m)
@@ -454,24 +460,8 @@ def test_a_held_batch_above_finished_ones_caps_the_commit():
     its agent is cancelled and Faust acknowledges it: the commit stops at 14."""
     import asyncio
 
-    from faust.types import TP
-    from faust.types.tuples import Message
-
-    from stream.app import create_app
-    from tagger.config import Settings
-
     async def offsets():
-        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1")
-        app = create_app(settings, tagger=None, sessions=None)
-        app.topics.add(app.topic(settings.input_topic))
-        await app.topics._update_indices()
-        consumer = app.consumer
-        tp = TP(settings.input_topic, 0)
-        consumer._committed_offset[tp] = 10
-        messages = [Message(settings.input_topic, 0, 10 + i, 0.0, 0, None, b"k", b"v", None, tp=tp)
-                    for i in range(8)]
-        for m in messages:
-            consumer.track_message(m)
+        consumer, tp, messages = await _tracked_consumer(8, committed=10)
         consumer.hold(messages)
         consumer.release(messages[:4])  # batch A durable
         for m in messages:  # A acknowledged normally, B by Faust's finally
