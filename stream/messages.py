@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from tagger.audio import sniff_format
 from tagger.pipeline import Payload
 from tagger.repository import ClipRecord
-
-from pathlib import Path
-
-from tagger.audio import sniff_format
 
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "aiff": "audio/aiff",
                  "caf": "audio/x-caf", "mp3": "audio/mpeg", "aac": "audio/aac", "mp4": "audio/mp4",
                  "webm": "audio/webm"}
 
 
-def content_type(path: Path, data: bytes) -> str:
+def content_type(data: bytes) -> str:
     """The MIME type the file's content announces (its name can lie)."""
     return CONTENT_TYPES.get(sniff_format(data[:16]) or "", "application/octet-stream")
 

@@ -121,7 +121,7 @@ def publish(paths, topic: str | None = None, bootstrap: str = "127.0.0.1:9092", 
                                                     "SOUNDTAG_KAFKA_MAX_MESSAGE_BYTES)"))
                 continue
             headers = [
-                ("content-type", content_type(Path(path), data).encode()),
+                ("content-type", content_type(data).encode()),
                 ("source", str(Path(path).resolve()).encode()),
                 ("sent-at", datetime.now(timezone.utc).isoformat().encode()),
             ]

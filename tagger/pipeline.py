@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-from tagger import codec
 from pathlib import Path
 
+from tagger import codec
 from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, sha256_hex
 from tagger.inference import Tagger, TagResult
 from tagger.models import CLIP_ID_MAX
