@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 
-from api.schemas import ClipOut, FeatureTap, PackedArray, TagOut, Visualization, WindowOut
+from api.schemas import Axes, ClipOut, FeatureTap, PackedArray, TagOut, Visualization, WindowOut
 from tagger import codec
+from tagger.features import F_MAX, F_MIN, HOP_LENGTH, SAMPLE_RATE
+from tagger.inference import feature_map_span_s
 from tagger.models import Clip, ClipFeatures
 from tagger.repository import ClipRecord
 
@@ -49,6 +51,9 @@ def visualization(clip: Clip, features: ClipFeatures) -> Visualization:
         clip_id=clip.id,
         top3=[TagOut(label=t.label, confidence=t.confidence) for t in clip.tags],
         duration_s=clip.duration_s,
+        axes=Axes(frame_s=HOP_LENGTH / SAMPLE_RATE, f_min=F_MIN, f_max=F_MAX, mel_scale="htk",
+                  spectrogram_unit="dB (mel power, reference 1)",
+                  feature_map_span_s=feature_map_span_s(clip.duration_s or 0.0)),
         spectrogram=_packed(spec_entry, spec),
         waveform=_packed(wave_entry, wave),
         feature_maps={k: FeatureTap(**v) for k, v in taps.items()},

@@ -65,14 +65,43 @@ class WindowOut(BaseModel):
     top3: list[TagOut]
 
 
+class Axes(BaseModel):
+    """What the pictures' rows and columns are, so a page can label them."""
+
+    frame_s: float = Field(description="seconds between spectrogram columns")
+    f_min: float = Field(description="Hz at the bottom edge of the spectrogram")
+    f_max: float = Field(description="Hz at the top edge of the spectrogram")
+    mel_scale: str = Field(description="mel formula of the rows ('htk': 2595·log10(1 + f/700))")
+    spectrogram_unit: str
+    feature_map_span_s: float = Field(
+        description="seconds of model input across a feature map's full width: the window for a clip "
+                    "no longer than one (a short clip is repeated to fill it), else the clip (at most its "
+                    "first 60 s)")
+
+
 class Visualization(BaseModel):
     clip_id: str
     top3: list[TagOut]
     duration_s: float | None
+    axes: Axes
     spectrogram: PackedArray
     waveform: PackedArray = Field(description="(2, points): per-bucket min and max")
     feature_maps: dict[str, FeatureTap]
     timeline: list[WindowOut] = []
+
+
+class Failure(BaseModel):
+    clip_id: str
+    source: str
+    error: str | None
+    received_at: datetime | None
+
+
+class CollectionSummary(BaseModel):
+    status_counts: dict[str, int] = Field(description="clips per status ('tagged', 'failed')")
+    confidence_bins: list[float] = Field(description="edges of the confidence histogram's bins, 0 to 1")
+    confidence_counts: list[int] = Field(description="tagged clips per bin of top-1 confidence")
+    failures: list[Failure] = Field(description="the most recently received failed clips, newest first")
 
 
 class UploadResult(BaseModel):

@@ -26,6 +26,7 @@ from tagger.features import (
     SAMPLE_RATE,
     WINDOW_FRAMES,
     WINDOW_SAMPLES,
+    WINDOW_SECONDS,
     log_mel,
     window_input,
     window_starts,
@@ -34,7 +35,16 @@ from tagger.features import (
 TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the channel mean
 ENVELOPE_POINTS = 1000
 LOG_MEL_CHUNK = 8  # clips per batched STFT on CPU
-FEATURE_MAP_MAX_FRAMES = 1 + 60 * SAMPLE_RATE // HOP_LENGTH  # feature maps cover at most a clip's first 60 s
+FEATURE_MAP_MAX_SECONDS = 60  # feature maps of a long clip cover its first minute
+FEATURE_MAP_MAX_FRAMES = 1 + FEATURE_MAP_MAX_SECONDS * SAMPLE_RATE // HOP_LENGTH
+
+
+def feature_map_span_s(duration_s: float) -> float:
+    """Seconds of model input across a stored feature map's width: a clip that fits one
+    window is repeated to fill it, a longer one is seen whole (up to its first minute)."""
+    if 1 + int(duration_s * SAMPLE_RATE) // HOP_LENGTH <= WINDOW_FRAMES:
+        return WINDOW_SECONDS
+    return min(duration_s, FEATURE_MAP_MAX_SECONDS)
 
 
 @dataclass

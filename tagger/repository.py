@@ -154,4 +154,19 @@ def label_counts(session: Session) -> list[dict]:
 
 
 def status_counts(session: Session) -> dict[str, int]:
-    return dict(session.execute(select(Clip.status, func.count()).group_by(Clip.status)).all())
+    return {status: n for status, n in session.execute(select(Clip.status, func.count()).group_by(Clip.status))}
+
+
+def confidence_histogram(session: Session, bins: int = 10) -> list[int]:
+    """Counts of tagged clips by top-1 confidence, in ``bins`` equal bins over [0, 1]."""
+    bucket = func.least(func.floor(Tag.confidence * bins), bins - 1).label("bucket")
+    counts = [0] * bins
+    for b, n in session.execute(select(bucket, func.count()).where(Tag.rank == 1).group_by(bucket)):
+        counts[int(b)] = n
+    return counts
+
+
+def recent_failures(session: Session, limit: int = 50) -> list[Clip]:
+    """The most recently received failed clips, newest first."""
+    query = select(Clip).where(Clip.status == "failed").order_by(Clip.received_at.desc(), Clip.id).limit(limit)
+    return list(session.scalars(query))

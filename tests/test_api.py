@@ -95,6 +95,31 @@ def test_visualization_of_a_long_clip_has_a_timeline(client):
     assert len(vis["feature_maps"]["stage2"]["channels"]) == 4
     assert len(vis["timeline"]) == 4 and vis["timeline"][-1]["end_s"] == pytest.approx(12.0, abs=0.02)  # overlapping
     assert vis["waveform"]["shape"][0] == 2
+    axes = vis["axes"]
+    assert axes["feature_map_span_s"] == pytest.approx(12.0, abs=0.01)  # a long clip's maps cover the clip
+    assert axes["frame_s"] == pytest.approx(512 / 44100) and (axes["f_min"], axes["f_max"]) == (20.0, 22050.0)
+
+
+def test_a_short_clips_feature_maps_span_the_window_it_was_repeated_into(client):
+    _upload(client, [("short.wav", audio_bytes("WAV", 1.0, seed=8))], clip_id="short-one")
+    vis = client.get("/api/clips/short-one/visualization").json()
+    assert vis["axes"]["feature_map_span_s"] == 5.0 and vis["duration_s"] == pytest.approx(1.0, abs=0.01)
+    assert vis["spectrogram"]["shape"][1] == 1 + 44100 // 512  # the clip's real length, no fill
+
+
+def test_summary_counts_statuses_confidences_and_lists_failures(client):
+    _upload(client, [("sum-good.wav", audio_bytes("WAV", 1.0, seed=9)), ("sum-bad.wav", b"RIFF....WAVEnot really")])
+    summary = client.get("/api/summary").json()
+    listed = client.get("/api/clips", params={"limit": 500}).json()["items"]
+    by_status = {s: sum(c["status"] == s for c in listed) for s in ("tagged", "failed")}
+    assert summary["status_counts"] == by_status
+    assert summary["confidence_bins"][0] == 0.0 and summary["confidence_bins"][-1] == 1.0
+    assert sum(summary["confidence_counts"]) == by_status["tagged"]
+    tops = [c["top3"][0]["confidence"] for c in listed if c["status"] == "tagged"]
+    assert summary["confidence_counts"][0] == sum(t < 0.1 for t in tops)
+    failure = next(f for f in summary["failures"] if f["source"] == "upload:sum-bad.wav")
+    assert failure["error"] and failure["clip_id"]
+    assert len(client.get("/api/summary", params={"failures": 1}).json()["failures"]) == 1
 
 
 def test_errors(client):

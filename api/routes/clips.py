@@ -11,7 +11,16 @@ from sqlalchemy.orm import Session
 from api.convert import clip_out, record_out, visualization
 from api.deps import AppState, get_runner, get_session, get_state, require_api_key
 from api.metrics import CLIPS
-from api.schemas import ClipList, ClipOut, LabelCount, LabelList, UploadResult, Visualization
+from api.schemas import (
+    ClipList,
+    ClipOut,
+    CollectionSummary,
+    Failure,
+    LabelCount,
+    LabelList,
+    UploadResult,
+    Visualization,
+)
 from tagger import repository
 from api.text import has_control_characters
 from tagger.audio import READABLE_FORMATS, sha256_hex
@@ -19,6 +28,7 @@ from tagger.pipeline import Payload, clip_id_problem
 from tagger.stages import StageRunner
 
 router = APIRouter(prefix="/api", tags=["clips"])
+CONFIDENCE_BINS = 10
 
 
 @router.get("/clips", response_model=ClipList, summary="List clips, filtered by label and confidence")
@@ -66,6 +76,22 @@ def list_labels(session: Annotated[Session, Depends(get_session)],
         counts.setdefault(name, {"label": name, "top1": 0, "top3": 0})
     items = sorted(counts.values(), key=lambda c: (-c["top1"], -c["top3"], c["label"]))
     return LabelList(items=[LabelCount(**c) for c in items])
+
+
+@router.get("/summary", response_model=CollectionSummary,
+            summary="The collection at a glance: status counts, confidence histogram, recent failures")
+def collection_summary(
+    session: Annotated[Session, Depends(get_session)],
+    failures: Annotated[int, Query(ge=0, le=500, description="how many recent failures to list")] = 50,
+) -> CollectionSummary:
+    counts = repository.confidence_histogram(session, bins=CONFIDENCE_BINS)
+    return CollectionSummary(
+        status_counts={"tagged": 0, "failed": 0, **repository.status_counts(session)},
+        confidence_bins=[round(i / CONFIDENCE_BINS, 2) for i in range(CONFIDENCE_BINS + 1)],
+        confidence_counts=counts,
+        failures=[Failure(clip_id=c.id, source=c.source, error=c.error, received_at=c.received_at)
+                  for c in repository.recent_failures(session, failures)],
+    )
 
 
 @router.post(
