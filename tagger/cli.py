@@ -57,6 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, out_dir=args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
         max_lr=args.lr, seed=args.seed, device=get_settings().device, limit=args.limit, resume=args.resume,
         val_fold=args.val_fold, time_roll=not args.no_time_roll, crop_p=args.crop_p, band_p=args.band_p,
+        mix=args.mix,
         num_threads=args.threads,
     )
     if args.cv:
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold out one of folds 1–4 (fold 5 is the test fold and never trains or validates)")
     p.add_argument("--no-time-roll", action="store_true", help="no random circular time shift")
     p.add_argument("--crop-p", type=float, default=0.3, help="probability of a short crop repeated to fill")
+    p.add_argument("--mix", choices=["db", "sound"], default="db",
+                   help="mix two clips as MixUp of dB inputs, or as sound (between-class learning)")
     p.add_argument("--band-p", type=float, default=0.3, help="probability of the clip through 8 or 16 kHz")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cv", action="store_true", help="4-fold cross-validation on folds 1–4")

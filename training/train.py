@@ -43,6 +43,7 @@ class TrainConfig:
     max_lr: float = 2e-3
     weight_decay: float = 0.01
     mixup_alpha: float = 0.2
+    mix: str = "db"  # "db": MixUp of the dB inputs; "sound": two clips mixed as sound (between-class)
     label_smoothing: float = 0.1
     freq_mask: int = 12
     time_mask: int = 60
@@ -55,6 +56,22 @@ class TrainConfig:
     limit: int | None = None  # use only this many training clips (smoke tests)
     num_threads: int | None = None
     resume: bool = False
+
+
+def mix_as_sound(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Between-class mixing (Tokozume et al.'s BC learning) on dB spectrograms: two clips
+    added as sound with a ratio r ~ U(0, 1) corrected for their levels, so the quieter one
+    is still heard as r says; the label is r : 1 - r. Uncorrelated sounds add in power."""
+    b = x.shape[0]
+    mix = torch.randperm(b, generator=gen)
+    r = torch.rand(b, generator=gen).clamp(1e-3, 1 - 1e-3)
+    g1, g2 = x.amax(dim=(1, 2, 3)), x[mix].amax(dim=(1, 2, 3))  # levels in dB
+    p = 1 / (1 + 10 ** ((g1 - g2) / 20) * (1 - r) / r)  # waveform weight of the first clip
+    w1, w2 = (p**2)[:, None, None, None], ((1 - p) ** 2)[:, None, None, None]
+    peak = torch.maximum(x, x[mix])  # factor the larger term out: no overflow in 10^(dB/10)
+    power = w1 * 10 ** ((x - peak) / 10) + w2 * 10 ** ((x[mix] - peak) / 10)
+    mixed = peak + 10 * torch.log10(power.clamp_min(1e-10))
+    return mixed, r[:, None] * y + (1 - r[:, None]) * y[mix]
 
 
 def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, gen: torch.Generator) -> torch.Tensor:
@@ -100,7 +117,7 @@ def crop_and_repeat(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Te
 
 
 # What a run saved before a setting existed used, so such runs still resume.
-_LEGACY_CONFIG: dict = {}
+_LEGACY_CONFIG: dict = {"mix": "db"}  # runs saved before a setting existed used its old behaviour
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,7 +192,8 @@ def train(cfg: TrainConfig) -> dict:
     if last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         saved_cfg = json.loads(ckpt["config"])
-        for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit", "time_roll", "crop_p", "band_p"):
+        for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit", "time_roll", "crop_p", "band_p",
+                    "mix"):
             saved = saved_cfg.get(key, _LEGACY_CONFIG.get(key))
             if saved != getattr(cfg, key):
                 raise SystemExit(f"--resume: {key}={getattr(cfg, key)} differs from the run in {out} ({saved})")
@@ -208,10 +226,13 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.time_roll:
                 x = time_roll(x, gen)
             x = spec_augment(x, cfg.freq_mask, cfg.time_mask, gen)
-            lam = float(beta.sample())
-            mix = torch.randperm(len(idx), generator=gen)
-            x = lam * x + (1 - lam) * x[mix]
-            y = lam * y + (1 - lam) * y[mix]
+            if cfg.mix == "sound":
+                x, y = mix_as_sound(x, y, gen)
+            else:
+                lam = float(beta.sample())
+                mix = torch.randperm(len(idx), generator=gen)
+                x = lam * x + (1 - lam) * x[mix]
+                y = lam * y + (1 - lam) * y[mix]
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(x)
