@@ -8,8 +8,8 @@ from api.schemas import Axes, ClipOut, FeatureTap, PackedArray, TagOut, Visualiz
 from tagger import codec
 from tagger.features import F_MAX, F_MIN, HOP_LENGTH, SAMPLE_RATE
 from tagger.inference import feature_map_span_s
-from tagger.models import Clip, ClipFeatures
-from tagger.repository import ClipRecord
+from tagger.tables import Clip, ClipFeatures
+from tagger.records import ClipRecord
 
 
 def clip_out(clip: Clip) -> ClipOut:
@@ -37,16 +37,11 @@ def _packed(entry: dict, raw) -> PackedArray:
 def visualization(clip: Clip, features: ClipFeatures) -> Visualization:
     spec_entry, spec = codec.decode_quantized(features.spectrogram)["spectrogram"]
     wave_entry, wave = codec.decode_quantized(features.waveform)["envelope"]
-    taps: dict[str, dict] = {}
-    for name, (entry, raw) in codec.decode_quantized(features.feature_maps).items():
-        tap, part = name.split("/", 1)
-        t = taps.setdefault(tap, {"channels": []})
-        if part == "mean":
-            t["mean"] = _packed(entry, raw)
-        elif part == "channel_index":
-            t["channel_index"] = [int(v) for v in raw]
-        else:
-            t["channels"].append(_packed(entry, raw))
+    taps = {
+        tap: FeatureTap(mean=_packed(*parts["mean"]), channels=[_packed(*c) for c in parts["channels"]],
+                        channel_index=[int(v) for v in parts["channel_index"]])
+        for tap, parts in codec.read_feature_maps(features.feature_maps).items()
+    }
     return Visualization(
         clip_id=clip.id,
         top3=[TagOut(label=t.label, confidence=t.confidence) for t in clip.tags],
@@ -56,6 +51,6 @@ def visualization(clip: Clip, features: ClipFeatures) -> Visualization:
                   feature_map_span_s=feature_map_span_s(clip.duration_s or 0.0)),
         spectrogram=_packed(spec_entry, spec),
         waveform=_packed(wave_entry, wave),
-        feature_maps={k: FeatureTap(**v) for k, v in taps.items()},
+        feature_maps=taps,
         timeline=[WindowOut(**w) for w in (features.timeline or [])],
     )

@@ -14,12 +14,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api.deps import AppState
 from api.metrics import MetricsMiddleware
-from api.routes import clips, inference, system
+from api.routes import clips, original, system
 from api.text import control_character_problem
+from tagger import __version__
 from tagger.checkpoint import CheckpointError, ModelNotFoundError
 from tagger.config import Settings, get_settings
 from tagger.inference import Tagger
-from tagger.service import UntrainedModelError, load_tagger, open_database
+from tagger.startup import UntrainedModelError, load_tagger, open_database
 from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
 
 log = logging.getLogger("soundtag.api")
@@ -125,12 +126,12 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
 
     app = FastAPI(
         title="soundtag",
-        version="0.1.0",
+        version=__version__,
         description="Tags environmental sounds with the 50 ESC-50 classes and shows why.",
         lifespan=lifespan,
     )
     app.include_router(clips.router)
-    app.include_router(inference.router)
+    app.include_router(original.router)
     app.include_router(system.router)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -40,7 +40,6 @@ class LabelCount(BaseModel):
 
 class LabelList(BaseModel):
     items: list[LabelCount]
-    next_cursor: str | None = None
 
 
 class PackedArray(BaseModel):
@@ -106,7 +105,6 @@ class CollectionSummary(BaseModel):
 
 class UploadResult(BaseModel):
     items: list[ClipOut]
-    next_cursor: str | None = None
 
 
 class InferenceRequest(BaseModel):

@@ -6,7 +6,7 @@ from sqlalchemy import create_engine, text
 
 from tagger.config import get_settings
 from tagger.db import normalize_url
-from tagger.models import Base
+from tagger.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -32,9 +32,10 @@ except ImportError:  # older Faust acknowledges on the event loop only
     ack_lock = threading.RLock()
 from sqlalchemy.orm import Session, sessionmaker
 
-from stream.messages import dlq_headers, encode_event, payload_from_message
+from stream.messages import MESSAGE_OVERHEAD_BYTES, dlq_headers, encode_event, payload_from_message
 from tagger.config import Settings
 from tagger.inference import Tagger
+from tagger.records import Status
 from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
 
 log = logging.getLogger("soundtag.worker")
@@ -150,8 +151,9 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
         consumer_auto_offset_reset="earliest",
         broker_commit_every=settings.max_batch,
         broker_commit_interval=1.0,
-        producer_max_request_size=8 * 1024 * 1024,
-        consumer_max_fetch_size=8 * 1024 * 1024,
+        # Room for the largest clip plus its headers: a dead letter carries the clip.
+        producer_max_request_size=settings.kafka_max_message_bytes + MESSAGE_OVERHEAD_BYTES,
+        consumer_max_fetch_size=max(8 * 1024 * 1024, settings.kafka_max_message_bytes + MESSAGE_OVERHEAD_BYTES),
         stream_wait_empty=False,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
@@ -172,7 +174,7 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
                 records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
                                             for m in messages])
                 for message, record in zip(messages, records):
-                    if record.status == "tagged":
+                    if record.status == Status.TAGGED:
                         await tags.send(key=record.clip_id.encode(), value=encode_event(record))
                     else:
                         await dlq.send(key=message.key, value=message.value or b"",
@@ -185,7 +187,7 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             consumer.release(messages)
-            tagged_count = sum(r.status == "tagged" for r in records)
+            tagged_count = sum(r.status == Status.TAGGED for r in records)
             log.info("batch of %d from partitions %s: %d tagged, %d failed", len(records),
                      sorted({m.partition for m in messages}), tagged_count, len(records) - tagged_count)
 

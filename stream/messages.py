@@ -13,8 +13,9 @@ from datetime import datetime, timezone
 
 from tagger.audio import sniff_format
 from tagger.pipeline import Payload
-from tagger.repository import ClipRecord
+from tagger.records import ClipRecord
 
+MESSAGE_OVERHEAD_BYTES = 64 * 1024  # key and headers on top of a clip's bytes, with room to spare
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "aiff": "audio/aiff",
                  "caf": "audio/x-caf", "mp3": "audio/mpeg", "aac": "audio/aac", "mp4": "audio/mp4",
                  "webm": "audio/webm"}

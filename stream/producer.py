@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm import tqdm
 
-from stream.messages import content_type
+from stream.messages import MESSAGE_OVERHEAD_BYTES, content_type
 from tagger.audio import sha256_hex
-from tagger.ingest import find_audio_files
-
-DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # Kafka's default max.message.bytes
+from tagger.config import get_settings
+from tagger.files import find_audio_files
 
 
 @dataclass
@@ -35,7 +33,7 @@ class PublishSummary:
 
 def topic_message_limit(bootstrap: str, topic: str) -> int:
     """The topic's max.message.bytes when the broker reports it, else SOUNDTAG_KAFKA_MAX_MESSAGE_BYTES."""
-    configured = int(os.environ.get("SOUNDTAG_KAFKA_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES))
+    configured = get_settings().kafka_max_message_bytes
     try:
         from kafka import KafkaAdminClient
         from kafka.admin import ConfigResource, ConfigResourceType
@@ -77,7 +75,7 @@ def make_producer(bootstrap: str, max_message_bytes: int, max_block_s: float = 2
         request_timeout_ms=int(max_block_s * 1000),
         acks="all",
         compression_type="gzip",
-        max_request_size=max_message_bytes + 64 * 1024,
+        max_request_size=max_message_bytes + MESSAGE_OVERHEAD_BYTES,
         linger_ms=20,
         retries=5,
     )

@@ -18,7 +18,7 @@ import time
 from faust import Worker
 
 from tagger.config import get_settings
-from tagger.service import load_tagger, open_database
+from tagger.startup import load_tagger, open_database
 
 STOP_GRACE_S = 8.0
 log = logging.getLogger("soundtag.worker")

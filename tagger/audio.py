@@ -47,7 +47,6 @@ class DecodedAudio:
     samples: np.ndarray  # mono float32 at SAMPLE_RATE
     sample_rate: int  # of the original file
     channels: int  # of the original file
-    sha256: str  # of the original bytes
 
     @property
     def duration_s(self) -> float:
@@ -110,24 +109,23 @@ def decode_bytes(data: bytes, max_duration_s: float | None = None) -> DecodedAud
         raise AudioError("empty file: no audio data")
     samples, rate, channels = _decode(lambda: io.BytesIO(data), data[:16], _wav_declared_frames(data[:4096], len(data)),
                                       max_duration_s)
-    return DecodedAudio(samples, rate, channels, sha256_hex(data))
+    return DecodedAudio(samples, rate, channels)
 
 
-def decode_file(path: str | Path, max_duration_s: float | None = None, sha256: str | None = None) -> DecodedAudio:
+def decode_file(path: str | Path, max_duration_s: float | None = None) -> DecodedAudio:
     """Decode from disk in blocks: a long file is never held in memory as bytes."""
     path = Path(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(4096)
-        digest = sha256 or file_sha256(path)
     except OSError as exc:
         raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
     if size == 0:
         raise AudioError("empty file: no audio data")
     samples, rate, channels = _decode(lambda: open(path, "rb"), head[:16], _wav_declared_frames(head, size),
                                       max_duration_s)
-    return DecodedAudio(samples, rate, channels, digest)
+    return DecodedAudio(samples, rate, channels)
 
 
 def _decode(open_source, head: bytes, wav_frames: tuple[int, int] | None,

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 
 from tagger.features import PREPROCESSING
-from tagger.model import AudioCNN
+from tagger.network import AudioCNN
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -91,14 +91,14 @@ def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) 
 
 
 def decode(blob: bytes) -> dict[str, np.ndarray]:
-    out = {}
-    for name, (entry, raw) in _read(blob).items():
-        if entry["kind"] == "u8":
-            scale = (entry["hi"] - entry["lo"]) / (2 ** entry["bits"] - 1) or 1.0
-            out[name] = (entry["lo"] + raw.astype(np.float32) * scale).astype(np.float32)
-        else:
-            out[name] = raw.astype(np.float32 if entry["kind"] == "f16" else np.int16)
-    return out
+    return {name: dequantize(entry, raw) for name, (entry, raw) in _read(blob).items()}
+
+
+def dequantize(entry: dict, raw: np.ndarray) -> np.ndarray:
+    if entry["kind"] == "u8":
+        scale = (entry["hi"] - entry["lo"]) / (2 ** entry["bits"] - 1) or 1.0
+        return (entry["lo"] + raw.astype(np.float32) * scale).astype(np.float32)
+    return raw.astype(np.float32 if entry["kind"] == "f16" else np.int16)
 
 
 def decode_quantized(blob: bytes) -> dict[str, tuple[dict, np.ndarray]]:
@@ -150,17 +150,19 @@ def encode_feature_maps(maps: dict[str, dict[str, np.ndarray]]) -> bytes:
     return encode(arrays)
 
 
-def decode_feature_maps(blob: bytes) -> dict[str, dict[str, np.ndarray]]:
+def read_feature_maps(blob: bytes) -> dict[str, dict]:
+    """Per tap ``{"mean": (entry, q), "channels": [(entry, q), …], "channel_index": array}``,
+    the arrays still quantised (``dequantize`` turns one into floats)."""
     maps: dict[str, dict] = {}
-    for name, arr in decode(blob).items():
+    for name, (entry, raw) in _read(blob).items():
         tap, part = name.split("/", 1)
-        entry = maps.setdefault(tap, {"channels": []})
-        if part.startswith("channel") and part != "channel_index":
-            entry["channels"].append(arr)
+        parts = maps.setdefault(tap, {"channels": []})
+        if part == "channel_index":
+            parts[part] = raw
+        elif part.startswith("channel"):
+            parts["channels"].append((entry, raw))
         else:
-            entry[part] = arr
-    for entry in maps.values():
-        entry["channels"] = np.stack(entry["channels"]) if entry["channels"] else np.zeros((0,))
+            parts[part] = (entry, raw)
     return maps
 
 

@@ -72,7 +72,13 @@ class Settings(BaseSettings):
     # Batches in flight per worker: while one is in the model, the next one decodes and
     # the one before it is stored, so the model waits for neither.
     pipeline_depth: int = Field(default=2, ge=1, le=8)
+    # Largest Kafka message (one clip's bytes plus headers) when the broker does not report
+    # its topic's max.message.bytes; Kafka's own default. docker-compose.yml raises both.
+    kafka_max_message_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # Training and evaluation (`soundtag train` / `evaluate`).
+    esc50_dir: Path | None = None  # default: ../shared/datasets/esc50 next to the checkout
+    cache_dir: Path = Path.home() / ".cache" / "soundtag"  # cached log-mel spectrograms of ESC-50
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -111,3 +117,8 @@ class Settings(BaseSettings):
 @functools.cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def database_label(url: str) -> str:
+    """Where a database URL points, without its user and password: for messages and logs."""
+    return url.rsplit("@", 1)[-1]

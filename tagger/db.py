@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -11,9 +12,13 @@ from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-import migrations
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+def _migrations_dir() -> Path:
+    """The Alembic scripts' folder, found without importing them: they import the tables."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the migrations package is not installed next to tagger")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def normalize_url(url: str) -> str:
@@ -55,7 +60,7 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 def alembic_config(url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(_migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     return cfg
 

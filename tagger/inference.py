@@ -47,6 +47,19 @@ def feature_map_span_s(duration_s: float) -> float:
     return min(duration_s, FEATURE_MAP_MAX_SECONDS)
 
 
+@torch.inference_mode()
+def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, with_features: bool = False,
+            block_taps: dict[str, torch.Tensor] | None = None):
+    """The one forward pass, for serving and for validation while training: channels-last,
+    at the device's mixed precision (bf16 on CPUs that have it, fp16 on CUDA)."""
+    if device.type == "cuda":
+        x = x.pin_memory()  # lets the copy overlap with the previous batch's compute
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        return model(x, with_features=with_features, block_taps=block_taps)
+
+
 @dataclass
 class TagResult:
     top3: list[tuple[str, float]]
@@ -60,13 +73,11 @@ class TagResult:
 
 class Tagger:
     def __init__(self, checkpoint: Checkpoint, device: torch.device, batch_size: int = 32) -> None:
-        self.checkpoint = checkpoint
         self.device = device
         self.batch_size = batch_size
         self.model = checkpoint.model.to(device).to(memory_format=torch.channels_last).eval()
         self.class_names = checkpoint.class_names
         self.version = checkpoint.version
-        self.autocast_dtype = autocast_dtype(device)
         # One forward at a time: on a few cores concurrent forwards only fight for them.
         self._lock = threading.Lock()
 
@@ -78,16 +89,9 @@ class Tagger:
         return cls(load_checkpoint(path, dev), dev, batch_size)
 
     # -- model ---------------------------------------------------------------
-    @torch.inference_mode()
     def _forward(self, x: torch.Tensor, with_features: bool, block_taps: dict[str, torch.Tensor] | None = None):
-        if self.device.type == "cuda":
-            # Page-locked host memory lets the copy overlap with the previous batch's compute.
-            x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with self._lock, torch.autocast(
-            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        ):
-            return self.model(x, with_features=with_features, block_taps=block_taps)
+        with self._lock:
+            return forward(self.model, x, self.device, with_features=with_features, block_taps=block_taps)
 
     def probabilities(self, windows) -> np.ndarray:
         """Class probabilities of (1, n_mels, frames) spectrogram windows (a tensor or a list
@@ -191,11 +195,6 @@ class Tagger:
             embedding=embedding.float().cpu().numpy(),
             envelope=waveform_envelope(clip.samples),
         )
-
-
-def summarize_feature_map(fm: torch.Tensor, k: int = TOP_K_CHANNELS) -> dict[str, np.ndarray]:
-    """A (C, H, W) activation → its channel mean and its k most active channels."""
-    return {name: part[0] for name, part in summarize_feature_maps({"_": fm.unsqueeze(0)}, k)["_"].items()}
 
 
 def _clip_maps(maps: dict[str, dict[str, list]], j: int) -> dict[str, dict[str, np.ndarray]]:

@@ -12,7 +12,6 @@ waits out a database outage for a bounded time.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,10 +21,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from tagger.audio import file_sha256, is_audio_file
+from tagger.audio import file_sha256
+from tagger.files import find_audio_files
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded, Payload
-from tagger.repository import ClipRecord, tagged_ids
+from tagger.records import ClipRecord, Status
+from tagger.repository import tagged_ids
 from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
 
 
@@ -48,30 +49,6 @@ class IngestSummary:
         head = "interrupted: " if self.interrupted else "stopped early: " if self.gave_up else ""
         return (f"{head}{self.tagged} tagged, {self.skipped} already tagged, {self.failed} failed, "
                 f"{len(self.not_audio)} not audio in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s)")
-
-
-@dataclass
-class FoundFiles:
-    audio: list[Path]
-    not_audio: list[Path]
-
-
-def find_audio_files(paths: Iterable[str | Path]) -> FoundFiles:
-    """Files named on the command line are always tried; in folders every file is looked at."""
-    found = FoundFiles([], [])
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path, onerror=None):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if name.startswith("."):
-                        continue
-                    file = Path(root) / name
-                    (found.audio if is_audio_file(file) else found.not_audio).append(file)
-        else:
-            found.audio.append(path)  # a missing file becomes a recorded failure, not a crash
-    return found
 
 
 def _payload(path: Path) -> Payload:
@@ -119,7 +96,7 @@ def ingest(
     def account(records: list[ClipRecord], skipped: int) -> None:
         summary.skipped += skipped
         for r in records:
-            if r.status == "tagged":
+            if r.status == Status.TAGGED:
                 summary.tagged += 1
             else:
                 summary.failed += 1

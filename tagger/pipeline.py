@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tagger import codec
-from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, sha256_hex
+from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, file_sha256, sha256_hex
 from tagger.inference import Tagger, TagResult
-from tagger.models import CLIP_ID_MAX
-from tagger.repository import ClipRecord
+from tagger.records import CLIP_ID_MAX, ClipRecord, Status, clip_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +28,7 @@ class Payload:
     clip_id: str | None = None  # None: the content hash becomes the id
     error: str | None = None  # set by the caller when the payload is already known bad
     path: Path | None = None  # decode from disk in blocks instead of from ``data``
-    sha256: str | None = None  # of the file at ``path``, when the caller has it
-
-
-def clip_id_problem(clip_id: str) -> str | None:
-    if not clip_id:
-        return "empty clip id"
-    if len(clip_id) > CLIP_ID_MAX:
-        return f"clip id longer than {CLIP_ID_MAX} characters"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in clip_id):
-        return "clip id contains control characters"
-    return None
+    sha256: str | None = None  # of the bytes or the file, when the caller has it (hashed once)
 
 
 def features_row(result: TagResult) -> dict:
@@ -74,12 +63,19 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
         if clip_id is None:
             # Empty payloads share one hash, so they get an id from where they came from.
             clip_id = sha or f"empty:{p.source}"[:CLIP_ID_MAX]
-        rec = ClipRecord(clip_id=clip_id, source=p.source, status="failed", sha256=sha, error=problem)
+        rec = ClipRecord(clip_id=clip_id, source=p.source, status=Status.FAILED, sha256=sha, error=problem)
         records.append(rec)
         if problem:
             continue
         try:
-            decoded = decode_file(p.path, max_duration_s, sha256=sha) if p.path else decode_bytes(p.data, max_duration_s)
+            if p.path:
+                rec.sha256 = rec.sha256 or file_sha256(p.path)
+                decoded = decode_file(p.path, max_duration_s)
+            else:
+                decoded = decode_bytes(p.data, max_duration_s)
+        except OSError as exc:
+            rec.error = f"cannot read {p.path}: {exc.strerror or exc}"
+            continue
         except AudioError as exc:
             rec.error = str(exc)
             continue
@@ -87,7 +83,6 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
             log.exception("decoding %s failed unexpectedly", p.source)
             rec.error = f"decoding failed: {type(exc).__name__}: {exc}"[:2000]
             continue
-        rec.sha256 = decoded.sha256
         rec.sample_rate, rec.channels = decoded.sample_rate, decoded.channels
         rec.duration_s = round(decoded.duration_s, 4)
         audio.append((i, decoded))
@@ -121,7 +116,7 @@ def finish_records(tagged: Tagged) -> list[ClipRecord]:
             log.exception("encoding the features of %s failed", rec.source)
             rec.error = f"storing features failed: {type(exc).__name__}: {exc}"[:2000]
             continue
-        rec.status, rec.error = "tagged", None
+        rec.status, rec.error = Status.TAGGED, None
         rec.model_version = tagged.model_version
         rec.top3 = result.top3
         rec.features = features

@@ -9,30 +9,14 @@ tagged.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from tagger.models import Clip, ClipFeatures, Tag
-
-
-@dataclass
-class ClipRecord:
-    clip_id: str
-    source: str
-    status: str  # "tagged" | "failed"
-    sha256: str | None = None
-    sample_rate: int | None = None
-    channels: int | None = None
-    duration_s: float | None = None
-    error: str | None = None
-    model_version: str | None = None
-    top3: list[tuple[str, float]] = field(default_factory=list)
-    features: dict | None = None  # ClipFeatures columns (encoded blobs, timeline)
-    tagged_at: datetime | None = None
+from tagger.records import ClipRecord, Status
+from tagger.tables import Clip, ClipFeatures, Tag
 
 
 def _insert(session: Session):
@@ -54,7 +38,7 @@ def save_clips(session: Session, records: list[ClipRecord]) -> None:
             "status": rec.status,
             "error": rec.error,
             "model_version": rec.model_version,
-            "tagged_at": rec.tagged_at or (now if rec.status == "tagged" else None),
+            "tagged_at": rec.tagged_at or (now if rec.status == Status.TAGGED else None),
         }
         stmt = insert(Clip).values(**values)
         update = {k: stmt.excluded[k] for k in values if k != "id"}
@@ -62,10 +46,10 @@ def save_clips(session: Session, records: list[ClipRecord]) -> None:
             index_elements=[Clip.id],
             set_=update,
             # Never let a failed retry replace a good result.
-            where=or_(Clip.status != "tagged", stmt.excluded.status == "tagged"),
+            where=or_(Clip.status != Status.TAGGED, stmt.excluded.status == Status.TAGGED),
         )
         session.execute(stmt)
-        if rec.status != "tagged":
+        if rec.status != Status.TAGGED:
             continue
         session.execute(delete(Tag).where(Tag.clip_id == rec.clip_id))
         session.execute(
@@ -88,7 +72,7 @@ def tagged_ids(session: Session, clip_ids: list[str], model_version: str) -> set
         chunk = clip_ids[i : i + 1000]
         found.update(
             session.scalars(
-                select(Clip.id).where(Clip.id.in_(chunk), Clip.status == "tagged", Clip.model_version == model_version)
+                select(Clip.id).where(Clip.id.in_(chunk), Clip.status == Status.TAGGED, Clip.model_version == model_version)
             )
         )
     return found
@@ -168,5 +152,5 @@ def confidence_histogram(session: Session, bins: int = 10) -> list[int]:
 
 def recent_failures(session: Session, limit: int = 50) -> list[Clip]:
     """The most recently received failed clips, newest first."""
-    query = select(Clip).where(Clip.status == "failed").order_by(Clip.received_at.desc(), Clip.id).limit(limit)
+    query = select(Clip).where(Clip.status == Status.FAILED).order_by(Clip.received_at.desc(), Clip.id).limit(limit)
     return list(session.scalars(query))

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tagger.audio import DecodedAudio
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
-from tagger.repository import ClipRecord, save_clips
+from tagger.records import ClipRecord, Status
+from tagger.repository import save_clips
 
 log = logging.getLogger("soundtag.store")
 
@@ -100,9 +101,9 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
         except DatabaseUnavailable:
             raise
         except DBAPIError as exc:
-            rec.status, rec.error = "failed", f"database refused the result: {_first_line(exc)}"
+            rec.status, rec.error = Status.FAILED, f"database refused the result: {_first_line(exc)}"
             rec.top3, rec.features = [], None
-            waiter.run(lambda: write([ClipRecord(clip_id=rec.clip_id, source=rec.source[:2000], status="failed",
+            waiter.run(lambda: write([ClipRecord(clip_id=rec.clip_id, source=rec.source[:2000], status=Status.FAILED,
                                                  error=rec.error)]), f"recording clip {rec.clip_id} as failed")
 
 

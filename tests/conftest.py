@@ -85,7 +85,7 @@ def random_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from tagger.checkpoint import save_checkpoint
-    from tagger.model import AudioCNN
+    from tagger.network import AudioCNN
     from training.data import read_esc50
 
     torch.manual_seed(0)

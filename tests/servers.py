@@ -36,7 +36,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
 def api_server(env: dict[str, str], log_path):
     port = free_port()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--port", str(port)],
                                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)

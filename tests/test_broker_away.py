@@ -16,7 +16,7 @@ def test_publish_with_the_broker_gone_ends_with_a_summary(tmp_path):
     (tmp_path / "notes.txt").write_text("not audio")
     env = {**os.environ, "SOUNDTAG_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
     start = time.time()
-    r = subprocess.run([sys.executable, "-m", "tagger.cli", "publish", str(tmp_path), "--quiet"], env=env,
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "publish", str(tmp_path), "--quiet"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert time.time() - start < 30
@@ -31,7 +31,7 @@ def test_worker_without_a_broker_waits_quietly_and_stops_within_seconds(tmp_path
            "SOUNDTAG_DEVICE": "cpu"}
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "worker"], env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 120

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tagger.model import AudioCNN
+from tagger.network import AudioCNN
 from training.calibration import cross_fitted_ece, expected_calibration_error, fit_temperature, softmax
 
 

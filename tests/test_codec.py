@@ -29,13 +29,14 @@ def test_feature_map_round_trip():
                   "channels": rng.random((4, h, w)).astype(np.float32) * 5,
                   "channel_index": np.array([3, 1, 4, 1], dtype=np.int16)}
             for tap, (h, w) in {"stem": (32, 108), "stage4": (4, 14)}.items()}
-    out = codec.decode_feature_maps(codec.encode_feature_maps(maps))
+    out = codec.read_feature_maps(codec.encode_feature_maps(maps))
     for tap, parts in maps.items():
         assert np.array_equal(out[tap]["channel_index"], parts["channel_index"])
         for j in range(4):
             ch = parts["channels"][j]
-            assert np.abs(out[tap]["channels"][j] - ch).max() <= codec.max_abs_error(ch.min(), ch.max()) + 1e-6
-        assert np.abs(out[tap]["mean"] - parts["mean"]).max() <= codec.max_abs_error(
+            got = codec.dequantize(*out[tap]["channels"][j])
+            assert np.abs(got - ch).max() <= codec.max_abs_error(ch.min(), ch.max()) + 1e-6
+        assert np.abs(codec.dequantize(*out[tap]["mean"]) - parts["mean"]).max() <= codec.max_abs_error(
             parts["mean"].min(), parts["mean"].max()) + 1e-6
 
 
@@ -84,7 +85,7 @@ def test_future_versions_are_refused_clearly():
 
 def test_stored_features_are_25x_smaller_than_the_json_payload(random_tagger):
     """A real ESC-50-like 5 s clip through the real tagger: stored bytes vs /inference JSON."""
-    from api.inference_compat import inference_response
+    from api.original_response import inference_response
     from tagger.audio import decode_bytes
     from tagger.pipeline import features_row
     from tests.conftest import audio_bytes

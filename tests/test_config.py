@@ -30,7 +30,7 @@ def test_a_required_key_must_be_set():
 
 def test_the_cli_says_so_in_one_line():
     env = {**os.environ, "SOUNDTAG_API_KEY": "change-me", "SOUNDTAG_DATABASE_URL": "sqlite://"}
-    r = subprocess.run([sys.executable, "-m", "tagger.cli", "serve"], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "serve"], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2
     assert "placeholder" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -6,12 +6,12 @@ import torch
 
 from tagger.audio import DecodedAudio, decode_file
 from tagger.features import N_MELS, WINDOW_FRAMES, WINDOW_SAMPLES, log_mel, window_input, window_starts
-from tagger.model import AudioCNN, count_parameters
+from tagger.network import AudioCNN, count_parameters
 
 
 def _clip(seconds: float, seed: int = 0) -> DecodedAudio:
     rng = np.random.default_rng(seed)
-    return DecodedAudio((0.1 * rng.standard_normal(int(seconds * 44100))).astype(np.float32), 44100, 1, "x")
+    return DecodedAudio((0.1 * rng.standard_normal(int(seconds * 44100))).astype(np.float32), 44100, 1)
 
 
 def test_model_layout():

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from tagger import db
 from tagger.ingest import ingest
-from tagger.models import Clip, ClipFeatures, Tag
+from tagger.tables import Clip, ClipFeatures, Tag
 import struct
 
 from tests.conftest import (ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database,
@@ -74,7 +74,7 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
     for i in range(120):
         (folder / f"c{i:03d}.wav").write_bytes(audio_bytes("WAV", 5.0, sr=16000, seed=i))
     env = _cli_env(pg_url, random_checkpoint)
-    proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "ingest", str(folder), "--batch-size", "8"],
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until some batches are committed
@@ -92,7 +92,7 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
         # consistent: every stored clip is whole
         assert s.scalar(select(func.count()).select_from(Tag)) == 3 * n
         assert s.scalar(select(func.count()).select_from(ClipFeatures)) == n
-    done = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(folder), "--quiet"],
+    done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"{120 - n} tagged, {n} already tagged, 0 failed" in done.stdout
@@ -102,7 +102,7 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
 
 def test_missing_model_names_the_variable_and_the_command(tmp_path, pg_url):
     env = {**_cli_env(pg_url, tmp_path / "nope.safetensors")}
-    r = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(tmp_path)], env=env,
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "SOUNDTAG_MODEL_PATH" in r.stderr and "soundtag train" in r.stderr
@@ -112,14 +112,14 @@ def test_missing_model_names_the_variable_and_the_command(tmp_path, pg_url):
 def test_untrained_checkpoint_is_refused_without_the_test_switch(tmp_path, pg_url, random_checkpoint):
     env = _cli_env(pg_url, random_checkpoint)
     env.pop("SOUNDTAG_ALLOW_UNTRAINED")
-    r = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(tmp_path)], env=env,
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "randomly initialised" in r.stderr
 
 
 def test_unreachable_database_is_one_clear_line(tmp_path, random_checkpoint):
     env = _cli_env("postgresql://nobody@127.0.0.1:1/none", random_checkpoint)
-    r = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(tmp_path)], env=env,
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "database error" in r.stderr and "Traceback" not in r.stderr
 
@@ -162,7 +162,7 @@ def test_ingest_rides_out_a_30_second_database_outage(tmp_path, random_checkpoin
         for i in range(160):
             (folder / f"c{i:03d}.wav").write_bytes(audio_bytes("WAV", 5.0, sr=16000, seed=500 + i))
         sessions = db.session_factory(url)
-        proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "ingest", str(folder), "--batch-size", "8",
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8",
                                  "--quiet"], env=_cli_env(url, random_checkpoint),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300

@@ -327,7 +327,7 @@ def test_collection_view_after_ingesting_a_folder_with_a_failed_file(server, env
     for name in ("5-203128-A-0.ogg", "5-151085-A-20.ogg", "5-194930-A-1.ogg"):
         shutil.copy(SAMPLES / name, folder / name)
     (folder / "cut-off.wav").write_bytes(audio_bytes("WAV", 2.0, seed=31)[:3000])
-    run = subprocess.run([sys.executable, "-m", "tagger.cli", "ingest", str(folder)], env={**os.environ, **env},
+    run = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder)], env={**os.environ, **env},
                          capture_output=True, text=True, timeout=300)
     assert "3 tagged" in run.stdout + run.stderr and "1 failed" in run.stdout + run.stderr, run.stdout + run.stderr
 

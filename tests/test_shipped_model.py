@@ -41,7 +41,7 @@ def test_shipped_model_tags_the_held_out_samples(shipped_tagger):
 def test_demo_tags_the_samples_and_prints_their_top3(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDTAG_")}
     env["XDG_DATA_HOME"] = str(tmp_path)  # the embedded SQLite default lands here
-    run = subprocess.run([sys.executable, "-m", "tagger.cli", "demo", "--no-serve"], env=env,
+    run = subprocess.run([sys.executable, "-m", "deploy.cli", "demo", "--no-serve"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "soundtag" / "soundtag.db").is_file()
@@ -53,6 +53,6 @@ def test_demo_tags_the_samples_and_prints_their_top3(tmp_path):
     rows = [line for line in out.splitlines() if line.split(" ")[0] in SAMPLE_CLASSES]
     assert sum(SAMPLE_CLASSES[row.split()[0]] in row for row in rows) >= 7
 
-    again = subprocess.run([sys.executable, "-m", "tagger.cli", "demo", "--no-serve"], env=env,
+    again = subprocess.run([sys.executable, "-m", "deploy.cli", "demo", "--no-serve"], env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 tagged, 8 already tagged" in again.stdout, again.stdout

@@ -6,8 +6,9 @@ import pytest
 from sqlalchemy import func, select
 
 from tagger import db
-from tagger.models import Clip, ClipFeatures, Tag
-from tagger.repository import ClipRecord, label_counts, list_clips, save_clips, tagged_ids
+from tagger.tables import Clip, ClipFeatures, Tag
+from tagger.records import ClipRecord
+from tagger.repository import label_counts, list_clips, save_clips, tagged_ids
 
 
 def _tagged(clip_id: str, labels=("dog", "rain", "wind"), confs=(0.7, 0.2, 0.05), version="m1") -> ClipRecord:

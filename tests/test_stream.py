@@ -73,7 +73,7 @@ class Worker:
     def __init__(self, env: dict, log_path: Path):
         self.log_path = log_path
         self.log = open(log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "worker"], env={**os.environ, **env},
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env={**os.environ, **env},
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 240) -> None:

@@ -102,7 +102,7 @@ def test_a_killed_run_resumes_exactly_where_it_stopped(tiny_esc50, cache_env, tr
     straight = trained_run[0]
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "tagger.cli", "train", "--data-dir", str(tiny_esc50), "--out-dir", str(killed),
+    cmd = [sys.executable, "-m", "deploy.cli", "train", "--data-dir", str(tiny_esc50), "--out-dir", str(killed),
            "--epochs", "4", "--batch-size", "8", "--seed", "7", "--val-fold", "4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 300

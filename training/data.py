@@ -20,12 +20,16 @@ import torch
 from tqdm import tqdm
 
 from tagger.audio import decode_file
+from tagger.config import get_settings
 from tagger.features import PREPROCESSING, SAMPLE_RATE, WINDOW_SAMPLES, log_mel, window_input
 
 DEFAULT_ESC50_DIRS = (
     Path("../shared/datasets/esc50"),
     Path(__file__).resolve().parents[2] / "shared" / "datasets" / "esc50",
 )
+
+
+TEST_FOLD = 5  # ESC-50's test fold: never trained on, validated on or calibrated on
 
 
 @dataclass
@@ -39,8 +43,8 @@ class Esc50:
 
 def find_esc50_dir(explicit: str | Path | None = None) -> Path:
     candidates = [Path(explicit)] if explicit else []
-    if os.environ.get("SOUNDTAG_ESC50_DIR"):
-        candidates.append(Path(os.environ["SOUNDTAG_ESC50_DIR"]))
+    if (configured := get_settings().esc50_dir) is not None:
+        candidates.append(configured)
     candidates += list(DEFAULT_ESC50_DIRS)
     for c in candidates:
         if (c / "meta" / "esc50.csv").is_file():
@@ -100,7 +104,7 @@ def load_spectrograms(data: Esc50, cache_dir: str | Path | None = None, variant:
 
     ``variant`` names a band limit from ``BAND_LIMITS`` (the clip through 8 or 16 kHz).
     """
-    cache_dir = Path(cache_dir or os.environ.get("SOUNDTAG_CACHE_DIR", Path.home() / ".cache" / "soundtag"))
+    cache_dir = Path(cache_dir or get_settings().cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_path(cache_dir, data, variant)
     if path.is_file():

@@ -24,8 +24,7 @@ from tagger.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from tagger.features import SAMPLE_RATE
 from tagger.inference import Tagger
 from training.calibration import expected_calibration_error, fit_temperature, softmax
-from training.data import read_esc50, through_rate
-from training.train import TEST_FOLD
+from training.data import TEST_FOLD, read_esc50, through_rate
 
 CONFIDENT = 0.8
 
@@ -66,7 +65,7 @@ def condition_probabilities(tagger: Tagger, clips: list[np.ndarray], batch: int 
     for name, transform in tqdm(CONDITIONS.items(), desc="conditions", unit="condition"):
         probs = []
         for i in range(0, len(clips), batch):
-            decoded = [DecodedAudio(np.ascontiguousarray(transform(x), dtype=np.float32), SAMPLE_RATE, 1, "")
+            decoded = [DecodedAudio(np.ascontiguousarray(transform(x), dtype=np.float32), SAMPLE_RATE, 1)
                        for x in clips[i : i + batch]]
             probs += [r.probabilities for r in tagger.tag(decoded)]
         out[name] = np.stack(probs)
@@ -117,7 +116,7 @@ def evaluate(model_path, data_dir=None, out_dir="runs/evaluation", fold: int = T
     t0 = time.perf_counter()
     probs = condition_probabilities(tagger, clips)
     seconds = time.perf_counter() - t0
-    temperature = float(tagger.model.logit_temperature)
+    temperature = float(tagger.network.logit_temperature)
     calibration: dict = {}
     if calibrate:
         # Log-probabilities times the current temperature are the logits up to a constant

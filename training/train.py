@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from tagger.checkpoint import save_checkpoint
 from tagger.device import autocast_dtype, resolve_device
-from tagger.model import AudioCNN, reference_to_peak
-from training.data import BAND_LIMITS, load_spectrograms, read_esc50
+from tagger.inference import forward
+from tagger.network import AudioCNN, reference_to_peak
+from training.data import BAND_LIMITS, TEST_FOLD, load_spectrograms, read_esc50
 
 
 @dataclass
@@ -98,7 +99,6 @@ def time_roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.gather(x, 3, idx[:, None, None, :].expand_as(x))
 
 
-TEST_FOLD = 5
 CROP_FRAMES = (43, 215)  # 0.5–2.5 s at hop 512
 
 
@@ -124,26 +124,14 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
 
 
-@torch.inference_mode()
-def predict_logits(model: AudioCNN, specs, device: torch.device, batch_size: int = 64,
-                   autocast: bool = True) -> np.ndarray:
-    """Logits as fp32 arrays, computed at the precision the tagger serves with
-    (``autocast=False``: plain fp32, to measure what mixed precision costs)."""
+def predict_probs(model: AudioCNN, specs, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities of cached spectrograms through the serving forward pass."""
     model.eval()
     out = []
-    dtype = autocast_dtype(device) if autocast else None
     for i in range(0, len(specs), batch_size):
-        x = torch.from_numpy(np.asarray(specs[i : i + batch_size], dtype=np.float32)).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(x)
-        out.append(logits.float().cpu().numpy())
+        x = torch.from_numpy(np.asarray(specs[i : i + batch_size], dtype=np.float32))
+        out.append(torch.softmax(forward(model, x, device).float(), dim=-1).cpu().numpy())
     return np.concatenate(out)
-
-
-def predict_probs(model: AudioCNN, specs, device: torch.device, batch_size: int = 64) -> np.ndarray:
-    logits = torch.from_numpy(predict_logits(model, specs, device, batch_size))
-    return torch.softmax(logits, dim=-1).numpy()
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
@@ -24,7 +24,8 @@ from api.schemas import (
 from tagger import repository
 from api.text import has_control_characters
 from tagger.audio import READABLE_FORMATS, sha256_hex
-from tagger.pipeline import Payload, clip_id_problem
+from tagger.pipeline import Payload
+from tagger.records import Status, clip_id_problem
 from tagger.stages import StageRunner
 
 router = APIRouter(prefix="/api", tags=["clips"])
@@ -36,7 +37,7 @@ def list_clips(
     session: Annotated[Session, Depends(get_session)],
     label: Annotated[str | None, Query(max_length=64, description="clips with this label in their top 3")] = None,
     min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-    status_: Annotated[Literal["tagged", "failed"] | None, Query(alias="status")] = None,
+    status_: Annotated[Status | None, Query(alias="status")] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ClipList:
@@ -86,7 +87,7 @@ def collection_summary(
 ) -> CollectionSummary:
     counts = repository.confidence_histogram(session, bins=CONFIDENCE_BINS)
     return CollectionSummary(
-        status_counts={"tagged": 0, "failed": 0, **repository.status_counts(session)},
+        status_counts={**dict.fromkeys(Status, 0), **repository.status_counts(session)},
         confidence_bins=[round(i / CONFIDENCE_BINS, 2) for i in range(CONFIDENCE_BINS + 1)],
         confidence_counts=counts,
         failures=[Failure(clip_id=c.id, source=c.source, error=c.error, received_at=c.received_at)
@@ -126,14 +127,14 @@ async def upload_clips(
         if len(data) > limit:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                                 f"{name!r} is over the upload limit of {limit} bytes")
-        payloads.append(Payload(data=data, source=f"upload:{name}", clip_id=clip_id))
+        payloads.append(Payload(data=data, source=f"upload:{name}", clip_id=clip_id, sha256=sha256_hex(data)))
     if clip_id is not None and not replace:
-        await run_in_threadpool(_refuse_overwrite, state, clip_id, sha256_hex(payloads[0].data))
+        await run_in_threadpool(_refuse_overwrite, state, clip_id, payloads[0].sha256)
     records = await runner.run(payloads)
     for r in records:
         CLIPS.labels(r.status).inc()
     items = [record_out(r) for r in records]
-    if all(r.status == "failed" for r in records):
+    if all(r.status == Status.FAILED for r in records):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             "; ".join(f"{r.source.removeprefix('upload:')}: {r.error}" for r in records),

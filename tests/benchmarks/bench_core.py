@@ -43,7 +43,7 @@ def previous_layout_ratio(tagger, repeats: int) -> dict:
     from tagger.features import N_MELS, WINDOW_FRAMES
     from tagger.inference import Tagger
     from tagger.checkpoint import Checkpoint
-    from tagger.model import AudioCNN
+    from tagger.network import AudioCNN
 
     previous = Tagger(Checkpoint(AudioCNN(widths=(64, 128, 256, 512)).eval(), tagger.class_names, "previous", {}),
                       tagger.device)
@@ -74,7 +74,7 @@ def ingest_rate(tagger, clips: list[Path]) -> dict:
 
 
 def storage(tagger, clips: list[Path]) -> dict:
-    from api.inference_compat import inference_response
+    from api.original_response import inference_response
 
     stored, payload = [], []
     for p in clips:

@@ -67,7 +67,7 @@ class RowWatcher:
 
 
 def _start_worker(env: dict, log_path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tagger.cli", "worker"], env={**os.environ, **env},
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env={**os.environ, **env},
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while "Worker ready" not in log_path.read_text():

@@ -22,7 +22,7 @@ def load_tagger() -> tuple[Tagger, Path]:
     if SHIPPED_MODEL_PATH.is_file():
         return Tagger.load(SHIPPED_MODEL_PATH, device="cpu"), SHIPPED_MODEL_PATH
     from tagger.checkpoint import save_checkpoint
-    from tagger.model import AudioCNN
+    from tagger.network import AudioCNN
 
     path = Path(tempfile.mkdtemp()) / "untrained.safetensors"
     save_checkpoint(path, AudioCNN(num_classes=50), [f"class_{i}" for i in range(50)], trained=False)

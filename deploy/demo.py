@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 import sys
 
-from tagger.config import SAMPLES_DIR, get_settings
-from tagger.ingest import find_audio_files, ingest
+from tagger.config import SAMPLES_DIR, database_label, get_settings
+from tagger.files import find_audio_files
+from tagger.ingest import ingest
 from tagger.repository import get_clip
-from tagger.service import load_tagger, open_database
+from tagger.startup import load_tagger, open_database
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -27,7 +28,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, serve: bool = True) -> i
         print(f"soundtag: error: {host}:{port} is in use; pick another with --port", file=sys.stderr)
         return 2
     tagger = load_tagger(settings)
-    db_label = settings.database_url.split("@")[-1]
+    db_label = database_label(settings.database_url)
     print(f"model {tagger.version} on {tagger.device}; database {db_label}")
     sessions = open_database(settings)
     files = find_audio_files([SAMPLES_DIR]).audio

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-CLIP_ID_MAX = 255
+from tagger.records import CLIP_ID_MAX, Status
 
 
 class Base(DeclarativeBase):
@@ -46,7 +46,7 @@ class Clip(Base):
         back_populates="clip", order_by="Tag.rank", cascade="all, delete-orphan", lazy="selectin"
     )
 
-    __table_args__ = (CheckConstraint("status IN ('tagged', 'failed')", name="clips_status_valid"),)
+    __table_args__ = (CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in Status)})", name="clips_status_valid"),)
 
 
 class Tag(Base):

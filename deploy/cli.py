@@ -7,7 +7,7 @@ import logging
 import sys
 
 from tagger.checkpoint import CheckpointError, ModelNotFoundError
-from tagger.config import get_settings
+from tagger.config import database_label, get_settings
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -17,7 +17,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tagger.ingest import ingest
-    from tagger.service import load_tagger, open_database
+    from tagger.startup import load_tagger, open_database
     from tagger.stages import DatabaseWaiter
 
     settings = get_settings()
@@ -46,20 +46,24 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     url = get_settings().database_url
     db.upgrade(url, args.revision)
-    print(f"database at revision {args.revision}: {db.normalize_url(url).split('@')[-1]}")
+    print(f"database at revision {args.revision}: {database_label(url)}")
     return 0
+
+
+TRAIN_OPTIONS = {  # --flag → TrainConfig field; defaults live in TrainConfig alone
+    "data_dir": "data_dir", "out_dir": "out_dir", "epochs": "epochs", "batch_size": "batch_size", "lr": "max_lr",
+    "seed": "seed", "val_fold": "val_fold", "crop_p": "crop_p", "band_p": "band_p", "mix": "mix",
+    "threads": "num_threads", "limit": "limit", "resume": "resume",
+}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from training.train import TrainConfig, export_checkpoint, train
 
-    cfg = TrainConfig(
-        data_dir=args.data_dir, out_dir=args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
-        max_lr=args.lr, seed=args.seed, device=get_settings().device, limit=args.limit, resume=args.resume,
-        val_fold=args.val_fold, time_roll=not args.no_time_roll, crop_p=args.crop_p, band_p=args.band_p,
-        mix=args.mix,
-        num_threads=args.threads,
-    )
+    given = {field: getattr(args, flag) for flag, field in TRAIN_OPTIONS.items() if hasattr(args, flag)}
+    if args.no_time_roll:
+        given["time_roll"] = False
+    cfg = TrainConfig(device=get_settings().device, **given)
     if args.cv:
         from training.train import cross_validate
 
@@ -116,7 +120,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tagger.demo import run_demo
+    from deploy.demo import run_demo
 
     return run_demo(host=args.host, port=args.port, serve=not args.no_serve)
 
@@ -137,23 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("train", help="train AudioCNN on ESC-50")
-    p.add_argument("--data-dir", default=None, help="ESC-50 folder (default: $SOUNDTAG_ESC50_DIR or ../shared/datasets/esc50)")
-    p.add_argument("--out-dir", default="runs/esc50")
-    p.add_argument("--epochs", type=int, default=150, help="fixed schedule: the last epoch is the model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="OneCycle peak learning rate")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--val-fold", type=int, default=None, choices=[1, 2, 3, 4],
+    p = sub.add_parser("train", help="train AudioCNN on ESC-50 (defaults: the shipped recipe, see the model card)",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--data-dir", help="ESC-50 folder (default: $SOUNDTAG_ESC50_DIR or ../shared/datasets/esc50)")
+    p.add_argument("--out-dir", help="run folder (default: runs/esc50)")
+    p.add_argument("--epochs", type=int, help="fixed schedule: the last epoch is the model (default: 150)")
+    p.add_argument("--batch-size", type=int, help="clips per step (default: 32)")
+    p.add_argument("--lr", type=float, help="OneCycle peak learning rate (default: 2e-3)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-fold", type=int, choices=[1, 2, 3, 4],
                    help="hold out one of folds 1–4 (fold 5 is the test fold and never trains or validates)")
-    p.add_argument("--no-time-roll", action="store_true", help="no random circular time shift")
-    p.add_argument("--crop-p", type=float, default=0.3, help="probability of a short crop repeated to fill")
-    p.add_argument("--mix", choices=["db", "sound"], default="db",
-                   help="mix two clips as MixUp of dB inputs, or as sound (between-class learning)")
-    p.add_argument("--band-p", type=float, default=0.3, help="probability of the clip through 8 or 16 kHz")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--cv", action="store_true", help="4-fold cross-validation on folds 1–4")
-    p.add_argument("--limit", type=int, default=None, help="train on only N clips (smoke test)")
+    p.add_argument("--no-time-roll", action="store_true", default=False, help="no random circular time shift")
+    p.add_argument("--crop-p", type=float, help="probability of a short crop repeated to fill (default: 0.3)")
+    p.add_argument("--band-p", type=float, help="probability of the clip through 8 or 16 kHz (default: 0.3)")
+    p.add_argument("--mix", choices=["db", "sound"],
+                   help="mix two clips as MixUp of dB inputs (default) or as sound (between-class learning)")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--cv", action="store_true", default=False, help="4-fold cross-validation on folds 1–4")
+    p.add_argument("--limit", type=int, help="train on only N clips (smoke test)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
     p.add_argument("--export", default=None, help="write the last epoch's weights as an fp16 checkpoint here")
     p.set_defaults(func=cmd_train)
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
 
-    from tagger.service import UntrainedModelError
+    from tagger.startup import UntrainedModelError
 
     try:
         get_settings()
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(exc, SQLAlchemyError):
-            return _fail(f"database error ({get_settings().database_url.split('@')[-1]}): {exc.__class__.__name__}: "
+            return _fail(f"database error ({database_label(get_settings().database_url)}): {exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0]}")
         raise
 

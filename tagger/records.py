@@ -1,0 +1,46 @@
+"""A clip's result as every layer passes it around: decoded, tagged or failed, stored, served.
+
+One type (``ClipRecord``) and one place for the statuses and the id limit, so the decoder,
+the model core and the stream never need the database layer to describe a clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+CLIP_ID_MAX = 255  # characters; the clips table's primary key is this wide
+
+
+class Status(StrEnum):
+    TAGGED = "tagged"
+    FAILED = "failed"
+
+
+@dataclass
+class ClipRecord:
+    clip_id: str
+    source: str
+    status: Status
+    sha256: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    model_version: str | None = None
+    top3: list[tuple[str, float]] = field(default_factory=list)
+    features: dict | None = None  # the clip_features columns (encoded blobs, timeline) to store
+    received_at: datetime | None = None  # set by the database
+    tagged_at: datetime | None = None  # set by the database
+
+
+def clip_id_problem(clip_id: str) -> str | None:
+    """Why a caller-chosen clip id cannot be stored, or None."""
+    if not clip_id:
+        return "empty clip id"
+    if len(clip_id) > CLIP_ID_MAX:
+        return f"clip id longer than {CLIP_ID_MAX} characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in clip_id):
+        return "clip id contains control characters"
+    return None
