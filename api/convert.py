@@ -8,24 +8,16 @@ from api.schemas import Axes, ClipOut, FeatureTap, PackedArray, TagOut, Visualiz
 from tagger import codec
 from tagger.features import F_MAX, F_MIN, HOP_LENGTH, SAMPLE_RATE
 from tagger.inference import feature_map_span_s
-from tagger.tables import Clip, ClipFeatures
+from tagger.tables import ClipFeatures
 from tagger.records import ClipRecord
 
 
-def clip_out(clip: Clip) -> ClipOut:
-    return ClipOut(
-        clip_id=clip.id, source=clip.source, status=clip.status, error=clip.error,
-        duration_s=clip.duration_s, sample_rate=clip.sample_rate, channels=clip.channels, sha256=clip.sha256,
-        model_version=clip.model_version, received_at=clip.received_at, tagged_at=clip.tagged_at,
-        top3=[TagOut(label=t.label, confidence=t.confidence) for t in clip.tags],
-    )
-
-
-def record_out(rec: ClipRecord) -> ClipOut:
+def clip_out(rec: ClipRecord) -> ClipOut:
     return ClipOut(
         clip_id=rec.clip_id, source=rec.source, status=rec.status, error=rec.error, duration_s=rec.duration_s,
         sample_rate=rec.sample_rate, channels=rec.channels, sha256=rec.sha256, model_version=rec.model_version,
-        tagged_at=rec.tagged_at, top3=[TagOut(label=l, confidence=c) for l, c in rec.top3],
+        received_at=rec.received_at, tagged_at=rec.tagged_at,
+        top3=[TagOut(label=label, confidence=conf) for label, conf in rec.top3],
     )
 
 
@@ -34,7 +26,7 @@ def _packed(entry: dict, raw) -> PackedArray:
                        data=base64.b64encode(raw.tobytes()).decode())
 
 
-def visualization(clip: Clip, features: ClipFeatures) -> Visualization:
+def visualization(clip: ClipRecord, features: ClipFeatures) -> Visualization:
     spec_entry, spec = codec.decode_quantized(features.spectrogram)["spectrogram"]
     wave_entry, wave = codec.decode_quantized(features.waveform)["envelope"]
     taps = {
@@ -43,8 +35,8 @@ def visualization(clip: Clip, features: ClipFeatures) -> Visualization:
         for tap, parts in codec.read_feature_maps(features.feature_maps).items()
     }
     return Visualization(
-        clip_id=clip.id,
-        top3=[TagOut(label=t.label, confidence=t.confidence) for t in clip.tags],
+        clip_id=clip.clip_id,
+        top3=[TagOut(label=label, confidence=conf) for label, conf in clip.top3],
         duration_s=clip.duration_s,
         axes=Axes(frame_s=HOP_LENGTH / SAMPLE_RATE, f_min=F_MIN, f_max=F_MAX, mel_scale="htk",
                   spectrogram_unit="dB (mel power, reference 1)",

@@ -40,7 +40,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, serve: bool = True) -> i
     with sessions() as session:
         for path in files:
             clip = get_clip(session, sha256_hex(path.read_bytes()))
-            cells = [f"{t.label} {t.confidence:.0%}" for t in clip.tags] if clip else ["(missing)"]
+            cells = [f"{label} {conf:.0%}" for label, conf in clip.top3] if clip else ["(missing)"]
             print(f"{path.name:<22} " + " ".join(f"{c:<26}" for c in cells))
     if not serve:
         return 0

@@ -106,50 +106,48 @@ class Tagger:
 
     # -- clips ---------------------------------------------------------------
     def tag(self, clips: list[DecodedAudio]) -> list[TagResult]:
-        if not clips:
-            return []
+        """Each clip's top 3, probabilities, feature maps and, past one window, its timeline."""
         specs = self._spectrograms(clips)
-        windows, owner, starts = [], [], []
-        for i, spec in enumerate(specs):
-            for s in window_starts(spec.shape[-1]):
-                windows.append(spec[0, ..., s : s + WINDOW_FRAMES])
-                owner.append(i)
-                starts.append(s)
-        owner_arr = np.array(owner)
-        results: list[TagResult | None] = [None] * len(clips)
-        # Single-window clips (the common case) get probabilities and feature maps from
-        # one batched pass; long clips' windows only need probabilities.
-        single = [i for i in range(len(clips)) if (owner_arr == i).sum() == 1]
-        single_set = set(single)
-        multi_windows = [k for k, o in enumerate(owner) if o not in single_set]
-        for chunk_start in range(0, len(single), self.batch_size):
-            chunk = single[chunk_start : chunk_start + self.batch_size]
-            x = torch.stack([specs[i][0] for i in chunk])
-            logits, feats, emb = self._forward(x, with_features=True)
+        single = [i for i, spec in enumerate(specs) if len(window_starts(spec.shape[-1])) == 1]
+        long = [i for i in range(len(clips)) if i not in set(single)]
+        results = self._tag_single_windows(clips, specs, single) | self._tag_long(clips, specs, long)
+        return [results[i] for i in range(len(clips))]
+
+    def _tag_single_windows(self, clips, specs, chosen: list[int]) -> dict[int, TagResult]:
+        """The common case: probabilities and feature maps from one batched pass."""
+        out = {}
+        for c in range(0, len(chosen), self.batch_size):
+            chunk = chosen[c : c + self.batch_size]
+            logits, feats, emb = self._forward(torch.stack([specs[i][0] for i in chunk]), with_features=True)
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             maps = summarize_feature_maps(feats)
             for j, i in enumerate(chunk):
-                results[i] = self._result(clips[i], specs[i], probs[j], _clip_maps(maps, j), emb[j])
-        if multi_windows:
-            probs = self.probabilities([windows[k] for k in multi_windows])
-            for i in sorted({owner[k] for k in multi_windows}):
-                rows = [n for n, k in enumerate(multi_windows) if owner[k] == i]
-                # Feature maps of a long clip's first minute: all of a long recording's
-                # would cost gigabytes (they are 16× the spectrogram at the stem).
-                _, feats, emb = self._forward(specs[i][..., :FEATURE_MAP_MAX_FRAMES], with_features=True)
-                maps = summarize_feature_maps(feats)
-                result = self._result(clips[i], specs[i], probs[rows].mean(0), _clip_maps(maps, 0), emb[0])
-                result.timeline = [
-                    {
-                        "start_s": round(starts[multi_windows[n]] * HOP_LENGTH / SAMPLE_RATE, 3),
-                        "end_s": round(min((starts[multi_windows[n]] * HOP_LENGTH + WINDOW_SAMPLES) / SAMPLE_RATE,
-                                           clips[i].duration_s), 3),
-                        "top3": self._top3(probs[n]),
-                    }
-                    for n in rows
-                ]
-                results[i] = result
-        return results  # type: ignore[return-value]
+                out[i] = self._result(clips[i], specs[i], probs[j], _clip_maps(maps, j), emb[j])
+        return out
+
+    def _tag_long(self, clips, specs, chosen: list[int]) -> dict[int, TagResult]:
+        """Clips longer than a window: every window's probabilities (batched across clips),
+        averaged; feature maps of the clip's first minute (all of a long recording's would
+        cost gigabytes: they are 16× the spectrogram at the stem)."""
+        windows = [(i, start) for i in chosen for start in window_starts(specs[i].shape[-1])]
+        probs = self.probabilities([specs[i][0, ..., s : s + WINDOW_FRAMES] for i, s in windows])
+        rows: dict[int, list[int]] = {i: [] for i in chosen}
+        for n, (i, _) in enumerate(windows):
+            rows[i].append(n)
+        out = {}
+        for i in chosen:
+            _, feats, emb = self._forward(specs[i][..., :FEATURE_MAP_MAX_FRAMES], with_features=True)
+            result = self._result(clips[i], specs[i], probs[rows[i]].mean(0), _clip_maps(summarize_feature_maps(feats), 0),
+                                  emb[0])
+            result.timeline = [self._window_entry(clips[i], windows[n][1], probs[n]) for n in rows[i]]
+            out[i] = result
+        return out
+
+    def _window_entry(self, clip: DecodedAudio, start_frame: int, probs: np.ndarray) -> dict:
+        start = start_frame * HOP_LENGTH
+        return {"start_s": round(start / SAMPLE_RATE, 3),
+                "end_s": round(min((start + WINDOW_SAMPLES) / SAMPLE_RATE, clip.duration_s), 3),
+                "top3": self._top3(probs)}
 
     def layer_maps(self, clip: DecodedAudio) -> dict[str, np.ndarray]:
         """Channel means of the stem, every stage and every residual block (before and after

@@ -78,8 +78,19 @@ def tagged_ids(session: Session, clip_ids: list[str], model_version: str) -> set
     return found
 
 
-def get_clip(session: Session, clip_id: str) -> Clip | None:
-    return session.get(Clip, clip_id)
+def to_record(clip: Clip) -> ClipRecord:
+    """A stored row as the one clip type every layer passes around."""
+    return ClipRecord(
+        clip_id=clip.id, source=clip.source, status=Status(clip.status), sha256=clip.sha256,
+        sample_rate=clip.sample_rate, channels=clip.channels, duration_s=clip.duration_s, error=clip.error,
+        model_version=clip.model_version, top3=[(t.label, t.confidence) for t in clip.tags],
+        received_at=clip.received_at, tagged_at=clip.tagged_at,
+    )
+
+
+def get_clip(session: Session, clip_id: str) -> ClipRecord | None:
+    clip = session.get(Clip, clip_id)
+    return to_record(clip) if clip is not None else None
 
 
 def get_features(session: Session, clip_id: str) -> ClipFeatures | None:
@@ -104,7 +115,7 @@ def list_clips(
     status: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
-) -> tuple[list[Clip], str | None]:
+) -> tuple[list[ClipRecord], str | None]:
     """Clips ordered by id, ``limit`` at a time; returns (clips, next_cursor)."""
     query = select(Clip)
     if label is not None:
@@ -122,7 +133,7 @@ def list_clips(
         query = query.where(Clip.id > decode_cursor(cursor))
     rows = list(session.scalars(query.order_by(Clip.id).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return [to_record(c) for c in rows[:limit]], next_cursor
 
 
 def label_counts(session: Session) -> list[dict]:
@@ -150,7 +161,7 @@ def confidence_histogram(session: Session, bins: int = 10) -> list[int]:
     return counts
 
 
-def recent_failures(session: Session, limit: int = 50) -> list[Clip]:
+def recent_failures(session: Session, limit: int = 50) -> list[ClipRecord]:
     """The most recently received failed clips, newest first."""
     query = select(Clip).where(Clip.status == Status.FAILED).order_by(Clip.received_at.desc(), Clip.id).limit(limit)
-    return list(session.scalars(query))
+    return [to_record(c) for c in session.scalars(query)]

@@ -79,12 +79,12 @@ def test_queries_by_label_confidence_and_cursor(store_url):
         seen, cursor = [], None
         while True:
             page, cursor = list_clips(s, label="dog", cursor=cursor, limit=7)
-            seen += [c.id for c in page]
+            seen += [c.clip_id for c in page]
             if cursor is None:
                 break
         assert seen == sorted([f"c{i:02d}" for i in range(30)] + ["z"])
         high, _ = list_clips(s, label="dog", min_confidence=0.75, limit=100)
-        assert [c.id for c in high] == [f"c{i:02d}" for i in range(25, 30)]
+        assert [c.clip_id for c in high] == [f"c{i:02d}" for i in range(25, 30)]
         assert tagged_ids(s, ["c01", "zz", "z"], "m1") == {"c01", "z"}
         assert tagged_ids(s, ["c01"], "other-model") == set()
         counts = {c["label"]: c for c in label_counts(s)}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from api.convert import clip_out, record_out, visualization
+from api.convert import clip_out, visualization
 from api.deps import AppState, get_runner, get_session, get_state, require_api_key
 from api.metrics import CLIPS
 from api.schemas import (
@@ -90,7 +90,7 @@ def collection_summary(
         status_counts={**dict.fromkeys(Status, 0), **repository.status_counts(session)},
         confidence_bins=[round(i / CONFIDENCE_BINS, 2) for i in range(CONFIDENCE_BINS + 1)],
         confidence_counts=counts,
-        failures=[Failure(clip_id=c.id, source=c.source, error=c.error, received_at=c.received_at)
+        failures=[Failure(clip_id=c.clip_id, source=c.source, error=c.error, received_at=c.received_at)
                   for c in repository.recent_failures(session, failures)],
     )
 
@@ -133,7 +133,7 @@ async def upload_clips(
     records = await runner.run(payloads)
     for r in records:
         CLIPS.labels(r.status).inc()
-    items = [record_out(r) for r in records]
+    items = [clip_out(r) for r in records]
     if all(r.status == Status.FAILED for r in records):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
