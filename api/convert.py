@@ -8,8 +8,8 @@ from api.schemas import Axes, ClipOut, FeatureTap, PackedArray, TagOut, Visualiz
 from tagger import codec
 from tagger.features import F_MAX, F_MIN, HOP_LENGTH, SAMPLE_RATE
 from tagger.inference import feature_map_span_s
-from tagger.tables import ClipFeatures
 from tagger.records import ClipRecord
+from tagger.tables import ClipFeatures
 
 
 def clip_out(rec: ClipRecord) -> ClipOut:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
@@ -28,12 +29,12 @@ def get_state(request: Request) -> AppState:
     return request.app.state.soundtag
 
 
-def get_session(state: AppState = Depends(get_state)) -> Iterator[Session]:
+def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Session]:
     with state.sessions() as session:
         yield session
 
 
-def get_runner(state: AppState = Depends(get_state)) -> StageRunner:
+def get_runner(state: Annotated[AppState, Depends(get_state)]) -> StageRunner:
     if state.runner is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {state.model_error}")
     return state.runner
@@ -42,7 +43,8 @@ def get_runner(state: AppState = Depends(get_state)) -> StageRunner:
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when SOUNDTAG_API_KEY is set")
 
 
-def require_api_key(key: str | None = Security(_api_key_header), state: AppState = Depends(get_state)) -> None:
+def require_api_key(key: Annotated[str | None, Security(_api_key_header)],
+                    state: Annotated[AppState, Depends(get_state)]) -> None:
     expected = state.settings.api_key
     if not expected:
         return

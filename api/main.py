@@ -20,8 +20,8 @@ from tagger import __version__
 from tagger.checkpoint import CheckpointError, ModelNotFoundError
 from tagger.config import Settings, get_settings
 from tagger.inference import Tagger
-from tagger.startup import UntrainedModelError, load_tagger, open_database
 from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
+from tagger.startup import UntrainedModelError, load_tagger, open_database
 
 log = logging.getLogger("soundtag.api")
 STATIC_DIR = Path(__file__).resolve().parent / "static"

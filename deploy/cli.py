@@ -17,8 +17,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tagger.ingest import ingest
-    from tagger.startup import load_tagger, open_database
     from tagger.stages import DatabaseWaiter
+    from tagger.startup import load_tagger, open_database
 
     settings = get_settings()
     tagger = load_tagger(settings)

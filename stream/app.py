@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from typing import cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -47,7 +48,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Faust passes a fixed fetch_max_wait_ms=1500 to aiokafka and has no setting for
         # it; aiokafka reads the attribute when the consumer starts, which is after this.
         if hasattr(consumer, "_fetch_max_wait_ms"):
-            consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+            consumer._fetch_max_wait_ms = cast(SoundtagApp, self.app).fetch_max_wait_ms
         else:  # a future aiokafka renamed it: keep working, just with Faust's wait
             log.warning("cannot set the consumer fetch wait on this aiokafka; using Faust's default")
         return consumer
@@ -136,12 +137,13 @@ class SoundtagApp(faust.App):
     def __init__(self, *args, fetch_max_wait_ms: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.gave_up: str | None = None  # why the agent stopped the worker (the database stayed away)
 
     def _new_transport(self):
         return _Transport(self.conf.broker_consumer, self)
 
 
-def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Session]) -> faust.App:
+def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Session]) -> SoundtagApp:
     app = SoundtagApp(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -162,18 +164,17 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
     tags = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     runner = StageRunner(tagger, sessions, settings.max_duration_s, DatabaseWaiter(settings.db_retry_s))
-    app.gave_up = None  # type: ignore[attr-defined]
 
     @app.agent(clips, concurrency=settings.pipeline_depth)
     async def tag_clips(stream):
-        consumer = app.consumer
+        consumer = cast(_Consumer, app.consumer)
         async for events in stream.take_events(settings.max_batch, within=settings.batch_within_s):
             messages = [e.message for e in events]
             consumer.hold(messages)
             try:
                 records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
                                             for m in messages])
-                for message, record in zip(messages, records):
+                for message, record in zip(messages, records, strict=True):
                     if record.status == Status.TAGGED:
                         await tags.send(key=record.clip_id.encode(), value=encode_event(record))
                     else:
@@ -183,7 +184,7 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
             except DatabaseUnavailable as exc:
                 # The batch stays held (never committed); stop so that a restart re-reads it.
                 log.critical("%s; stopping the worker: the batch will be re-read after a restart", exc)
-                app.gave_up = str(exc)  # type: ignore[attr-defined]
+                app.gave_up = str(exc)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             consumer.release(messages)

@@ -9,7 +9,7 @@ header.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tagger.audio import sniff_format
 from tagger.pipeline import Payload
@@ -50,7 +50,7 @@ def tag_event(record: ClipRecord) -> dict:
         "top3": [{"label": label, "confidence": round(conf, 6)} for label, conf in record.top3],
         "model_version": record.model_version,
         "duration_s": record.duration_s,
-        "tagged_at": datetime.now(timezone.utc).isoformat(),
+        "tagged_at": datetime.now(UTC).isoformat(),
     }
 
 

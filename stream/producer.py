@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -46,7 +46,7 @@ def topic_message_limit(bootstrap: str, topic: str) -> int:
         value = result.get("topic", {}).get(topic, {}).get("max.message.bytes")
         if value is not None:
             return int(getattr(value, "value", value))
-    except Exception:  # noqa: BLE001 - brokers differ; the configured limit is the fallback
+    except Exception:
         pass
     return configured
 
@@ -121,7 +121,7 @@ def publish(paths, topic: str | None = None, bootstrap: str = "127.0.0.1:9092", 
             headers = [
                 ("content-type", content_type(data).encode()),
                 ("source", str(Path(path).resolve()).encode()),
-                ("sent-at", datetime.now(timezone.utc).isoformat().encode()),
+                ("sent-at", datetime.now(UTC).isoformat().encode()),
             ]
             try:
                 futures.append((path, producer.send(topic, key=sha256_hex(data).encode(), value=data,
@@ -137,13 +137,13 @@ def publish(paths, topic: str | None = None, bootstrap: str = "127.0.0.1:9092", 
             try:
                 fut.get(timeout=max_block_s)
                 summary.sent += 1
-            except Exception as exc:  # noqa: BLE001 - reported per file
+            except Exception as exc:
                 summary.failures.append((str(path), f"{type(exc).__name__}: {exc}"))
     finally:
         if own:
             try:
                 producer.close(timeout=5)
-            except Exception:  # noqa: BLE001 - closing a producer whose broker is gone
+            except Exception:
                 pass
     summary.failed = len(found.audio) - summary.sent
     return summary

@@ -117,7 +117,7 @@ def run_worker(loglevel: str = "info") -> int:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    if getattr(app, "gave_up", None):
+    if app.gave_up:
         print(f"soundtag worker: stopped: {app.gave_up}", file=sys.stderr, flush=True)
         return 1
     return code

@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -128,7 +128,7 @@ def decode_file(path: str | Path, max_duration_s: float | None = None) -> Decode
     return DecodedAudio(samples, rate, channels)
 
 
-def _decode(open_source, head: bytes, wav_frames: tuple[int, int] | None,
+def _decode(open_source: Callable[[], BinaryIO], head: bytes, wav_frames: tuple[int, int] | None,
             max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
     fmt = sniff_format(head)
     errors = []
@@ -151,7 +151,7 @@ def _decode(open_source, head: bytes, wav_frames: tuple[int, int] | None,
             errors.append(str(exc))
         except AudioError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a decoder library's own surprise is this file's fault
+        except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[:300])
     else:
         kind = f"{fmt.upper()} " if fmt else ""
@@ -178,7 +178,8 @@ def _check_stream(rate: int, channels: int) -> None:
                          "that recordings use")
 
 
-def _read_libsndfile(source: BinaryIO, max_duration_s, wav_frames):
+def _read_libsndfile(source: BinaryIO, max_duration_s: float | None,
+                     wav_frames: tuple[int, int] | None) -> tuple[np.ndarray, int, int, int | None]:
     try:
         f = sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
@@ -212,7 +213,8 @@ def _read_libsndfile(source: BinaryIO, max_duration_s, wav_frames):
         return out.finish(), rate, channels, declared
 
 
-def _read_ffmpeg(source: BinaryIO, max_duration_s, wav_frames):
+def _read_ffmpeg(source: BinaryIO, max_duration_s: float | None,
+                 wav_frames: tuple[int, int] | None) -> tuple[np.ndarray, int, int, int | None]:
     import av  # FFmpeg; imported here so the common libsndfile path does not pay for it
 
     try:
@@ -223,7 +225,7 @@ def _read_ffmpeg(source: BinaryIO, max_duration_s, wav_frames):
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
             raise _Unreadable("no audio stream in the file")
-        ctx = stream.codec_context
+        ctx: Any = stream.codec_context
         if ctx is None:
             raise _Unreadable("audio stream without a decoder")
         rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
@@ -247,14 +249,14 @@ def _read_ffmpeg(source: BinaryIO, max_duration_s, wav_frames):
         return out.finish(), rate, channels, int(declared_s * rate) if exact and declared_s else None
 
 
-def _frames(container, stream) -> Iterator:
+def _frames(container: Any, stream: Any) -> Iterator[Any]:
     for packet in container.demux(stream):
         yield from packet.decode()
 
 
-def _frame_samples(frame) -> np.ndarray:
+def _frame_samples(frame: Any) -> np.ndarray:
     """An FFmpeg audio frame → float32 (frames, channels)."""
-    arr = frame.to_ndarray()
+    arr: np.ndarray = frame.to_ndarray()
     channels = len(frame.layout.channels)
     arr = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
     kind = arr.dtype

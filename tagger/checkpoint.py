@@ -12,10 +12,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open, save_file
 
 from tagger.features import PREPROCESSING
 from tagger.network import AudioCNN
@@ -40,8 +41,8 @@ class Checkpoint:
     model: AudioCNN
     class_names: list[str]
     version: str
-    preprocessing: dict
-    metrics: dict = field(default_factory=dict)
+    preprocessing: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict[str, Any])
     trained: bool = True
 
 
@@ -49,7 +50,7 @@ def save_checkpoint(
     path: str | Path,
     model: AudioCNN,
     class_names: list[str],
-    metrics: dict | None = None,
+    metrics: dict[str, Any] | None = None,
     *,
     half: bool = True,
     trained: bool = True,
@@ -78,7 +79,7 @@ def save_checkpoint(
     return version
 
 
-def read_metadata(path: str | Path) -> dict:
+def read_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(MISSING_MODEL_HELP.format(path=path))

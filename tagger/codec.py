@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import lzma
 import struct
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -56,7 +57,7 @@ DELTA_AXIS = -2
 
 def max_abs_error(lo: float, hi: float, bits: int = DEFAULT_BITS) -> float:
     """The stated bound of the ``u8`` kind for an array spanning [lo, hi]."""
-    return (hi - lo) / (2 * (2**bits - 1))
+    return float((hi - lo) / (2 * (2**bits - 1)))
 
 
 def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) -> bytes:
@@ -64,7 +65,7 @@ def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) 
     header, chunks = [], []
     for name, (kind, arr) in arrays.items():
         arr = np.asarray(arr)
-        entry = {"name": name, "shape": list(arr.shape), "kind": kind}
+        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "kind": kind}
         if kind == "u8":
             x = arr.astype(np.float64)
             if x.size and not np.isfinite(x).all():
@@ -94,19 +95,19 @@ def decode(blob: bytes) -> dict[str, np.ndarray]:
     return {name: dequantize(entry, raw) for name, (entry, raw) in _read(blob).items()}
 
 
-def dequantize(entry: dict, raw: np.ndarray) -> np.ndarray:
+def dequantize(entry: dict[str, Any], raw: np.ndarray) -> np.ndarray:
     if entry["kind"] == "u8":
-        scale = (entry["hi"] - entry["lo"]) / (2 ** entry["bits"] - 1) or 1.0
-        return (entry["lo"] + raw.astype(np.float32) * scale).astype(np.float32)
+        scale = float((entry["hi"] - entry["lo"]) / (2 ** entry["bits"] - 1)) or 1.0
+        return (float(entry["lo"]) + raw.astype(np.float32) * np.float32(scale)).astype(np.float32)
     return raw.astype(np.float32 if entry["kind"] == "f16" else np.int16)
 
 
-def decode_quantized(blob: bytes) -> dict[str, tuple[dict, np.ndarray]]:
+def decode_quantized(blob: bytes) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
     """Entries with their stored (still quantised) arrays: the API ships these as they are."""
     return _read(blob)
 
 
-def _read(blob: bytes) -> dict[str, tuple[dict, np.ndarray]]:
+def _read(blob: bytes) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
     blob = bytes(blob)
     if blob[:4] != MAGIC or len(blob) < 9:
         raise CodecError("not a soundtag feature blob")
@@ -150,10 +151,10 @@ def encode_feature_maps(maps: dict[str, dict[str, np.ndarray]]) -> bytes:
     return encode(arrays)
 
 
-def read_feature_maps(blob: bytes) -> dict[str, dict]:
+def read_feature_maps(blob: bytes) -> dict[str, dict[str, Any]]:
     """Per tap ``{"mean": (entry, q), "channels": [(entry, q), …], "channel_index": array}``,
     the arrays still quantised (``dequantize`` turns one into floats)."""
-    maps: dict[str, dict] = {}
+    maps: dict[str, dict[str, Any]] = {}
     for name, (entry, raw) in _read(blob).items():
         tap, part = name.split("/", 1)
         parts = maps.setdefault(tap, {"channels": []})

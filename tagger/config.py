@@ -99,7 +99,7 @@ class Settings(BaseSettings):
 
         try:
             password = make_url(value).password
-        except Exception:  # noqa: BLE001 - a malformed URL is reported when it is used
+        except Exception:
             return value
         if password is not None and str(password).lower() in PLACEHOLDER_SECRETS:
             raise ValueError("the database password in SOUNDTAG_DATABASE_URL is a placeholder from the "
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _key_when_required(self) -> "Settings":
+    def _key_when_required(self) -> Settings:
         if self.require_api_key and not self.api_key:
             raise ValueError("SOUNDTAG_REQUIRE_API_KEY is set but SOUNDTAG_API_KEY is empty: "
                              "the API will not start without a key")

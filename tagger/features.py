@@ -17,7 +17,7 @@ import functools
 import torch
 import torchaudio.transforms as T
 
-from tagger.audio import SAMPLE_RATE  # the decoder's output rate
+from tagger.audio import SAMPLE_RATE as SAMPLE_RATE  # the decoder's output rate, re-exported
 
 N_FFT = 1024
 HOP_LENGTH = 512
@@ -65,7 +65,8 @@ class _LogMel(torch.nn.Module):
         # (B, samples) → (B, 1, n_mels, frames). The channel axis matters:
         # AmplitudeToDB clamps to max-top_db over all but the leading axis, so with
         # it each clip is clamped against its own peak, not the batch's.
-        return self.to_db(self.mel(waveforms.unsqueeze(1)))
+        db: torch.Tensor = self.to_db(self.mel(waveforms.unsqueeze(1)))
+        return db
 
 
 @functools.cache
@@ -97,7 +98,8 @@ def log_mel(waveforms: torch.Tensor) -> torch.Tensor:
     frames = 1 + waveforms.shape[-1] // HOP_LENGTH
     if waveforms.shape[0] == 1 and frames > 2 * LONG_CLIP_CHUNK_FRAMES:
         return _long_log_mel(waveforms[0])
-    return _log_mel_module(str(waveforms.device))(waveforms)
+    db: torch.Tensor = _log_mel_module(str(waveforms.device))(waveforms)
+    return db
 
 
 def _long_log_mel(x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +117,8 @@ def _long_log_mel(x: torch.Tensor) -> torch.Tensor:
             segment = torch.nn.functional.pad(segment[None, None], (left, right), mode="reflect")[0, 0]
         parts.append(framed(segment))
     power = torch.cat(parts, dim=-1)
-    return module.to_db(power[None, None])
+    db: torch.Tensor = module.to_db(power[None, None])
+    return db
 
 
 def window_input(samples: torch.Tensor) -> torch.Tensor:
@@ -153,4 +156,4 @@ def window_starts(frames: int) -> list[int]:
         return [0]
     hop = WINDOW_FRAMES // 2
     starts = list(range(0, frames - WINDOW_FRAMES, hop))
-    return starts + [frames - WINDOW_FRAMES]
+    return [*starts, frames - WINDOW_FRAMES]

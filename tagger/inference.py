@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def feature_map_span_s(duration_s: float) -> float:
 
 @torch.inference_mode()
 def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, with_features: bool = False,
-            block_taps: dict[str, torch.Tensor] | None = None):
+            block_taps: dict[str, torch.Tensor] | None = None) -> Any:
     """The one forward pass, for serving and for validation while training: channels-last,
     at the device's mixed precision (bf16 on CPUs that have it, fp16 on CUDA)."""
     if device.type == "cuda":
@@ -68,7 +69,7 @@ class TagResult:
     feature_maps: dict[str, dict[str, np.ndarray]]  # tap → {"mean", "channels", "channel_index"}
     embedding: np.ndarray  # (512,)
     envelope: np.ndarray  # (2, points): min and max of the waveform per bucket
-    timeline: list[dict] = field(default_factory=list)  # per 5 s window when longer than one
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # per 5 s window when longer than one
 
 
 class Tagger:
@@ -82,18 +83,19 @@ class Tagger:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> "Tagger":
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> Tagger:
         dev = resolve_device(device)
         if dev.type == "cuda":
             batch_size *= 4  # a GPU has memory to spare and is idle between small batches
         return cls(load_checkpoint(path, dev), dev, batch_size)
 
     # -- model ---------------------------------------------------------------
-    def _forward(self, x: torch.Tensor, with_features: bool, block_taps: dict[str, torch.Tensor] | None = None):
+    def _forward(self, x: torch.Tensor, with_features: bool,
+                 block_taps: dict[str, torch.Tensor] | None = None) -> Any:
         with self._lock:
             return forward(self.model, x, self.device, with_features=with_features, block_taps=block_taps)
 
-    def probabilities(self, windows) -> np.ndarray:
+    def probabilities(self, windows: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
         """Class probabilities of (1, n_mels, frames) spectrogram windows (a tensor or a list
         of views into a long clip's spectrogram, stacked one batch at a time)."""
         out = []
@@ -113,7 +115,8 @@ class Tagger:
         results = self._tag_single_windows(clips, specs, single) | self._tag_long(clips, specs, long)
         return [results[i] for i in range(len(clips))]
 
-    def _tag_single_windows(self, clips, specs, chosen: list[int]) -> dict[int, TagResult]:
+    def _tag_single_windows(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
+                            chosen: list[int]) -> dict[int, TagResult]:
         """The common case: probabilities and feature maps from one batched pass."""
         out = {}
         for c in range(0, len(chosen), self.batch_size):
@@ -125,7 +128,8 @@ class Tagger:
                 out[i] = self._result(clips[i], specs[i], probs[j], _clip_maps(maps, j), emb[j])
         return out
 
-    def _tag_long(self, clips, specs, chosen: list[int]) -> dict[int, TagResult]:
+    def _tag_long(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
+                  chosen: list[int]) -> dict[int, TagResult]:
         """Clips longer than a window: every window's probabilities (batched across clips),
         averaged; feature maps of the clip's first minute (all of a long recording's would
         cost gigabytes: they are 16× the spectrogram at the stem)."""
@@ -137,13 +141,13 @@ class Tagger:
         out = {}
         for i in chosen:
             _, feats, emb = self._forward(specs[i][..., :FEATURE_MAP_MAX_FRAMES], with_features=True)
-            result = self._result(clips[i], specs[i], probs[rows[i]].mean(0), _clip_maps(summarize_feature_maps(feats), 0),
-                                  emb[0])
+            maps = _clip_maps(summarize_feature_maps(feats), 0)
+            result = self._result(clips[i], specs[i], probs[rows[i]].mean(0), maps, emb[0])
             result.timeline = [self._window_entry(clips[i], windows[n][1], probs[n]) for n in rows[i]]
             out[i] = result
         return out
 
-    def _window_entry(self, clip: DecodedAudio, start_frame: int, probs: np.ndarray) -> dict:
+    def _window_entry(self, clip: DecodedAudio, start_frame: int, probs: np.ndarray) -> dict[str, Any]:
         start = start_frame * HOP_LENGTH
         return {"start_s": round(start / SAMPLE_RATE, 3),
                 "end_s": round(min((start + WINDOW_SAMPLES) / SAMPLE_RATE, clip.duration_s), 3),
@@ -182,7 +186,8 @@ class Tagger:
         order = np.argsort(-probs)[:3]
         return [(self.class_names[k], float(probs[k])) for k in order]
 
-    def _result(self, clip, spec, probs, feats, embedding) -> TagResult:
+    def _result(self, clip: DecodedAudio, spec: torch.Tensor, probs: np.ndarray,
+                feats: dict[str, dict[str, np.ndarray]], embedding: torch.Tensor) -> TagResult:
         return TagResult(
             top3=self._top3(probs),
             probabilities=np.asarray(probs, dtype=np.float32),
@@ -195,11 +200,11 @@ class Tagger:
         )
 
 
-def _clip_maps(maps: dict[str, dict[str, list]], j: int) -> dict[str, dict[str, np.ndarray]]:
+def _clip_maps(maps: dict[str, dict[str, list[Any]]], j: int) -> dict[str, dict[str, np.ndarray]]:
     return {tap: {part: values[j] for part, values in parts.items()} for tap, parts in maps.items()}
 
 
-def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNELS) -> dict[str, dict[str, list]]:
+def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNELS) -> dict[str, dict[str, list[Any]]]:
     """Each tap's (B, C, H, W) activations → per clip its channel mean and k strongest channels.
 
     Done for the whole batch in a few tensor ops: per-clip loops over small tensors cost
@@ -214,9 +219,9 @@ def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNE
         c = fm.shape[1]
         idx = torch.argsort(fm.mean(dim=(2, 3), dtype=torch.float32), dim=1, descending=True)[:, : min(k, c)]
         top = torch.take_along_dim(fm, idx[:, :, None, None], dim=1).float()
-        means = fm.mean(dim=1, dtype=torch.float32)
-        means, top, idx = means.numpy(), top.contiguous().numpy(), idx.numpy().astype(np.int16)
-        out[name] = {"mean": list(means), "channels": list(top), "channel_index": list(idx)}
+        means = fm.mean(dim=1, dtype=torch.float32).numpy()
+        out[name] = {"mean": list(means), "channels": list(top.contiguous().numpy()),
+                     "channel_index": list(idx.numpy().astype(np.int16))}
     return out
 
 

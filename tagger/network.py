@@ -13,6 +13,8 @@ the feature maps the page draws, and the global-pool embedding.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -48,6 +50,11 @@ class BasicBlock(nn.Module):
 
 
 class AudioCNN(nn.Module):
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+    logit_temperature: torch.Tensor
+    stages: nn.ModuleList
+
     def __init__(self, num_classes: int = 50, dropout: float = 0.5, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
         # Fixed input normalisation, set from the training set's log-mel statistics
@@ -82,7 +89,7 @@ class AudioCNN(nn.Module):
                 nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor, with_features: bool = False,
-                block_taps: dict[str, torch.Tensor] | None = None):
+                block_taps: dict[str, torch.Tensor] | None = None) -> Any:
         """``block_taps``, when given, also receives every residual block's output before
         and after its last activation, as ``stage{i}.block{k}.conv`` / ``.relu``."""
         features: dict[str, torch.Tensor] = {}
@@ -90,7 +97,7 @@ class AudioCNN(nn.Module):
         x = self.stem((x - self.input_mean) / self.input_std)
         features["stem"] = x
         for i, stage in enumerate(self.stages, start=1):
-            for k, block in enumerate(stage):
+            for k, block in enumerate(cast(nn.Sequential, stage)):
                 x = block(x, block_taps, f"stage{i}.block{k}")
             features[f"stage{i}"] = x
         embedding = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
@@ -99,7 +106,7 @@ class AudioCNN(nn.Module):
             return logits, features, embedding
         return logits
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Checkpoints and training runs from before calibration existed: temperature 1.
         state_dict.setdefault(prefix + "logit_temperature", torch.tensor(1.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tagger import codec
 from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, file_sha256, sha256_hex
@@ -31,15 +32,15 @@ class Payload:
     sha256: str | None = None  # of the bytes or the file, when the caller has it (hashed once)
 
 
-def features_row(result: TagResult) -> dict:
+def features_row(result: TagResult) -> dict[str, Any]:
     return {
         "codec_version": codec.VERSION,
         "spectrogram": codec.encode_spectrogram(result.spectrogram),
         "feature_maps": codec.encode_feature_maps(result.feature_maps),
         "waveform": codec.encode_envelope(result.envelope),
         "embedding": codec.encode_embedding(result.embedding),
-        "timeline": [{**w, "top3": [{"label": l, "confidence": c} for l, c in w["top3"]]} for w in result.timeline]
-        or None,
+        "timeline": [{**w, "top3": [{"label": label, "confidence": c} for label, c in w["top3"]]}
+                     for w in result.timeline] or None,
     }
 
 
@@ -79,7 +80,7 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
         except AudioError as exc:
             rec.error = str(exc)
             continue
-        except Exception as exc:  # noqa: BLE001 - an unforeseen fault fails this clip, not the batch
+        except Exception as exc:
             log.exception("decoding %s failed unexpectedly", p.source)
             rec.error = f"decoding failed: {type(exc).__name__}: {exc}"[:2000]
             continue
@@ -105,14 +106,14 @@ def run_model(tagger: Tagger, decoded: Decoded) -> Tagged:
 
 def finish_records(tagged: Tagged) -> list[ClipRecord]:
     """Fill every record from the model's answers and encode the features for storage."""
-    for (i, _), result in zip(tagged.decoded.audio, tagged.results):
+    for (i, _), result in zip(tagged.decoded.audio, tagged.results, strict=True):
         rec = tagged.decoded.records[i]
         if isinstance(result, Exception):
             rec.error = f"tagging failed: {type(result).__name__}: {result}"
             continue
         try:
             features = features_row(result)
-        except Exception as exc:  # noqa: BLE001 - one clip's encoding fault is that clip's alone
+        except Exception as exc:
             log.exception("encoding the features of %s failed", rec.source)
             rec.error = f"storing features failed: {type(exc).__name__}: {exc}"[:2000]
             continue
@@ -129,12 +130,12 @@ def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio]) -> list[T
         return []
     try:
         return list(tagger.tag(clips))
-    except Exception:  # noqa: BLE001 - a model error must not lose the other clips
+    except Exception:
         log.exception("batch of %d clips failed; retrying one by one", len(clips))
     out: list[TagResult | Exception] = []
     for clip in clips:
         try:
             out.append(tagger.tag([clip])[0])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(exc)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 CLIP_ID_MAX = 255  # characters; the clips table's primary key is this wide
 
@@ -30,7 +31,7 @@ class ClipRecord:
     error: str | None = None
     model_version: str | None = None
     top3: list[tuple[str, float]] = field(default_factory=list)
-    features: dict | None = None  # the clip_features columns (encoded blobs, timeline) to store
+    features: dict[str, Any] | None = None  # the clip_features columns (encoded blobs, timeline) to store
     received_at: datetime | None = None  # set by the database
     tagged_at: datetime | None = None  # set by the database
 

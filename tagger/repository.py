@@ -9,7 +9,8 @@ tagged.
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,14 +20,14 @@ from tagger.records import ClipRecord, Status
 from tagger.tables import Clip, ClipFeatures, Tag
 
 
-def _insert(session: Session):
+def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def save_clips(session: Session, records: list[ClipRecord]) -> None:
     """Upsert a batch of results in the caller's transaction."""
     insert = _insert(session)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for rec in records:
         values = {
             "id": rec.clip_id,
@@ -72,7 +73,8 @@ def tagged_ids(session: Session, clip_ids: list[str], model_version: str) -> set
         chunk = clip_ids[i : i + 1000]
         found.update(
             session.scalars(
-                select(Clip.id).where(Clip.id.in_(chunk), Clip.status == Status.TAGGED, Clip.model_version == model_version)
+                select(Clip.id).where(Clip.id.in_(chunk), Clip.status == Status.TAGGED,
+                                      Clip.model_version == model_version)
             )
         )
     return found
@@ -136,7 +138,7 @@ def list_clips(
     return [to_record(c) for c in rows[:limit]], next_cursor
 
 
-def label_counts(session: Session) -> list[dict]:
+def label_counts(session: Session) -> list[dict[str, Any]]:
     """Per label: clips where it is the top label, and clips where it is in the top 3."""
     rows = session.execute(
         select(

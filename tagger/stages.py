@@ -12,10 +12,13 @@ is then stored, and the caller must not acknowledge it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +30,7 @@ from tagger.records import ClipRecord, Status
 from tagger.repository import save_clips
 
 log = logging.getLogger("soundtag.store")
+T = TypeVar("T")
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -44,7 +48,7 @@ class DatabaseWaiter:
         self._lock = threading.Lock()
         self._down_since: float | None = None
 
-    def run(self, operation, what: str):
+    def run(self, operation: Callable[[], T], what: str) -> T:
         delay, started = 0.25, time.monotonic()
         while True:
             try:
@@ -97,14 +101,14 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
         log.error("batch write refused (%s); storing clip by clip", _first_line(exc))
     for rec in records:
         try:
-            waiter.run(lambda: write([rec]), f"storing clip {rec.clip_id}")
+            waiter.run(functools.partial(write, [rec]), f"storing clip {rec.clip_id}")
         except DatabaseUnavailable:
             raise
         except DBAPIError as exc:
             rec.status, rec.error = Status.FAILED, f"database refused the result: {_first_line(exc)}"
             rec.top3, rec.features = [], None
-            waiter.run(lambda: write([ClipRecord(clip_id=rec.clip_id, source=rec.source[:2000], status=Status.FAILED,
-                                                 error=rec.error)]), f"recording clip {rec.clip_id} as failed")
+            failed = ClipRecord(clip_id=rec.clip_id, source=rec.source[:2000], status=Status.FAILED, error=rec.error)
+            waiter.run(functools.partial(write, [failed]), f"recording clip {rec.clip_id} as failed")
 
 
 class StageRunner:
@@ -123,7 +127,7 @@ class StageRunner:
     def tag(self, decoded: Decoded) -> Future[Tagged]:
         return self._model.submit(run_model, self.tagger, decoded)
 
-    def layer_maps(self, audio: DecodedAudio) -> Future[dict]:
+    def layer_maps(self, audio: DecodedAudio) -> Future[dict[str, Any]]:
         """Every layer's channel mean for one clip (the original ``/inference`` answer), on the model thread."""
         return self._model.submit(self.tagger.layer_maps, audio)
 

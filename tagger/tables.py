@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -42,11 +43,13 @@ class Clip(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     tagged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    tags: Mapped[list["Tag"]] = relationship(
+    tags: Mapped[list[Tag]] = relationship(
         back_populates="clip", order_by="Tag.rank", cascade="all, delete-orphan", lazy="selectin"
     )
 
-    __table_args__ = (CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in Status)})", name="clips_status_valid"),)
+    __table_args__ = (
+        CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in Status)})", name="clips_status_valid"),
+    )
 
 
 class Tag(Base):
@@ -76,4 +79,4 @@ class ClipFeatures(Base):
     feature_maps: Mapped[bytes] = mapped_column(LargeBinary)
     waveform: Mapped[bytes] = mapped_column(LargeBinary)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
-    timeline: Mapped[list | None] = mapped_column(JSON)
+    timeline: Mapped[list[Any] | None] = mapped_column(JSON)

@@ -19,7 +19,8 @@ from tagger.config import SHIPPED_MODEL_PATH
 PG_ADMIN_URL = os.environ.get("SOUNDTAG_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def make_tone(seconds: float = 1.0, sr: int = 44100, channels: int = 1, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+def make_tone(seconds: float = 1.0, sr: int = 44100, channels: int = 1, freq: float = 440.0,
+              seed: int = 0) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     rng = np.random.default_rng(seed)
     base = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(len(t))

@@ -1,6 +1,7 @@
 """Every route's happy path and its errors, against the real PostgreSQL."""
 
 import base64
+import struct
 
 import pytest
 from fastapi.testclient import TestClient
@@ -9,8 +10,6 @@ from sqlalchemy import text
 from api.main import create_app
 from tagger import db
 from tagger.config import Settings
-import struct
-
 from tests.conftest import ENCODED_FORMATS, audio_bytes, encoded_bytes
 
 API_KEY = "s3cret-key"
@@ -64,7 +63,7 @@ def test_upload_one_and_many_then_query(client):
     assert "my-clip" in [c["clip_id"] for c in listed["items"]]
     assert client.get("/api/clips", params={"label": label, "min_confidence": 1.0}).json()["items"] == []
     labels = client.get("/api/labels").json()["items"]
-    assert len(labels) == 50 and any(l["label"] == label and l["top3"] >= 1 for l in labels)
+    assert len(labels) == 50 and any(c["label"] == label and c["top3"] >= 1 for c in labels)
     failed = client.get("/api/clips", params={"status": "failed"}).json()["items"]
     assert [c["source"] for c in failed] == ["upload:bad.wav"]
 

@@ -1,5 +1,7 @@
 """The inference core and the shared preprocessing."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -68,7 +70,7 @@ def test_tag_batch_of_mixed_lengths(random_tagger):
 def test_batched_and_single_results_agree(random_tagger):
     clips = [_clip(5.0, s) for s in range(5)]
     batched = random_tagger.tag(clips)
-    for clip, b in zip(clips, batched):
+    for clip, b in zip(clips, batched, strict=True):
         single = random_tagger.tag([clip])[0]
         assert single.top3[0][0] == b.top3[0][0]
         assert np.allclose(single.probabilities, b.probabilities, atol=2e-2)
@@ -100,7 +102,7 @@ def test_long_clips_get_windows_inside_the_clip():
     assert window_starts(WINDOW_FRAMES + 22) == [0, 22]  # 5.25 s: no padded, mostly silent window
     starts = window_starts(3 * WINDOW_FRAMES)
     assert starts[-1] + WINDOW_FRAMES == 3 * WINDOW_FRAMES
-    assert all(b - a <= WINDOW_FRAMES // 2 for a, b in zip(starts, starts[1:]))
+    assert all(b - a <= WINDOW_FRAMES // 2 for a, b in itertools.pairwise(starts))
 
 
 def test_a_long_clip_is_transformed_in_chunks_with_the_same_frames():

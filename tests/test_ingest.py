@@ -2,6 +2,7 @@
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -12,10 +13,7 @@ from sqlalchemy import func, select, text
 from tagger import db
 from tagger.ingest import ingest
 from tagger.tables import Clip, ClipFeatures, Tag
-import struct
-
-from tests.conftest import (ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database,
-                            encoded_bytes)
+from tests.conftest import ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database, encoded_bytes
 
 
 def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
@@ -23,7 +21,8 @@ def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
     for i in range(good):
         fmt, ext = [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg")][i % 3]
         folder = [root, root / "sub", root / "sub" / "deeper"][i % 3]
-        (folder / f"clip{i}.{ext}").write_bytes(audio_bytes(fmt, seconds=1.0 + (i % 4), sr=[8000, 22050, 44100, 48000][i % 4], seed=i))
+        sr = [8000, 22050, 44100, 48000][i % 4]
+        (folder / f"clip{i}.{ext}").write_bytes(audio_bytes(fmt, seconds=1.0 + (i % 4), sr=sr, seed=i))
     if bad:
         (root / "empty.wav").write_bytes(b"")
         (root / "noise.wav").write_bytes(os.urandom(3000))

@@ -147,7 +147,7 @@ def _drop_files(page, files: list[tuple[str, bytes, str]]) -> None:
 def _wait_uploads_settled(page, n: int) -> list[dict]:
     page.wait_for_function(f"""() => {{
         const rows = [...document.querySelectorAll('#uploads .upload-row')];
-        return rows.length >= {n} && rows.slice(0, {n}).every(r => r.dataset.state === 'tagged' || r.dataset.state === 'failed');
+        return rows.length >= {n} && rows.slice(0, {n}).every(r => ['tagged', 'failed'].includes(r.dataset.state));
     }}""", timeout=90_000)
     return page.eval_on_selector_all("#uploads .upload-row", """rs => rs.map(r => ({
         name: r.querySelector('.name').textContent, state: r.dataset.state,
@@ -180,7 +180,8 @@ def test_upload_view_permalink_filter_and_no_script_injection(server, page, brow
     assert all(_nonblank(page, "canvas.heatmap")), "a heatmap is blank"
     assert page.locator("canvas.fmap").count() == 5 * 5  # 5 taps × (mean + 4 channels)
     assert _nonblank(page, "#waveform") == [True]
-    assert page.locator("#timeline-plot .win").count() == 4  # 12 s: windows overlapping by half, the last ending at 12 s
+    # 12 s: windows overlapping by half, the last ending at 12 s
+    assert page.locator("#timeline-plot .win").count() == 4
     page.screenshot(path=str(OUT / "page-upload.png"), full_page=True)
 
     # the clip table shows the name as text too
@@ -202,8 +203,8 @@ def test_upload_view_permalink_filter_and_no_script_injection(server, page, brow
     top_label = page.locator("#top3 .row .label").first.text_content()
     page.select_option("#label-filter", top_label)
     page.click("#filter button")
-    page.wait_for_function("id => [...document.querySelectorAll('#clip-table tbody tr')].some(r => r.dataset.clipId === id)",
-                           arg=clip_id)
+    page.wait_for_function(
+        "id => [...document.querySelectorAll('#clip-table tbody tr')].some(r => r.dataset.clipId === id)", arg=clip_id)
     shown = [t.text_content() for t in page.locator("#top3 .label").all()]
     other = next(o for o in page.eval_on_selector_all("#label-filter option", "os => os.map(o => o.value)")
                  if o and o not in shown)
@@ -274,7 +275,8 @@ def test_drag_and_drop_three_files_one_broken(server, page):
                        ("broken.wav", b"RIFF\x00\x00\x00\x00WAVEthis is not audio", "audio/wav"),
                        ("third.ogg", audio_bytes("OGG", 3.0, seed=22), "audio/ogg")])
     rows = {r["name"]: r for r in _wait_uploads_settled(page, 3)}
-    assert {n: r["state"] for n, r in rows.items()} == {"first.wav": "tagged", "broken.wav": "failed", "third.ogg": "tagged"}
+    states = {n: r["state"] for n, r in rows.items()}
+    assert states == {"first.wav": "tagged", "broken.wav": "failed", "third.ogg": "tagged"}
     assert "not a readable" in rows["broken.wav"]["result"] or "WAV" in rows["broken.wav"]["result"], rows["broken.wav"]
     assert rows["first.wav"]["clip"] and rows["third.ogg"]["clip"]
     page.wait_for_selector("#clip-view[data-loaded]")
@@ -339,11 +341,13 @@ def test_collection_view_after_ingesting_a_folder_with_a_failed_file(server, env
 
     labels = httpx.get(f"{server}/api/labels").json()["items"]
     bars = page.eval_on_selector_all("#label-chart .bar-row", "bs => bs.map(b => [b.dataset.label, +b.dataset.count])")
-    assert bars == [[l["label"], l["top1"]] for l in labels if l["top1"] > 0]
+    assert bars == [[c["label"], c["top1"]] for c in labels if c["top1"] > 0]
     summary = httpx.get(f"{server}/api/summary").json()
-    chips = page.eval_on_selector_all("#status-counts .status-chip", "bs => bs.map(b => [b.dataset.status, +b.dataset.count])")
+    chips = page.eval_on_selector_all("#status-counts .status-chip",
+                                      "bs => bs.map(b => [b.dataset.status, +b.dataset.count])")
     assert dict(chips) == summary["status_counts"]
-    assert page.eval_on_selector_all("#confidence-chart .col", "cs => cs.map(c => +c.dataset.count)") == summary["confidence_counts"]
+    hist = page.eval_on_selector_all("#confidence-chart .col", "cs => cs.map(c => +c.dataset.count)")
+    assert hist == summary["confidence_counts"]
     page.screenshot(path=str(OUT / "page-collection.png"), full_page=True)
 
     # a bar lists its clips; the status filter lists the failures
@@ -352,8 +356,9 @@ def test_collection_view_after_ingesting_a_folder_with_a_failed_file(server, env
     page.wait_for_function("l => document.getElementById('label-filter').value === l", arg=label)
     page.wait_for_function(f"document.querySelectorAll('#clip-table tbody tr').length >= {count}")
     page.click("#status-counts .status-chip[data-status='failed']")
-    page.wait_for_function("[...document.querySelectorAll('#clip-table tbody tr')].length > 0 && "
-                           "[...document.querySelectorAll('#clip-table tbody tr td:last-child')].every(t => t.textContent === 'failed')")
+    page.wait_for_function("""() => {
+        const cells = [...document.querySelectorAll('#clip-table tbody tr td:last-child')];
+        return cells.length > 0 && cells.every(t => t.textContent === 'failed'); }""")
 
 
 def test_phone_width_nothing_overflows(server, browser):
@@ -373,8 +378,10 @@ def test_phone_width_nothing_overflows(server, browser):
 def test_every_control_has_a_name_and_is_reachable_by_keyboard(server, page):
     page.goto(server + "/")
     page.wait_for_selector("#collection[data-loaded]")
-    unnamed = page.evaluate("""() => [...document.querySelectorAll('button, input:not([hidden]), select, [role=slider], [role=button]')]
-        .filter(e => !(e.getAttribute('aria-label') || e.labels?.length || e.textContent.trim())).map(e => e.outerHTML.slice(0, 80))""")
+    unnamed = page.evaluate("""() => [...document.querySelectorAll(
+            'button, input:not([hidden]), select, [role=slider], [role=button]')]
+        .filter(e => !(e.getAttribute('aria-label') || e.labels?.length || e.textContent.trim()))
+        .map(e => e.outerHTML.slice(0, 80))""")
     assert unnamed == []
     reached = set()
     for _ in range(40):

@@ -33,9 +33,9 @@ def test_shipped_model_tags_the_held_out_samples(shipped_tagger):
 
     files = sorted(SAMPLES_DIR.glob("*.ogg"))
     results = shipped_tagger.tag([decode_file(p) for p in files])
-    top1 = sum(r.top3[0][0] == SAMPLE_CLASSES[p.name] for p, r in zip(files, results))
-    top3 = sum(SAMPLE_CLASSES[p.name] in [label for label, _ in r.top3] for p, r in zip(files, results))
-    assert top3 >= 7 and top1 >= 6, [(p.name, r.top3) for p, r in zip(files, results)]
+    top1 = sum(r.top3[0][0] == SAMPLE_CLASSES[p.name] for p, r in zip(files, results, strict=True))
+    top3 = sum(SAMPLE_CLASSES[p.name] in [label for label, _ in r.top3] for p, r in zip(files, results, strict=True))
+    assert top3 >= 7 and top1 >= 6, [(p.name, r.top3) for p, r in zip(files, results, strict=True)]
 
 
 def test_demo_tags_the_samples_and_prints_their_top3(tmp_path):

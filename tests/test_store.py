@@ -6,15 +6,15 @@ import pytest
 from sqlalchemy import func, select
 
 from tagger import db
-from tagger.tables import Clip, ClipFeatures, Tag
 from tagger.records import ClipRecord
 from tagger.repository import label_counts, list_clips, save_clips, tagged_ids
+from tagger.tables import Clip, ClipFeatures, Tag
 
 
 def _tagged(clip_id: str, labels=("dog", "rain", "wind"), confs=(0.7, 0.2, 0.05), version="m1") -> ClipRecord:
     return ClipRecord(
         clip_id=clip_id, source=f"/data/{clip_id}.wav", status="tagged", sha256="0" * 64, sample_rate=44100,
-        channels=1, duration_s=5.0, model_version=version, top3=list(zip(labels, confs)),
+        channels=1, duration_s=5.0, model_version=version, top3=list(zip(labels, confs, strict=True)),
         features={"codec_version": 1, "spectrogram": b"s", "feature_maps": b"f", "waveform": b"w",
                   "embedding": b"e", "timeline": None},
     )
@@ -103,7 +103,7 @@ def test_two_concurrent_writers_leave_one_result_per_clip(store_url):
             for i in range(0, len(ids), 4):
                 with sessions.begin() as s:
                     save_clips(s, [_tagged(c, labels=labels) for c in ids[i : i + 4]])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(labels,)) for labels in

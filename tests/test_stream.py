@@ -25,8 +25,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.dev_broker import start_broker
 from tagger import db
-from tests.conftest import (ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database,
-                            encoded_bytes)
+from tests.conftest import ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database, encoded_bytes
 from tests.servers import free_port
 
 pytestmark = pytest.mark.kafka
@@ -219,7 +218,7 @@ def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(wor
     assert keyless
     dead = _read_topic(broker, "audio-clips-dlq", 5)
     errors = {(m.key or b"").decode(): dict(m.headers).get("error", b"").decode() for m in dead}
-    for k in bad_ids + [""]:
+    for k in [*bad_ids, ""]:
         assert errors.get(k), f"{k!r} missing from the DLQ"
     assert worker.proc.poll() is None  # still running
 

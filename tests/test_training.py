@@ -181,7 +181,7 @@ def test_crops_are_repeated_to_fill_the_window():
 
     x = torch.arange(2 * 431, dtype=torch.float32).reshape(2, 1, 1, 431)
     out = crop_and_repeat(x, 1.0, torch.Generator().manual_seed(0))
-    for clip, filled in zip(x, out):
+    for clip, filled in zip(x, out, strict=True):
         row = filled[0, 0]
         period = next(n for n in range(43, 216) if torch.equal(row[n : 2 * n], row[:n]) or 2 * n > 431)
         assert torch.equal(row[:period], clip[0, 0, int(row[0]) - int(clip[0, 0, 0]):][:period])
@@ -192,6 +192,6 @@ def test_time_roll_shifts_each_clip_circularly():
 
     x = torch.arange(3 * 2 * 5, dtype=torch.float32).reshape(3, 1, 2, 5)
     rolled = time_roll(x, torch.Generator().manual_seed(0))
-    for clip, out in zip(x, rolled):
+    for clip, out in zip(x, rolled, strict=True):
         shifts = [s for s in range(5) if torch.equal(torch.roll(clip, -s, dims=-1), out)]
         assert len(shifts) == 1  # the same shift for every mel band of a clip

@@ -116,7 +116,7 @@ def evaluate(model_path, data_dir=None, out_dir="runs/evaluation", fold: int = T
     t0 = time.perf_counter()
     probs = condition_probabilities(tagger, clips)
     seconds = time.perf_counter() - t0
-    temperature = float(tagger.network.logit_temperature)
+    temperature = float(tagger.model.logit_temperature)
     calibration: dict = {}
     if calibrate:
         # Log-probabilities times the current temperature are the logits up to a constant
@@ -145,7 +145,7 @@ def evaluate(model_path, data_dir=None, out_dir="runs/evaluation", fold: int = T
         "model": str(model_path),
         "model_version": tagger.version,
         "fold": fold,
-        "clips": int(len(idx)),
+        "clips": len(idx),
         **conditions["full clip"],
         "conditions": conditions,
         "temperature": temperature,

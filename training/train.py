@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,7 +171,7 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
     )
-    state = {"epoch": 0, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "history": []}
 
     last = out / "last.pt"
     if last.is_file() and not cfg.resume:
@@ -196,7 +197,8 @@ def train(cfg: TrainConfig) -> dict:
     writer = _summary_writer(out)
     dtype = autocast_dtype(device)
     beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha)
-    epochs_bar = tqdm(range(state["epoch"], cfg.epochs), desc="epochs", unit="epoch", initial=state["epoch"], total=cfg.epochs)
+    epochs_bar = tqdm(range(state["epoch"], cfg.epochs), desc="epochs", unit="epoch", initial=state["epoch"],
+                      total=cfg.epochs)
     for epoch in epochs_bar:
         model.train()
         t0 = time.perf_counter()

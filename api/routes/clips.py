@@ -21,11 +21,11 @@ from api.schemas import (
     UploadResult,
     Visualization,
 )
-from tagger import repository
 from api.text import has_control_characters
+from tagger import repository
 from tagger.audio import READABLE_FORMATS, sha256_hex
 from tagger.pipeline import Payload
-from tagger.records import Status, clip_id_problem
+from tagger.records import CLIP_ID_MAX, Status, clip_id_problem
 from tagger.stages import StageRunner
 
 router = APIRouter(prefix="/api", tags=["clips"])
@@ -109,7 +109,8 @@ async def upload_clips(
     files: Annotated[list[UploadFile], File(description=f"audio files: {READABLE_FORMATS}")],
     state: Annotated[AppState, Depends(get_state)],
     runner: Annotated[StageRunner, Depends(get_runner)],
-    clip_id: Annotated[str | None, Form(max_length=255, description="id for a single file (default: content hash)")] = None,
+    clip_id: Annotated[str | None, Form(max_length=CLIP_ID_MAX,
+                                        description="id for a single file (default: content hash)")] = None,
     replace: Annotated[bool, Form(description="overwrite the clip already stored under clip_id")] = False,
 ) -> UploadResult:
     limit = state.settings.max_upload_bytes
@@ -129,7 +130,7 @@ async def upload_clips(
                                 f"{name!r} is over the upload limit of {limit} bytes")
         payloads.append(Payload(data=data, source=f"upload:{name}", clip_id=clip_id, sha256=sha256_hex(data)))
     if clip_id is not None and not replace:
-        await run_in_threadpool(_refuse_overwrite, state, clip_id, payloads[0].sha256)
+        await run_in_threadpool(_refuse_overwrite, state, clip_id, payloads[0].sha256 or "")
     records = await runner.run(payloads)
     for r in records:
         CLIPS.labels(r.status).inc()

@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from tagger.audio import decode_file
+from tagger.db import session_factory
 from tagger.ingest import ingest
 from tagger.pipeline import features_row
-from tagger.db import session_factory
-
 from tests.benchmarks.common import load_tagger, model_windows, real_clips, scratch_postgres, time_model
 
 
@@ -40,9 +39,9 @@ def model_only(tagger, clips: list[Path], repeats: int) -> dict:
 def previous_layout_ratio(tagger, repeats: int) -> dict:
     """Model-only ms per clip of the layout shipped before (ResNet-18 widths 64→512 on 128
     mel bins) against today's, same batch, precision and thread count, in this run."""
+    from tagger.checkpoint import Checkpoint
     from tagger.features import N_MELS, WINDOW_FRAMES
     from tagger.inference import Tagger
-    from tagger.checkpoint import Checkpoint
     from tagger.network import AudioCNN
 
     previous = Tagger(Checkpoint(AudioCNN(widths=(64, 128, 256, 512)).eval(), tagger.class_names, "previous", {}),
