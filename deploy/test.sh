@@ -18,4 +18,8 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
 fi
 
+# The gate first (seconds): lint and types, as .pre-commit-config.yaml runs them.
+echo "ruff…" && python -m ruff check .
+echo "mypy…" && python -m mypy
+# Then every test: tests/unit (no services, under a minute), then tests/integration.
 exec python -m pytest -q -ra "$@"

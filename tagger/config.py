@@ -9,6 +9,7 @@ import functools
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,13 +96,11 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _real_database_password(cls, value: str) -> str:
-        from sqlalchemy.engine import make_url
-
         try:
-            password = make_url(value).password
-        except Exception:
+            password = urlsplit(value).password
+        except ValueError:  # a malformed URL is reported when it is used
             return value
-        if password is not None and str(password).lower() in PLACEHOLDER_SECRETS:
+        if password is not None and unquote(password).lower() in PLACEHOLDER_SECRETS:
             raise ValueError("the database password in SOUNDTAG_DATABASE_URL is a placeholder from the "
                              "example; set a real secret")
         return value

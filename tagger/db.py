@@ -71,5 +71,27 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def create_database(admin_url: str, prefix: str) -> tuple[str, str]:
+    """A new, empty PostgreSQL database named ``prefix_<random>``: (name, URL). For tests
+    and benchmarks that need a database of their own."""
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, f"{admin_url.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop a database made by ``create_database``, ending whatever is still connected."""
+    import psycopg
+
+    get_engine.cache_clear()  # pooled connections' engines go with it
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def schema_ready(url: str) -> bool:
     return inspect(get_engine(url)).has_table("clips")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from deploy.processes import api_server
 from tagger import db
-from tests.servers import api_server
 
 
 def test_no_server_errors_for_any_schema_valid_or_invalid_request(pg_url, random_checkpoint, tmp_path):

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from api.main import create_app
 from tagger import db
 from tagger.config import Settings
-from tests.conftest import ENCODED_FORMATS, audio_bytes, encoded_bytes
+from tests.helpers import ENCODED_FORMATS, audio_bytes, encoded_bytes
 
 API_KEY = "s3cret-key"
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 from tagger import db
 from tagger.ingest import ingest
 from tagger.tables import Clip, ClipFeatures, Tag
-from tests.conftest import ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database, encoded_bytes
+from tests.helpers import ENCODED_FORMATS, PG_ADMIN_URL, audio_bytes, block_database, encoded_bytes
 
 
 def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
@@ -153,7 +153,7 @@ def test_every_file_in_a_folder_is_tagged_failed_or_listed(tmp_path, pg_url, ran
 
 
 def test_ingest_rides_out_a_30_second_database_outage(tmp_path, random_checkpoint):
-    name, url = _create_database("soundtag_outage")
+    name, url = db.create_database(PG_ADMIN_URL, "soundtag_outage")
     try:
         db.upgrade(url)
         folder = tmp_path / "outage"
@@ -184,4 +184,4 @@ def test_ingest_rides_out_a_30_second_database_outage(tmp_path, random_checkpoin
             assert s.scalar(select(func.count()).select_from(Clip)) == 160
             assert s.scalar(select(func.count()).select_from(Tag)) == 480
     finally:
-        _drop_database(name)
+        db.drop_database(PG_ADMIN_URL, name)

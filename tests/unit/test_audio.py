@@ -2,7 +2,6 @@
 
 import io
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import soundfile as sf
 
 from tagger.audio import AudioError, decode_bytes, decode_file, sniff_format
 from tagger.features import SAMPLE_RATE
-from tests.conftest import ENCODED_FORMATS, audio_bytes, encoded_bytes, make_tone
+from tests.helpers import ENCODED_FORMATS, REPO, audio_bytes, encoded_bytes, make_tone
 
 
 @pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "FLOAT"),
@@ -76,8 +75,8 @@ BAD_INPUTS = {
 def test_bad_input_is_a_clear_error(name):
     with pytest.raises(AudioError) as err:
         decode_bytes(BAD_INPUTS[name])
-    assert str(err.value)  # a reason a person can read
-    assert "Traceback" not in str(err.value)
+    reason = str(err.value)
+    assert 10 < len(reason) < 400 and "\n" not in reason  # one line a person can read
 
 
 def test_truncated_wav_is_refused_with_what_the_header_promised():
@@ -193,6 +192,6 @@ def test_a_30_minute_file_decodes_in_little_more_memory_than_its_output(tmp_path
             "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
             "print(d.duration_s, int(hwm) // 1024)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=REPO)
     seconds, peak_mb = out.stdout.split()
     assert float(seconds) == pytest.approx(1800.0) and int(peak_mb) <= 500, out.stdout + out.stderr

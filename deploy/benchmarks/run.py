@@ -1,9 +1,9 @@
 """Print the benchmark figures the issues ask for; each compares against a baseline
 measured in the same run, on this machine, at this moment.
 
-    python -m tests.benchmarks.run              # all: core, api, stream (about 15 min)
-    python -m tests.benchmarks.run core api     # some
-    python -m tests.benchmarks.run --quick core # small sizes, to check the scripts work
+    python -m deploy.benchmarks.run              # all: core, api, stream (about 15 min)
+    python -m deploy.benchmarks.run core api     # some
+    python -m deploy.benchmarks.run --quick core # small sizes, to check the scripts work
 
 Figures are also written to test-output/benchmarks-<name>.json.
 """
@@ -28,9 +28,10 @@ def main() -> int:
     args = parser.parse_args()
     out_dir = Path("test-output")
     out_dir.mkdir(exist_ok=True)
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    cpu = platform.processor() or platform.machine()
+    print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for name in args.suites or SUITES:
-        module = __import__(f"tests.benchmarks.bench_{name}", fromlist=["run"])
+        module = __import__(f"deploy.benchmarks.bench_{name}", fromlist=["run"])
         t0 = time.perf_counter()
         figures = module.run(quick=args.quick)
         figures["benchmark_seconds"] = round(time.perf_counter() - t0, 1)

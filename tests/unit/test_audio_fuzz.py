@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tagger.audio import MIN_DURATION_S, AudioError, decode_bytes
 from tagger.config import SAMPLES_DIR
-from tests.conftest import ENCODED_FORMATS, audio_bytes, encoded_bytes
+from tests.helpers import ENCODED_FORMATS, audio_bytes, encoded_bytes
 
 SEEDS = {
     "wav16": audio_bytes("WAV", 0.6, 22050, channels=2),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 from contextlib import contextmanager
@@ -13,7 +14,8 @@ import torch
 from tagger import db
 from tagger.config import SAMPLES_DIR, SHIPPED_MODEL_PATH
 from tagger.inference import Tagger
-from tests.conftest import _create_database, _drop_database
+
+PG_ADMIN_URL = os.environ.get("SOUNDTAG_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def load_tagger() -> tuple[Tagger, Path]:
@@ -42,35 +44,37 @@ def real_clips(n: int) -> list[Path]:
 
 @contextmanager
 def scratch_postgres(prefix: str = "soundtag_bench"):
-    name, url = _create_database(prefix)
+    name, url = db.create_database(PG_ADMIN_URL, prefix)
     try:
         db.upgrade(url)
         yield url
     finally:
-        _drop_database(name)
+        db.drop_database(PG_ADMIN_URL, name)
 
 
 def model_windows(tagger: Tagger, clips: list[Path], count: int = 32) -> torch.Tensor:
     """(count, 1, n_mels, frames) first-window log-mels of real clips: the model-only input."""
     from tagger.audio import decode_file
-    from tagger.features import WINDOW_FRAMES
+    from tagger.features import WINDOW_SAMPLES, log_mel, window_input
 
-    specs = tagger._spectrograms([decode_file(p) for p in clips[:count]])
-    windows = torch.stack([s[0][..., :WINDOW_FRAMES] for s in specs])
+    audio = [window_input(torch.from_numpy(decode_file(p).samples))[:WINDOW_SAMPLES] for p in clips[:count]]
+    windows = log_mel(torch.stack(audio))
     while len(windows) < count:  # fewer clips than asked: repeat them
         windows = torch.cat([windows, windows])[:count]
     return windows
 
 
 def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats: int) -> float:
-    """Seconds per clip of the bare forward pass (the Tagger's own, bf16 autocast included)."""
+    """Seconds per clip of the bare forward pass (the one serving uses, bf16 autocast included)."""
     import time
 
-    tagger._forward(batch, with_features=with_features)  # warm-up: allocator, oneDNN kernels
+    from tagger.inference import forward
+
+    forward(tagger.model, batch, tagger.device, with_features=with_features)  # warm-up: allocator, kernels
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        tagger._forward(batch, with_features=with_features)
+        forward(tagger.model, batch, tagger.device, with_features=with_features)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / len(batch)
 

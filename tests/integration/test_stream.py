@@ -24,9 +24,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.dev_broker import start_broker
+from deploy.processes import free_port
 from tagger import db
-from tests.conftest import ENCODED_FORMATS, _create_database, _drop_database, audio_bytes, block_database, encoded_bytes
-from tests.servers import free_port
+from tests.helpers import ENCODED_FORMATS, PG_ADMIN_URL, audio_bytes, block_database, encoded_bytes, wait_until
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4
@@ -62,10 +62,10 @@ def broker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stream_db():
-    name, url = _create_database("soundtag_stream")
+    name, url = db.create_database(PG_ADMIN_URL, "soundtag_stream")
     db.upgrade(url)
     yield name, url
-    _drop_database(name)
+    db.drop_database(PG_ADMIN_URL, name)
 
 
 class Worker:
@@ -227,11 +227,14 @@ def test_database_outage_mid_stream_loses_nothing(worker, producer, stream_db):
     name, url = stream_db
     items = [(f"outage-{i}".encode(), _clip(2000 + i)) for i in range(150)]
     _send(producer, items[:50])
-    time.sleep(1.0)
+    first = [k.decode() for k, _ in items[:50]]
+    wait_until(lambda: _query(url, "SELECT count(*) FROM clips WHERE id = ANY(%s)", (first,))[0][0] > 0, 120,
+               "the first clips to be stored")
     block_database(name, True)
     try:
         _send(producer, items[50:])
-        time.sleep(6)  # the worker meets a dead database and keeps retrying
+        # the worker meets the dead database and waits for it (one line saying so)
+        wait_until(lambda: "database unavailable" in worker.log_path.read_text(), 120, "the worker to notice")
     finally:
         block_database(name, False)
     ids = [k.decode() for k, _ in items]
@@ -308,7 +311,7 @@ def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, produ
     second = Worker(worker_env, tmp_path / "worker-b.log")
     try:
         second.wait_ready(timeout=300)
-        time.sleep(5)  # let the first worker finish its rebalance too
+        time.sleep(5)  # the first worker's side of the rebalance logs nothing to wait for
         before_first = Path(worker.log_path).read_text().count("batch of ")
         items = [(f"pair-{i}".encode(), _clip(4000 + i)) for i in range(200)]
         _send(producer, items)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import audio_bytes
-from tests.servers import free_port
+from deploy.processes import free_port
+from tests.helpers import audio_bytes
 
 
 def test_publish_with_the_broker_gone_ends_with_a_summary(tmp_path):

@@ -88,7 +88,7 @@ def test_stored_features_are_25x_smaller_than_the_json_payload(random_tagger):
     from api.original_response import inference_response
     from tagger.audio import decode_bytes
     from tagger.pipeline import features_row
-    from tests.conftest import audio_bytes
+    from tests.helpers import audio_bytes
 
     clip = decode_bytes(audio_bytes("WAV", seconds=5.0, seed=3))
     result = random_tagger.tag([clip])[0]

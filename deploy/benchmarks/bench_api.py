@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.benchmarks.common import load_tagger, model_windows, percentile, real_clips, scratch_postgres, time_model
-from tests.servers import api_server
+from deploy.benchmarks.common import load_tagger, model_windows, percentile, real_clips, scratch_postgres, time_model
+from deploy.processes import api_server
 
 
 def _load_clips(url: str, n: int, labels: list[str], seed: int = 0) -> list[str]:
@@ -54,8 +54,8 @@ def _latencies(client: httpx.Client, urls: list[str]) -> list[float]:
 
 
 def _summary(name: str, lat: list[float]) -> dict:
-    return {f"{name}_p50_ms": round(1000 * percentile(lat, 50), 2), f"{name}_p99_ms": round(1000 * percentile(lat, 99), 2),
-            f"{name}_requests": len(lat)}
+    return {f"{name}_p50_ms": round(1000 * percentile(lat, 50), 2),
+            f"{name}_p99_ms": round(1000 * percentile(lat, 99), 2), f"{name}_requests": len(lat)}
 
 
 def run(quick: bool = False) -> dict:

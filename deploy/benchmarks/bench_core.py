@@ -16,14 +16,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from deploy.benchmarks.common import load_tagger, model_windows, real_clips, scratch_postgres, time_model
 from tagger.audio import decode_file
 from tagger.db import session_factory
 from tagger.ingest import ingest
 from tagger.pipeline import features_row
-from tests.benchmarks.common import load_tagger, model_windows, real_clips, scratch_postgres, time_model
 
 
 def model_only(tagger, clips: list[Path], repeats: int) -> dict:
@@ -31,7 +32,8 @@ def model_only(tagger, clips: list[Path], repeats: int) -> dict:
     out = {}
     for taps in (True, False):
         for bs in (1, 32):
-            ms = 1000 * time_model(tagger, windows[:bs], with_features=taps, repeats=repeats if bs == 32 else 4 * repeats)
+            reps = repeats if bs == 32 else 4 * repeats
+            ms = 1000 * time_model(tagger, windows[:bs], with_features=taps, repeats=reps)
             out[f"model_ms_per_clip_batch{bs}{'_taps' if taps else ''}"] = round(ms, 2)
     return out
 
@@ -92,7 +94,8 @@ def run(quick: bool = False) -> dict:
     tagger, path = load_tagger()
     n = 40 if quick else 200
     clips = real_clips(n)
-    figures = {"model": path.name, "model_version": tagger.version, "threads": torch.get_num_threads()}
+    figures: dict[str, Any] = {"model": path.name, "model_version": tagger.version,
+                               "threads": torch.get_num_threads()}
     figures.update(model_only(tagger, clips, repeats=3 if quick else 10))
     figures.update(previous_layout_ratio(tagger, repeats=3 if quick else 10))
     figures.update(ingest_rate(tagger, clips))

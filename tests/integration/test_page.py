@@ -19,13 +19,13 @@ import pytest
 import soundfile as sf
 from sqlalchemy import text
 
+from deploy.processes import api_server, free_port
 from tagger import db
-from tests.conftest import audio_bytes
-from tests.servers import api_server, free_port
+from tests.helpers import REPO, audio_bytes
 
 pytestmark = pytest.mark.browser
-OUT = Path(__file__).resolve().parent.parent / "test-output"
-SAMPLES = Path(__file__).resolve().parent.parent / "tagger" / "assets" / "samples"
+OUT = REPO / "test-output"
+SAMPLES = REPO / "tagger" / "assets" / "samples"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--autoplay-policy=no-user-gesture-required"]

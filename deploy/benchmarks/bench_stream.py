@@ -28,9 +28,9 @@ import psycopg
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from deploy.benchmarks.common import load_tagger, model_windows, percentile, real_clips, scratch_postgres, time_model
 from deploy.dev_broker import start_broker
-from tests.benchmarks.common import load_tagger, model_windows, percentile, real_clips, scratch_postgres, time_model
-from tests.servers import free_port
+from deploy.processes import free_port
 
 PARTITIONS = 4
 
@@ -106,7 +106,7 @@ def _run_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes
         ids = [f"tp-{run}-{i}" for i in range(len(clips))]
         watcher = RowWatcher(db_url, ids, interval=0.1)
         t0 = time.time()
-        for cid, value in zip(ids, clips):
+        for cid, value in zip(ids, clips, strict=True):
             _send(producer, topic, cid, value)
         producer.flush()
         watcher.wait(1200)
@@ -119,7 +119,7 @@ def _run_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes
             watcher = RowWatcher(db_url, lat_ids)
             sent: dict[str, float] = {}
             start = time.time()
-            for i, (cid, value) in enumerate(zip(lat_ids, clips)):
+            for i, (cid, value) in enumerate(zip(lat_ids, clips[:n], strict=True)):
                 time.sleep(max(0.0, start + i / latency_rate - time.time()))
                 sent[cid] = time.time()
                 _send(producer, topic, cid, value)

@@ -1,6 +1,7 @@
 """Settings refuse what a deployment must not run with: example secrets, a missing key."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from tagger.config import Settings
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("key", ["change-me", "change-me-too", "CHANGEME"])
@@ -37,13 +39,26 @@ def test_the_cli_says_so_in_one_line():
 
 
 def test_compose_requires_a_key_and_listens_on_loopback():
-    from pathlib import Path
 
     import yaml
 
-    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     api = compose["services"]["api"]
     assert api["environment"]["SOUNDTAG_API_KEY"].startswith("${SOUNDTAG_API_KEY:?")
     assert api["environment"]["SOUNDTAG_REQUIRE_API_KEY"] == "true"
     assert all(p.startswith("${SOUNDTAG_API_BIND:-127.0.0.1}:") for p in api["ports"])
     assert all(str(p).startswith("127.0.0.1:") for p in compose["services"]["kafka"]["ports"])
+
+
+def test_every_setting_is_in_the_readme_table_and_read_only_through_settings():
+    readme = (REPO / "README.md").read_text()
+    undocumented = [f"SOUNDTAG_{name.upper()}" for name in Settings.model_fields
+                    if f"`SOUNDTAG_{name.upper()}`" not in readme]
+    assert undocumented == []
+    code = [p for top in ("tagger", "api", "stream", "training", "deploy", "migrations")
+            for p in (REPO / top).rglob("*.py")]
+    bypass = [f"{p.relative_to(REPO)}: {m}" for p in code
+              for m in re.findall(r"environ(?:\.get)?\s*[(\[]\s*[\"'](SOUNDTAG_(?!TEST_)\w+)", p.read_text())]
+    # Every SOUNDTAG_* variable goes through tagger.config.Settings (SOUNDTAG_TEST_* are the
+    # test suite's and the benchmarks' own, see CONTRIBUTING.md).
+    assert bypass == []

@@ -1,0 +1,82 @@
+"""What many tests use: audio makers, a database outage, waiting for a condition."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import psycopg
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout
+PG_ADMIN_URL = os.environ.get("SOUNDTAG_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+T = TypeVar("T")
+
+
+def make_tone(seconds: float = 1.0, sr: int = 44100, channels: int = 1, freq: float = 440.0,
+              seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    base = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(len(t))
+    cols = [base * (0.5 + 0.5 * c / max(channels, 1)) for c in range(channels)]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def audio_bytes(fmt: str = "WAV", seconds: float = 1.0, sr: int = 44100, channels: int = 1, seed: int = 0,
+                subtype: str | None = None) -> bytes:
+    """A tone written by libsndfile: WAV, FLAC, OGG, AIFF…; ``seed`` makes each one different."""
+    buf = io.BytesIO()
+    sf.write(buf, make_tone(seconds, sr, channels, 200 + 37 * seed, seed), sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def encoded_bytes(container: str, codec: str, sr: int = 44100, seconds: float = 1.0, seed: int = 0) -> bytes:
+    """A tone encoded by FFmpeg (PyAV): MP3, M4A/AAC and WebM/Opus as people's files hold them."""
+    import av
+
+    samples = make_tone(seconds, sr, 1, 200 + 37 * seed, seed)[:, 0]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=sr, layout="mono")
+        frame_size = 1152 if codec == "libmp3lame" else 1024
+        fmt = stream.codec_context.codec.audio_formats[0].name
+        pts = 0
+        for start in range(0, len(samples), frame_size):
+            chunk = samples[start : start + frame_size]
+            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = sr, pts
+            pts += len(chunk)
+            resampled = av.AudioResampler(format=fmt, layout="mono", rate=sr).resample(frame)
+            for r in resampled:
+                out.mux(stream.encode(r))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+ENCODED_FORMATS = {"mp3": ("mp3", "libmp3lame", 44100), "m4a": ("ipod", "aac", 44100),
+                   "webm": ("webm", "libopus", 48000)}
+
+
+def block_database(name: str, blocked: bool) -> None:
+    """A database outage as clients see it: new connections refused, open ones ended."""
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if blocked else "true"}')
+        if blocked:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy (and return that), or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

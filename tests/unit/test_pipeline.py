@@ -1,0 +1,58 @@
+"""decode_payloads → run_model → finish_records: every payload comes back as exactly one
+record, tagged or failed with a reason, whatever goes wrong with it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tagger.audio import sha256_hex
+from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
+from tagger.records import CLIP_ID_MAX, Status
+from tests.helpers import audio_bytes
+
+
+def test_each_payload_becomes_one_record_in_order(random_tagger, tmp_path):
+    good = audio_bytes("WAV", 1.0, seed=1)
+    on_disk = tmp_path / "clip.flac"
+    on_disk.write_bytes(audio_bytes("FLAC", 2.0, seed=2))
+    payloads = [
+        Payload(data=good, source="a"),
+        Payload(data=b"not audio at all", source="b"),
+        Payload(data=b"", source="c"),
+        Payload(data=good, source="d", clip_id="x" * (CLIP_ID_MAX + 1)),
+        Payload(data=good, source="e", clip_id="known-bad", error="refused upstream"),
+        Payload(data=b"", source="f", path=on_disk),
+        Payload(data=b"", source="g", path=tmp_path / "missing.wav"),
+    ]
+    decoded = decode_payloads(payloads)
+    assert [r.source for r in decoded.records] == list("abcdefg")
+    assert [i for i, _ in decoded.audio] == [0, 5]  # only these decoded
+    a, b, c, d, e, f, g = decoded.records
+    assert a.clip_id == sha256_hex(good) == a.sha256 and a.duration_s == pytest.approx(1.0, abs=0.01)
+    assert b.status == Status.FAILED and "not a readable" in b.error
+    assert c.clip_id == "empty:c" and "empty" in c.error  # empty payloads share no hash id
+    assert "invalid clip id" in d.error and d.clip_id == sha256_hex(good)
+    assert e.clip_id == "known-bad" and e.error == "refused upstream"
+    assert f.sha256 is not None and f.sample_rate == 44100 and f.duration_s == pytest.approx(2.0, abs=0.01)
+    assert "cannot read" in g.error
+
+    records = finish_records(run_model(random_tagger, decoded))
+    assert [r.status for r in records] == [Status.TAGGED] + [Status.FAILED] * 4 + [Status.TAGGED, Status.FAILED]
+    assert len(records[0].top3) == 3 and records[0].features and records[0].model_version == random_tagger.version
+
+
+def test_a_model_error_fails_only_that_clip(random_tagger, monkeypatch):
+    payloads = [Payload(data=audio_bytes("WAV", 1.0, seed=s), source=str(s)) for s in range(3)]
+    real_tag = random_tagger.tag
+
+    def tag(clips):  # a model fault that only this clip triggers (fault injection)
+        if any(c is second for c in clips):
+            raise RuntimeError("this clip breaks the model")
+        return real_tag(clips)
+
+    decoded = decode_payloads(payloads)
+    second = decoded.audio[1][1]
+    monkeypatch.setattr(random_tagger, "tag", tag)
+    records = finish_records(run_model(random_tagger, decoded))
+    assert [r.status for r in records] == [Status.TAGGED, Status.FAILED, Status.TAGGED]
+    assert "tagging failed: RuntimeError: this clip breaks the model" in records[1].error
