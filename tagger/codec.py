@@ -21,10 +21,8 @@ The header lists the arrays in payload order: ``{"name", "shape", "kind", "lo", 
 * ``f16`` — IEEE half floats (the embedding: relative error ≤ 2⁻¹¹).
 * ``i16`` — exact small integers (channel indices).
 
-Compression is zstd level 3. Measured on 64 real ESC-50 clips (spectrogram, feature
-maps and envelope): version 1 (xz preset 1, no delta) took 48.5 kB and 6.0 ms of
-encoding per clip; version 2 takes 47.4 kB and 1.3 ms. Encoding sits on every tagging
-path; higher zstd levels cost several times the time for under 1 % fewer bytes.
+Compression is zstd level 3: encoding sits on every tagging path, and xz or higher zstd
+levels cost several times the time for about the same size (figures in CHANGELOG.md).
 
 Non-finite input is refused rather than stored. Decoders dispatch on the version byte:
 version 1 blobs (``xz(payload)``, no delta) are still read.

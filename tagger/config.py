@@ -66,9 +66,8 @@ class Settings(BaseSettings):
     batch_within_s: float = 0.05
     # Longest a consumer fetch waits at the broker when no message is there. Apache Kafka
     # answers a waiting fetch as soon as a message arrives, so this only bounds latency on
-    # brokers that do not (the dev broker holds the fetch for the whole wait: with Faust's
-    # built-in 1.5 s, publish → stored took 0.8 s at p50). An idle worker sends 1/wait
-    # small requests per second.
+    # brokers that do not (the dev broker holds the fetch for the whole wait, so Faust's
+    # built-in 1.5 s became the latency). An idle worker sends 1/wait small requests per second.
     fetch_max_wait_ms: int = Field(default=100, ge=10, le=30_000)
     # Batches in flight per worker: while one is in the model, the next one decodes and
     # the one before it is stored, so the model waits for neither.

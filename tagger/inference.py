@@ -169,8 +169,8 @@ class Tagger:
         padded = [window_input(torch.from_numpy(c.samples)) for c in clips]
         specs: list[torch.Tensor | None] = [None] * len(clips)
         one = [i for i, p in enumerate(padded) if p.shape[-1] == WINDOW_SAMPLES]
-        # Equal lengths: batched STFTs, a few clips at a time. Measured on this CPU, 8
-        # clips per call take 1.9 ms/clip and 64 per call 3.7 ms/clip (cache-bound).
+        # Equal lengths: batched STFTs, a few clips at a time (larger calls fall out of
+        # the CPU caches and cost more per clip).
         chunk = LOG_MEL_CHUNK if self.device.type == "cpu" else len(one) or 1
         for c in range(0, len(one), chunk):
             ids = one[c : c + chunk]
@@ -208,13 +208,12 @@ def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNE
     """Each tap's (B, C, H, W) activations → per clip its channel mean and k strongest channels.
 
     Done for the whole batch in a few tensor ops: per-clip loops over small tensors cost
-    more in dispatch than in arithmetic (they dominated tagging time when they ran per clip).
+    more in dispatch than in arithmetic.
     """
     out = {}
     for name, fm in feats.items():
         # Reduce the model's own (channels-last, maybe bf16) tensor with fp32 accumulation
-        # and convert only the few maps kept: copying whole taps to contiguous fp32 first
-        # took twice as long.
+        # and convert only the few maps kept, not whole taps.
         fm = fm.cpu()
         c = fm.shape[1]
         idx = torch.argsort(fm.mean(dim=(2, 3), dtype=torch.float32), dim=1, descending=True)[:, : min(k, c)]
