@@ -81,3 +81,16 @@ def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
+
+
+def cpu_name() -> str:
+    """The CPU model and whether it has AVX-512 BF16 (bf16 autocast) or runs fp32."""
+    import re
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    kind = "AVX-512 BF16" if "avx512_bf16" in info else "AVX2 only, fp32" if "avx2" in info else "no AVX2"
+    return f"{model.group(1).strip() if model else 'unknown CPU'} ({kind}, {os.cpu_count()} cores)"

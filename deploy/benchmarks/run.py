@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
-SUITES = ("core", "api", "stream")
+from deploy.benchmarks.common import cpu_name
+
+SUITES = ("core", "versus", "api", "stream")
 
 
 def main() -> int:
@@ -28,8 +29,7 @@ def main() -> int:
     args = parser.parse_args()
     out_dir = Path("test-output")
     out_dir.mkdir(exist_ok=True)
-    cpu = platform.processor() or platform.machine()
-    print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for name in args.suites or SUITES:
         module = __import__(f"deploy.benchmarks.bench_{name}", fromlist=["run"])
         t0 = time.perf_counter()

@@ -1,0 +1,116 @@
+"""`soundtag ingest` against the per-file script a user would write, on the same clips, in
+one run; and the CPU each stage costs per clip, which bounds what any pipeline can reach.
+
+- ingest: `tagger.ingest.ingest` into a fresh PostgreSQL database (decode ‖ model ‖ store,
+  batches of 32, feature maps encoded and stored);
+- per-file alternative: for each file, decode, run the model at batch 1, and write the
+  original service's JSON answer (`POST /inference` shape: predictions, every layer's
+  map, the spectrogram, the waveform) next to it;
+- stages: CPU seconds per clip (process time, all threads) of decoding, the log-mel, the
+  model with its feature-map taps at batch 32, the summaries and encoding of what is
+  stored, and the database write. The bound is cores ÷ their sum (clips/s if every core
+  did only this work); efficiency is ingest's measured rate ÷ that bound.
+
+Real-time factor: seconds of audio tagged per second of wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from api.original_response import inference_response
+from deploy.benchmarks.common import cpu_name, load_tagger, real_clips, scratch_postgres
+from tagger.audio import decode_file
+from tagger.db import session_factory
+from tagger.features import log_mel, window_input
+from tagger.inference import LOG_MEL_CHUNK, forward, summarize_feature_maps
+from tagger.ingest import ingest
+from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
+from tagger.repository import save_clips
+
+
+def per_file_alternative(tagger, clips: list[Path], out_dir: Path) -> float:
+    """Seconds of wall time for the obvious script; its answers are written to out_dir."""
+    t0 = time.perf_counter()
+    for p in clips:
+        audio = decode_file(p)
+        result = tagger.tag([audio])[0]
+        answer = inference_response(audio, result, tagger.layer_maps(audio))
+        (out_dir / f"{p.stem}.json").write_text(json.dumps(answer))
+    return time.perf_counter() - t0
+
+
+def stage_cpu(tagger, clips: list[Path], url: str) -> dict[str, float]:
+    """CPU seconds per clip of each stage, run one after the other on batches of 32 the way
+    the pipeline runs them (log-mel a few clips per call)."""
+    cpu = dict.fromkeys(("decode", "log_mel", "model", "summaries", "encoding", "store"), 0.0)
+    sessions = session_factory(url)
+
+    @contextmanager
+    def timed(stage: str) -> Iterator[None]:
+        t = time.process_time()
+        yield
+        cpu[stage] += time.process_time() - t
+
+    for start in range(0, len(clips), 32):
+        with timed("decode"):
+            decoded = decode_payloads([Payload(data=b"", source=str(p), path=p) for p in clips[start : start + 32]])
+        waves = [window_input(torch.from_numpy(a.samples)) for _, a in decoded.audio]
+        with timed("log_mel"):
+            specs = torch.cat([log_mel(torch.stack(waves[i : i + LOG_MEL_CHUNK]))
+                               for i in range(0, len(waves), LOG_MEL_CHUNK)])
+        with timed("model"):
+            _, feats, _ = forward(tagger.model, specs, tagger.device, with_features=True)
+        with timed("summaries"):
+            summarize_feature_maps(feats)
+        tagged = run_model(tagger, decoded)  # the answers to encode (not timed: done above)
+        with timed("encoding"):
+            records = finish_records(tagged)
+        with timed("store"), sessions.begin() as session:
+            save_clips(session, records)
+    return {k: v / len(clips) for k, v in cpu.items()}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    tagger, _ = load_tagger()
+    clips = real_clips(40 if quick else 400)
+    audio_s = sum(decode_file(p).duration_s for p in clips)
+    cores = torch.get_num_threads()
+    figures: dict[str, Any] = {"cpu": cpu_name(), "threads": cores, "model_version": tagger.version,
+                               "clips": len(clips), "audio_seconds": round(audio_s, 1)}
+    folder = Path(tempfile.mkdtemp(prefix="soundtag-versus-"))
+    answers = folder / "answers"
+    answers.mkdir()
+    try:
+        for p in clips:
+            shutil.copy(p, folder / p.name)
+        per_file_alternative(tagger, clips[:4], answers)  # warm-up
+        alt_s = per_file_alternative(tagger, clips, answers)
+        with scratch_postgres() as url:
+            summary = ingest([folder / p.name for p in clips], tagger, session_factory(url), batch_size=32,
+                             progress=False)
+        with scratch_postgres() as url:
+            stages = stage_cpu(tagger, clips, url)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ingest_rate = summary.tagged / summary.seconds
+    alt_rate = len(clips) / alt_s
+    bound = cores / sum(stages.values())
+    figures.update({
+        "ingest_clips_per_s": round(ingest_rate, 1),
+        "ingest_real_time_factor": round(ingest_rate * audio_s / len(clips)),
+        "per_file_clips_per_s": round(alt_rate, 1),
+        "per_file_real_time_factor": round(alt_rate * audio_s / len(clips)),
+        "ingest_to_per_file_ratio": round(ingest_rate / alt_rate, 2),
+        **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},
+        "bound_clips_per_s": round(bound, 1),
+        "ingest_efficiency": round(ingest_rate / bound, 2),
+    })
+    return figures
