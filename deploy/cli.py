@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-p", type=float, help="probability of a short crop repeated to fill (default: 0.3)")
     p.add_argument("--band-p", type=float, help="probability of the clip through 8 or 16 kHz (default: 0.3)")
     p.add_argument("--mix", choices=["db", "sound"],
-                   help="mix two clips as MixUp of dB inputs (default) or as sound (between-class learning)")
+                   help="mix two clips as sound (between-class learning; default) or as MixUp of the dB inputs")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--cv", action="store_true", default=False, help="4-fold cross-validation on folds 1–4")
     p.add_argument("--limit", type=int, help="train on only N clips (smoke test)")

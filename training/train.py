@@ -7,8 +7,9 @@ Recipe for recordings that are not ESC-50: per-window level reference (in the mo
 clips filled by repetition as served, with probability ``crop_p`` a random 0.5–2.5 s
 crop repeated to fill the window (what a short excerpt looks like), a random circular
 time shift, with probability ``band_p`` the clip as heard through an 8 or 16 kHz
-sample rate (cached variants, the decoder's own resampler), SpecAugment, MixUp
-(Beta(0.2, 0.2)), label smoothing 0.1, dropout 0.5, AdamW with OneCycleLR. bf16
+sample rate (cached variants, the decoder's own resampler), SpecAugment, two clips
+mixed as sound (``mix="sound"``; ``"db"`` is MixUp of the dB inputs with
+Beta(0.2, 0.2)), label smoothing 0.1, dropout 0.5, AdamW with OneCycleLR. bf16
 autocast on CPUs that support it and fp16 autocast on CUDA.
 
 Every epoch writes ``last.pt`` (model, optimizer, scheduler, epoch, RNG) so
@@ -45,7 +46,7 @@ class TrainConfig:
     max_lr: float = 2e-3
     weight_decay: float = 0.01
     mixup_alpha: float = 0.2
-    mix: str = "db"  # "db": MixUp of the dB inputs; "sound": two clips mixed as sound (between-class)
+    mix: str = "sound"  # two clips mixed as sound (between-class learning); "db": MixUp of the dB inputs
     label_smoothing: float = 0.1
     freq_mask: int = 12
     time_mask: int = 60
