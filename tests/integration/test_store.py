@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tagger import db
-from tagger.records import ClipRecord
+from tagger.records import ClipRecord, Status
 from tagger.repository import label_counts, list_clips, save_clips, tagged_ids
 from tagger.tables import Clip, ClipFeatures, Tag
 from tests.helpers import PG_ADMIN_URL
@@ -144,3 +144,22 @@ def test_migrations_build_exactly_the_tables_the_code_declares(store_url):
     finally:
         if not fresh.startswith("sqlite"):
             db.drop_database(PG_ADMIN_URL, name)
+
+
+def test_one_batch_holding_a_clip_several_times_leaves_what_writing_them_in_order_would(store_url):
+    sessions = db.session_factory(store_url)
+    failed = ClipRecord(clip_id="a", source="kafka:x/0/9", status=Status.FAILED, error="boom")
+    batch = [_tagged("a"), failed, _tagged("a", labels=("siren", "engine", "train"), version="m2"),
+             _tagged("b"), ClipRecord(clip_id="b", source="kafka:x/0/10", status=Status.FAILED, error="late"),
+             ClipRecord(clip_id="c", source="kafka:x/0/11", status=Status.FAILED, error="first"),
+             ClipRecord(clip_id="c", source="kafka:x/0/12", status=Status.FAILED, error="second")]
+    batch += [_tagged(f"many{i:03d}") for i in range(150)]  # more rows than one statement holds
+    with sessions.begin() as s:
+        save_clips(s, batch)
+    with sessions() as s:
+        a, b, c = (s.get(Clip, i) for i in "abc")
+        assert a.status == "tagged" and a.model_version == "m2"
+        assert [t.label for t in a.tags] == ["siren", "engine", "train"]
+        assert b.status == "tagged" and b.error is None and len(b.tags) == 3
+        assert c.status == "failed" and c.error == "second" and c.tags == []
+        assert _count(s, Clip) == 153 and _count(s, Tag) == 3 * 152 and _count(s, ClipFeatures) == 152
