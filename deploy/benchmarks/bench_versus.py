@@ -1,8 +1,12 @@
-"""`soundtag ingest` against the per-file script a user would write, on the same clips, in
-one run; and the CPU each stage costs per clip, which bounds what any pipeline can reach.
+"""`soundtag ingest` and the stream path against the per-file script a user would write, on
+the same clips, in one run; and the CPU each stage costs per clip, which bounds what any
+pipeline can reach.
 
 - ingest: `tagger.ingest.ingest` into a fresh PostgreSQL database (decode ‖ model ‖ store,
   batches of 32, feature maps encoded and stored);
+- stream: the clips published to a real tansu broker, tagged by a `soundtag worker`
+  process (batches of 32), from the first send to the last row in PostgreSQL (the
+  consumer-group join is not counted);
 - per-file alternative: for each file, decode, run the model at batch 1, and write the
   original service's JSON answer (`POST /inference` shape: predictions, every layer's
   map, the spectrogram, the waveform) next to it;
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 from api.original_response import inference_response
+from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
 from deploy.benchmarks.common import cpu_name, load_tagger, real_clips, scratch_postgres
 from tagger.audio import decode_file
 from tagger.db import session_factory
@@ -81,7 +86,7 @@ def stage_cpu(tagger, clips: list[Path], url: str) -> dict[str, float]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    tagger, _ = load_tagger()
+    tagger, model_path = load_tagger()
     clips = real_clips(40 if quick else 400)
     audio_s = sum(decode_file(p).duration_s for p in clips)
     cores = torch.get_num_threads()
@@ -100,6 +105,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                              progress=False)
         with scratch_postgres() as url:
             stages = stage_cpu(tagger, clips, url)
+        # The stream path: a real broker and a `soundtag worker` process (batches of 32).
+        with dev_broker(folder) as bootstrap, scratch_postgres("soundtag_bench_versus") as url:
+            stream = run_stream_config(bootstrap, url, model_path, [p.read_bytes() for p in clips], 32, None,
+                                       folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ingest_rate = summary.tagged / summary.seconds
@@ -110,7 +119,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ingest_real_time_factor": round(ingest_rate * audio_s / len(clips)),
         "per_file_clips_per_s": round(alt_rate, 1),
         "per_file_real_time_factor": round(alt_rate * audio_s / len(clips)),
+        "stream_clips_per_s": stream["clips_per_s"],
+        "stream_real_time_factor": round(stream["clips_per_s"] * audio_s / len(clips)),
         "ingest_to_per_file_ratio": round(ingest_rate / alt_rate, 2),
+        "stream_to_per_file_ratio": round(stream["clips_per_s"] / alt_rate, 2),
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},
         "bound_clips_per_s": round(bound, 1),
         "ingest_efficiency": round(ingest_rate / bound, 2),
