@@ -151,7 +151,7 @@ def _decode(open_source: Callable[[], BinaryIO], head: bytes, wav_frames: tuple[
             errors.append(str(exc))
         except AudioError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: a decoder library's own surprise is this file's fault
             errors.append(f"{type(exc).__name__}: {exc}"[:300])
     else:
         kind = f"{fmt.upper()} " if fmt else ""

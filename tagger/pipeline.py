@@ -80,7 +80,7 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
         except AudioError as exc:
             rec.error = str(exc)
             continue
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: an unforeseen fault fails this clip, not the batch
             log.exception("decoding %s failed unexpectedly", p.source)
             rec.error = f"decoding failed: {type(exc).__name__}: {exc}"[:2000]
             continue
@@ -113,7 +113,7 @@ def finish_records(tagged: Tagged) -> list[ClipRecord]:
             continue
         try:
             features = features_row(result)
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: one clip's encoding fault is that clip's alone
             log.exception("encoding the features of %s failed", rec.source)
             rec.error = f"storing features failed: {type(exc).__name__}: {exc}"[:2000]
             continue
@@ -130,12 +130,12 @@ def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio]) -> list[T
         return []
     try:
         return list(tagger.tag(clips))
-    except Exception:
+    except Exception:  # broad on purpose: a model error must not lose the other clips
         log.exception("batch of %d clips failed; retrying one by one", len(clips))
     out: list[TagResult | Exception] = []
     for clip in clips:
         try:
             out.append(tagger.tag([clip])[0])
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: this clip's alone
             out.append(exc)
     return out

@@ -27,7 +27,7 @@ def readyz(state: Annotated[AppState, Depends(get_state)]):
         with state.sessions() as session:
             session.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as exc:
+    except Exception as exc:  # broad on purpose: readiness reports, never raises
         checks["database"] = f"unavailable: {type(exc).__name__}"
     checks["model"] = f"ok: {state.tagger.version}" if state.tagger else f"not loaded: {state.model_error}"
     ready = all(v.startswith("ok") for v in checks.values())
