@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import lzma
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -60,23 +61,15 @@ def max_abs_error(lo: float, hi: float, bits: int = DEFAULT_BITS) -> float:
 
 def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) -> bytes:
     """Encode ``{name: (kind, array)}`` into one blob."""
+    items = [(name, kind, np.asarray(arr)) for name, (kind, arr) in arrays.items()]
+    quantized = _quantize_u8([(name, arr) for name, kind, arr in items if kind == "u8"], bits)
     header, chunks = [], []
-    for name, (kind, arr) in arrays.items():
-        arr = np.asarray(arr)
+    for name, kind, arr in items:
         entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "kind": kind}
         if kind == "u8":
-            x = arr.astype(np.float64)
-            if x.size and not np.isfinite(x).all():
-                raise CodecError(f"{name}: non-finite values cannot be stored")
-            lo = float(x.min()) if x.size else 0.0
-            hi = float(x.max()) if x.size else 0.0
-            levels = 2**bits - 1
-            scale = (hi - lo) / levels or 1.0
-            q = np.rint((x - lo) / scale).clip(0, levels).astype(np.uint8)
+            q, lo, hi = quantized[name]
             entry.update(lo=lo, hi=hi, bits=bits)
             if q.ndim >= 2:
-                # uint8 arithmetic wraps modulo 256, and 2^bits divides 256.
-                q = np.diff(q, axis=DELTA_AXIS, prepend=np.uint8(0)) & np.uint8(levels)
                 entry["delta"] = DELTA_AXIS
             chunks.append(q.tobytes())
         elif kind in _KINDS:
@@ -85,8 +78,51 @@ def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) 
             raise CodecError(f"{name}: unknown kind {kind!r}")
         header.append(entry)
     head = json.dumps({"arrays": header}, separators=(",", ":")).encode()
-    body = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(chunks))
+    body = _compressor().compress(b"".join(chunks))
     return MAGIC + struct.pack("<BI", VERSION, len(head)) + head + body
+
+
+def _quantize_u8(arrays: list[tuple[str, np.ndarray]], bits: int) -> dict[str, tuple[np.ndarray, float, float]]:
+    """name → (quantised array, with row deltas from two dimensions up; lo; hi).
+
+    Arrays of one shape (a tap's channel mean and its kept channels) are quantised
+    together in a few array operations: one at a time, the per-call overhead was most
+    of the encoding's cost. Each keeps its own lo and hi."""
+    by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
+    for name, arr in arrays:
+        by_shape.setdefault(arr.shape, []).append((name, arr))
+    levels = 2**bits - 1
+    out = {}
+    for shape, group in by_shape.items():
+        x = np.stack([arr for _, arr in group]).astype(np.float64)
+        flat = x.reshape(len(group), -1)
+        if flat.shape[1]:
+            lo, hi = flat.min(axis=1), flat.max(axis=1)  # NaN and ±inf show up in these
+        else:
+            lo = hi = np.zeros(len(group))
+        for (name, _), a, b in zip(group, lo, hi, strict=True):
+            if not (np.isfinite(a) and np.isfinite(b)):
+                raise CodecError(f"{name}: non-finite values cannot be stored")
+        scale = (hi - lo) / levels
+        scale[scale == 0] = 1.0
+        expand = (slice(None), *([None] * len(shape)))
+        q = np.rint((x - lo[expand]) / scale[expand]).clip(0, levels).astype(np.uint8)
+        if len(shape) >= 2:
+            # uint8 arithmetic wraps modulo 256, and 2^bits divides 256.
+            q = np.diff(q, axis=DELTA_AXIS, prepend=np.uint8(0)) & np.uint8(levels)
+        out.update({name: (q[j], float(lo[j]), float(hi[j])) for j, (name, _) in enumerate(group)})
+    return out
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One compressor per thread (a compressor is not safe to share between threads)."""
+    if not hasattr(_local, "compressor"):
+        _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor: zstandard.ZstdCompressor = _local.compressor
+    return compressor
 
 
 def decode(blob: bytes) -> dict[str, np.ndarray]:

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     # may call the API from a browser; none by default. "*" allows any origin.
     cors_origins: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # What runs the network: ONNX Runtime on CPU and torch on CUDA under "auto" (the
+    # benchmarks README compares them); "torch" forces eager PyTorch (bf16 autocast on
+    # CPUs with AVX-512 BF16).
+    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
+    # Intra-op threads of the model and features; 0: one on two cores (the pipeline's
+    # decode and store threads use the other), all cores but one on larger machines.
+    model_threads: int = Field(default=0, ge=0, le=512)
     # Randomly initialised checkpoints (plumbing tests) are refused unless this is set.
     allow_untrained: bool = False
 

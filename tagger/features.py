@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 
 import torch
-import torchaudio.transforms as T
+import torchaudio.functional as F_audio
 
 from tagger.audio import SAMPLE_RATE as SAMPLE_RATE  # the decoder's output rate, re-exported
 
@@ -47,38 +47,44 @@ PREPROCESSING = {
 SILENCE = 1e-4  # |sample| below this is digital silence (ESC-50 pads clips with zeros)
 
 
-class _LogMel(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.mel = T.MelSpectrogram(
-            sample_rate=SAMPLE_RATE,
-            n_fft=N_FFT,
-            hop_length=HOP_LENGTH,
-            n_mels=N_MELS,
-            f_min=F_MIN,
-            f_max=F_MAX,
-            power=2.0,
-        )
-        self.to_db = T.AmplitudeToDB(stype="power", top_db=TOP_DB)
-
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        # (B, samples) → (B, 1, n_mels, frames). The channel axis matters:
-        # AmplitudeToDB clamps to max-top_db over all but the leading axis, so with
-        # it each clip is clamped against its own peak, not the batch's.
-        db: torch.Tensor = self.to_db(self.mel(waveforms.unsqueeze(1)))
-        return db
-
-
 @functools.cache
-def _log_mel_module(device: str) -> _LogMel:
-    return _LogMel().to(device).eval()
+def _transform_constants(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The periodic Hann window and the (n_mels, n_freqs) HTK mel filterbank: torchaudio's
+    own, so the features equal ``torchaudio.transforms.MelSpectrogram`` with these settings."""
+    window = torch.hann_window(N_FFT, device=device)
+    filters = F_audio.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm=None, mel_scale="htk")
+    return window, filters.T.contiguous().to(device)
 
 
-@functools.cache
-def _framed_mel_module(device: str) -> T.MelSpectrogram:
-    """The same mel power, on frames the caller has already cut (no centre padding)."""
-    return T.MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS,
-                            f_min=F_MIN, f_max=F_MAX, power=2.0, center=False).to(device).eval()
+def _mel_power(padded: torch.Tensor) -> torch.Tensor:
+    """(B, samples) already padded → (B, N_MELS, frames) mel power of its uncentred frames.
+
+    One STFT call, the power as re² + im² (what |z|² means, without the square root that
+    ``abs().pow(2)`` takes and undoes) and one filterbank matmul per batch.
+    """
+    window, filters = _transform_constants(str(padded.device))
+    spec = torch.view_as_real(torch.stft(padded, N_FFT, HOP_LENGTH, window=window, center=False,
+                                         return_complex=True))
+    spec.square_()
+    return torch.matmul(filters, spec[..., 0] + spec[..., 1])
+
+
+def _to_db(power: torch.Tensor) -> torch.Tensor:
+    """Power → dB (reference 1), floored TOP_DB below each clip's own peak: torchaudio's
+    ``AmplitudeToDB(stype="power", top_db=TOP_DB)`` applied per clip."""
+    db = 10.0 * torch.log10(torch.clamp(power, min=1e-10))
+    return torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - TOP_DB)
+
+
+def _reflect_pad(waveforms: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """What ``F.pad(mode="reflect")`` gives, as one concatenation (half its cost here)."""
+    if max(left, right) >= waveforms.shape[-1]:
+        raise ValueError(f"cannot reflect {max(left, right)} samples of a {waveforms.shape[-1]}-sample signal")
+    parts = [waveforms[..., 1 : left + 1].flip(-1)] if left else []
+    parts.append(waveforms)
+    if right:
+        parts.append(waveforms[..., -right - 1 : -1].flip(-1))
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else waveforms
 
 
 LONG_CLIP_CHUNK_FRAMES = 4096  # ≈ 47 s of audio per STFT call for clips longer than that
@@ -88,9 +94,10 @@ LONG_CLIP_CHUNK_FRAMES = 4096  # ≈ 47 s of audio per STFT call for clips longe
 def log_mel(waveforms: torch.Tensor) -> torch.Tensor:
     """Log-mel (dB) of a batch of equal-length mono 44.1 kHz waveforms, shape (B, samples).
 
-    Returns float32 (B, 1, N_MELS, 1 + samples // HOP_LENGTH). A single long clip is
-    transformed in chunks of frames, so a 30-minute file never holds its whole complex
-    STFT (0.6 GB) at once; the frames are the same as in one call.
+    Returns float32 (B, 1, N_MELS, 1 + samples // HOP_LENGTH): centred frames, the
+    clip's edges reflected. A single long clip is transformed in chunks of frames, so a
+    30-minute file never holds its whole complex STFT (0.6 GB) at once; the frames are
+    the same as in one call.
     """
     if waveforms.dim() == 1:
         waveforms = waveforms.unsqueeze(0)
@@ -98,13 +105,11 @@ def log_mel(waveforms: torch.Tensor) -> torch.Tensor:
     frames = 1 + waveforms.shape[-1] // HOP_LENGTH
     if waveforms.shape[0] == 1 and frames > 2 * LONG_CLIP_CHUNK_FRAMES:
         return _long_log_mel(waveforms[0])
-    db: torch.Tensor = _log_mel_module(str(waveforms.device))(waveforms)
-    return db
+    pad = N_FFT // 2
+    return _to_db(_mel_power(_reflect_pad(waveforms, pad, pad))).unsqueeze(1)
 
 
 def _long_log_mel(x: torch.Tensor) -> torch.Tensor:
-    module = _log_mel_module(str(x.device))
-    framed = _framed_mel_module(str(x.device))
     n, pad = x.shape[-1], N_FFT // 2
     frames = 1 + n // HOP_LENGTH
     parts = []
@@ -112,13 +117,9 @@ def _long_log_mel(x: torch.Tensor) -> torch.Tensor:
         f1 = min(frames, f0 + LONG_CLIP_CHUNK_FRAMES)
         start, end = f0 * HOP_LENGTH - pad, (f1 - 1) * HOP_LENGTH + pad
         segment = x[max(start, 0) : min(end, n)]
-        left, right = max(0, -start), max(0, end - n)
-        if left or right:  # the clip's own edges: reflect, as the centred transform does
-            segment = torch.nn.functional.pad(segment[None, None], (left, right), mode="reflect")[0, 0]
-        parts.append(framed(segment))
-    power = torch.cat(parts, dim=-1)
-    db: torch.Tensor = module.to_db(power[None, None])
-    return db
+        # The clip's own edges: reflect, as the centred transform does.
+        parts.append(_mel_power(_reflect_pad(segment[None], max(0, -start), max(0, end - n))))
+    return _to_db(torch.cat(parts, dim=-1)).unsqueeze(1)
 
 
 def window_input(samples: torch.Tensor) -> torch.Tensor:
@@ -136,14 +137,17 @@ def window_input(samples: torch.Tensor) -> torch.Tensor:
     return sound.repeat(-(-WINDOW_SAMPLES // sound.shape[-1]))[:WINDOW_SAMPLES]
 
 
-def _sound_end(samples: torch.Tensor, block: int = 65_536) -> int:
+def _sound_end(samples: torch.Tensor, first_block: int = 4096) -> int:
     """One past the last sample louder than digital silence (0 if none), found from the
-    end block by block: a long clip is not scanned, nor copied, as a whole."""
-    for end in range(samples.shape[-1], 0, -block):
+    end in blocks that double in size: a clip that ends loud costs one small block, a
+    long clip is neither scanned nor copied as a whole."""
+    end, block = samples.shape[-1], first_block
+    while end > 0:
         start = max(0, end - block)
         loud = torch.nonzero(samples[start:end].abs() > SILENCE)
         if len(loud):
             return start + int(loud[-1]) + 1
+        end, block = start, min(2 * block, 1 << 20)
     return 0
 
 

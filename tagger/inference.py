@@ -21,7 +21,8 @@ import torch
 
 from tagger.audio import DecodedAudio
 from tagger.checkpoint import Checkpoint, load_checkpoint
-from tagger.device import autocast_dtype, resolve_device
+from tagger.device import resolve_device
+from tagger.engine import Engine, EngineName, default_threads, forward, make_engine
 from tagger.features import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -35,7 +36,6 @@ from tagger.features import (
 
 TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the channel mean
 ENVELOPE_POINTS = 1000
-LOG_MEL_CHUNK = 8  # clips per batched STFT on CPU
 FEATURE_MAP_MAX_SECONDS = 60  # feature maps of a long clip cover its first minute
 FEATURE_MAP_MAX_FRAMES = 1 + FEATURE_MAP_MAX_SECONDS * SAMPLE_RATE // HOP_LENGTH
 
@@ -46,19 +46,6 @@ def feature_map_span_s(duration_s: float) -> float:
     if 1 + int(duration_s * SAMPLE_RATE) // HOP_LENGTH <= WINDOW_FRAMES:
         return WINDOW_SECONDS
     return min(duration_s, FEATURE_MAP_MAX_SECONDS)
-
-
-@torch.inference_mode()
-def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, with_features: bool = False,
-            block_taps: dict[str, torch.Tensor] | None = None) -> Any:
-    """The one forward pass, for serving and for validation while training: channels-last,
-    at the device's mixed precision (bf16 on CPUs that have it, fp16 on CUDA)."""
-    if device.type == "cuda":
-        x = x.pin_memory()  # lets the copy overlap with the previous batch's compute
-    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    dtype = autocast_dtype(device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        return model(x, with_features=with_features, block_taps=block_taps)
 
 
 @dataclass
@@ -73,27 +60,33 @@ class TagResult:
 
 
 class Tagger:
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, batch_size: int = 32) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, batch_size: int = 32,
+                 engine: EngineName = "auto", threads: int | None = None) -> None:
         self.device = device
         self.batch_size = batch_size
         self.model = checkpoint.model.to(device).to(memory_format=torch.channels_last).eval()
         self.class_names = checkpoint.class_names
         self.version = checkpoint.version
+        self.threads = threads or default_threads()
+        self.engine: Engine = make_engine(self.model, device, engine, self.threads)
         # One forward at a time: on a few cores concurrent forwards only fight for them.
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> Tagger:
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, engine: EngineName = "auto",
+             threads: int | None = None) -> Tagger:
         dev = resolve_device(device)
         if dev.type == "cuda":
             batch_size *= 4  # a GPU has memory to spare and is idle between small batches
-        return cls(load_checkpoint(path, dev), dev, batch_size)
+        return cls(load_checkpoint(path, dev), dev, batch_size, engine, threads)
 
     # -- model ---------------------------------------------------------------
     def _forward(self, x: torch.Tensor, with_features: bool,
                  block_taps: dict[str, torch.Tensor] | None = None) -> Any:
         with self._lock:
-            return forward(self.model, x, self.device, with_features=with_features, block_taps=block_taps)
+            if block_taps is not None:  # every block's output: only the torch module has them
+                return forward(self.model, x, self.device, with_features=with_features, block_taps=block_taps)
+            return self.engine(x, with_features)
 
     def probabilities(self, windows: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
         """Class probabilities of (1, n_mels, frames) spectrogram windows (a tensor or a list
@@ -107,13 +100,30 @@ class Tagger:
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     # -- clips ---------------------------------------------------------------
-    def tag(self, clips: list[DecodedAudio]) -> list[TagResult]:
-        """Each clip's top 3, probabilities, feature maps and, past one window, its timeline."""
-        specs = self._spectrograms(clips)
+    def tag(self, clips: list[DecodedAudio], specs: list[torch.Tensor] | None = None) -> list[TagResult]:
+        """Each clip's top 3, probabilities, feature maps and, past one window, its timeline.
+
+        ``specs``: the clips' ``features`` when the caller computed them already (the
+        pipeline does, on its decode threads)."""
+        if specs is None:
+            self._use_model_threads()
+            specs = [self.features(c) for c in clips]
         single = [i for i, spec in enumerate(specs) if len(window_starts(spec.shape[-1])) == 1]
         long = [i for i in range(len(clips)) if i not in set(single)]
         results = self._tag_single_windows(clips, specs, single) | self._tag_long(clips, specs, long)
         return [results[i] for i in range(len(clips))]
+
+    def features(self, clip: DecodedAudio) -> torch.Tensor:
+        """(1, 1, n_mels, frames): the log-mel of what the model sees of a clip (``window_input``).
+
+        One clip at a time, on the calling thread: the pipeline runs it on its decode
+        threads, in parallel, next to the decoding."""
+        return log_mel(window_input(torch.from_numpy(clip.samples)).to(self.device))
+
+    def _use_model_threads(self) -> None:
+        # PyTorch's intra-op thread count belongs to the calling thread.
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def _tag_single_windows(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
                             chosen: list[int]) -> dict[int, TagResult]:
@@ -156,7 +166,8 @@ class Tagger:
     def layer_maps(self, clip: DecodedAudio) -> dict[str, np.ndarray]:
         """Channel means of the stem, every stage and every residual block (before and after
         its last activation) for one clip, over what the model sees of it."""
-        spec = self._spectrograms([clip])[0][..., :FEATURE_MAP_MAX_FRAMES]
+        self._use_model_threads()
+        spec = self.features(clip)[..., :FEATURE_MAP_MAX_FRAMES]
         taps: dict[str, torch.Tensor] = {}
         _, feats, _ = self._forward(spec, with_features=True, block_taps=taps)
         ordered = {"stem": feats["stem"]}
@@ -164,23 +175,6 @@ class Tagger:
             ordered.update({k: v for k, v in taps.items() if k.startswith(f"stage{i}.")})
             ordered[f"stage{i}"] = feats[f"stage{i}"]
         return {name: fm[0].float().mean(dim=0).cpu().numpy() for name, fm in ordered.items()}
-
-    def _spectrograms(self, clips: list[DecodedAudio]) -> list[torch.Tensor]:
-        padded = [window_input(torch.from_numpy(c.samples)) for c in clips]
-        specs: list[torch.Tensor | None] = [None] * len(clips)
-        one = [i for i, p in enumerate(padded) if p.shape[-1] == WINDOW_SAMPLES]
-        # Equal lengths: batched STFTs, a few clips at a time (larger calls fall out of
-        # the CPU caches and cost more per clip).
-        chunk = LOG_MEL_CHUNK if self.device.type == "cpu" else len(one) or 1
-        for c in range(0, len(one), chunk):
-            ids = one[c : c + chunk]
-            batch = log_mel(torch.stack([padded[i] for i in ids]).to(self.device))
-            for j, i in enumerate(ids):
-                specs[i] = batch[j : j + 1]
-        for i, p in enumerate(padded):
-            if specs[i] is None:
-                specs[i] = log_mel(p.unsqueeze(0).to(self.device))
-        return specs  # type: ignore[return-value]
 
     def _top3(self, probs: np.ndarray) -> list[tuple[str, float]]:
         order = np.argsort(-probs)[:3]

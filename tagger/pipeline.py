@@ -9,10 +9,14 @@ that clip's alone.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tagger import codec
 from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, file_sha256, sha256_hex
@@ -46,48 +50,75 @@ def features_row(result: TagResult) -> dict[str, Any]:
 
 @dataclass
 class Decoded:
-    """Payloads after decoding: one record each, plus the audio of those that decoded."""
+    """Payloads after decoding: one record each, plus the audio (and, when the decoder
+    computed them, the model's input features) of those that decoded."""
 
     records: list[ClipRecord]
     audio: list[tuple[int, DecodedAudio]]
+    features: list[torch.Tensor] | None = None  # aligned with ``audio``
 
 
-def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None) -> Decoded:
-    records: list[ClipRecord] = []
-    audio: list[tuple[int, DecodedAudio]] = []
-    for i, p in enumerate(payloads):
-        data = p.data if isinstance(p.data, (bytes, bytearray, memoryview)) else b""
-        sha = p.sha256 or (sha256_hex(bytes(data)) if data else None)
-        clip_id, problem = p.clip_id, p.error
-        if clip_id is not None and (bad := clip_id_problem(clip_id)):
-            problem, clip_id = problem or f"invalid clip id: {bad}", None
-        if clip_id is None:
-            # Empty payloads share one hash, so they get an id from where they came from.
-            clip_id = sha or f"empty:{p.source}"[:CLIP_ID_MAX]
-        rec = ClipRecord(clip_id=clip_id, source=p.source, status=Status.FAILED, sha256=sha, error=problem)
-        records.append(rec)
-        if problem:
-            continue
-        try:
-            if p.path:
-                rec.sha256 = rec.sha256 or file_sha256(p.path)
-                decoded = decode_file(p.path, max_duration_s)
-            else:
-                decoded = decode_bytes(p.data, max_duration_s)
-        except OSError as exc:
-            rec.error = f"cannot read {p.path}: {exc.strerror or exc}"
-            continue
-        except AudioError as exc:
-            rec.error = str(exc)
-            continue
-        except Exception as exc:  # broad on purpose: an unforeseen fault fails this clip, not the batch
-            log.exception("decoding %s failed unexpectedly", p.source)
-            rec.error = f"decoding failed: {type(exc).__name__}: {exc}"[:2000]
-            continue
-        rec.sample_rate, rec.channels = decoded.sample_rate, decoded.channels
-        rec.duration_s = round(decoded.duration_s, 4)
-        audio.append((i, decoded))
-    return Decoded(records, audio)
+Featurize = Callable[[DecodedAudio], torch.Tensor]
+MapFn = Callable[[Callable[[Payload], "_Decoded"], list[Payload]], Iterable["_Decoded"]]
+
+
+@dataclass
+class _Decoded:
+    record: ClipRecord
+    audio: DecodedAudio | None = None
+    features: torch.Tensor | None = None
+
+
+def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None,
+                    featurize: Featurize | None = None, map_fn: MapFn = map) -> Decoded:
+    """Decode every payload (and compute its features with ``featurize``, if given).
+
+    ``map_fn`` runs the per-payload work: ``map`` here, a thread pool's ``map`` in the
+    stage runner (decoders and the log-mel release the GIL)."""
+    one = functools.partial(_decode_one, max_duration_s=max_duration_s, featurize=featurize)
+    done = list(map_fn(one, payloads))
+    audio = [(i, d.audio) for i, d in enumerate(done) if d.audio is not None]
+    features = [d.features for d in done if d.audio is not None and d.features is not None]
+    return Decoded([d.record for d in done], audio, features if len(features) == len(audio) else None)
+
+
+def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize | None) -> _Decoded:
+    data = p.data if isinstance(p.data, (bytes, bytearray, memoryview)) else b""
+    sha = p.sha256 or (sha256_hex(bytes(data)) if data else None)
+    clip_id, problem = p.clip_id, p.error
+    if clip_id is not None and (bad := clip_id_problem(clip_id)):
+        problem, clip_id = problem or f"invalid clip id: {bad}", None
+    if clip_id is None:
+        # Empty payloads share one hash, so they get an id from where they came from.
+        clip_id = sha or f"empty:{p.source}"[:CLIP_ID_MAX]
+    rec = ClipRecord(clip_id=clip_id, source=p.source, status=Status.FAILED, sha256=sha, error=problem)
+    if problem:
+        return _Decoded(rec)
+    try:
+        if p.path:
+            rec.sha256 = rec.sha256 or file_sha256(p.path)
+            decoded = decode_file(p.path, max_duration_s)
+        else:
+            decoded = decode_bytes(p.data, max_duration_s)
+    except OSError as exc:
+        rec.error = f"cannot read {p.path}: {exc.strerror or exc}"
+        return _Decoded(rec)
+    except AudioError as exc:
+        rec.error = str(exc)
+        return _Decoded(rec)
+    except Exception as exc:  # broad on purpose: an unforeseen fault fails this clip, not the batch
+        log.exception("decoding %s failed unexpectedly", p.source)
+        rec.error = f"decoding failed: {type(exc).__name__}: {exc}"[:2000]
+        return _Decoded(rec)
+    rec.sample_rate, rec.channels = decoded.sample_rate, decoded.channels
+    rec.duration_s = round(decoded.duration_s, 4)
+    try:
+        features = featurize(decoded) if featurize is not None else None
+    except Exception as exc:  # broad on purpose: as above
+        log.exception("computing the features of %s failed", p.source)
+        rec.error = f"computing features failed: {type(exc).__name__}: {exc}"[:2000]
+        return _Decoded(rec)
+    return _Decoded(rec, decoded, features)
 
 
 @dataclass
@@ -101,7 +132,8 @@ class Tagged:
 
 def run_model(tagger: Tagger, decoded: Decoded) -> Tagged:
     """The model step alone, so callers can overlap the encoding after it with the next batch."""
-    return Tagged(decoded, _tag_isolating_failures(tagger, [a for _, a in decoded.audio]), tagger.version)
+    clips = [a for _, a in decoded.audio]
+    return Tagged(decoded, _tag_isolating_failures(tagger, clips, decoded.features), tagger.version)
 
 
 def finish_records(tagged: Tagged) -> list[ClipRecord]:
@@ -124,18 +156,19 @@ def finish_records(tagged: Tagged) -> list[ClipRecord]:
     return tagged.decoded.records
 
 
-def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio]) -> list[TagResult | Exception]:
+def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio],
+                            features: list[torch.Tensor] | None) -> list[TagResult | Exception]:
     """Tag a batch; if the batch fails, retry clip by clip so one bad clip fails alone."""
     if not clips:
         return []
     try:
-        return list(tagger.tag(clips))
+        return list(tagger.tag(clips, features))
     except Exception:  # broad on purpose: a model error must not lose the other clips
         log.exception("batch of %d clips failed; retrying one by one", len(clips))
     out: list[TagResult | Exception] = []
-    for clip in clips:
+    for n, clip in enumerate(clips):
         try:
-            out.append(tagger.tag([clip])[0])
+            out.append(tagger.tag([clip], [features[n]] if features is not None else None)[0])
         except Exception as exc:  # broad on purpose: this clip's alone
             out.append(exc)
     return out

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import torch
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,6 +83,10 @@ class DatabaseWaiter:
                 self._down_since = None
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _first_line(exc: Exception) -> str:
     return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -111,18 +117,30 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
             waiter.run(functools.partial(write, [failed]), f"recording clip {rec.clip_id} as failed")
 
 
+def _one_intra_op_thread() -> None:
+    # Decode threads run side by side: each clip's log-mel on its own thread's core.
+    torch.set_num_threads(1)
+
+
 class StageRunner:
     def __init__(self, tagger: Tagger, sessions: sessionmaker[Session], max_duration_s: float | None = None,
-                 waiter: DatabaseWaiter | None = None) -> None:
+                 waiter: DatabaseWaiter | None = None, decode_threads: int | None = None) -> None:
         self.tagger, self.sessions, self.max_duration_s = tagger, sessions, max_duration_s
         self.waiter = waiter or DatabaseWaiter()
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode")
+        # Clips of a batch decode (and get their log-mel) in parallel on as many threads
+        # as there are cores: libsndfile, FFmpeg and torch release the GIL, so this stage
+        # takes up whatever CPU the model and the store leave idle.
+        self._clip_decoders = ThreadPoolExecutor(max_workers=decode_threads or _cores(),
+                                                 thread_name_prefix="soundtag-decode-clip",
+                                                 initializer=_one_intra_op_thread)
         self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model")
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store")
 
     # Each stage on its own thread; callers chain the futures to overlap batches.
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
-        return self._decoder.submit(decode_payloads, payloads, self.max_duration_s)
+        return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, self.tagger.features,
+                                    self._clip_decoders.map)
 
     def tag(self, decoded: Decoded) -> Future[Tagged]:
         return self._model.submit(run_model, self.tagger, decoded)
@@ -146,5 +164,5 @@ class StageRunner:
         return await asyncio.wrap_future(self.store(tagged))
 
     def close(self, wait: bool = True) -> None:
-        for pool in (self._decoder, self._model, self._storer):
+        for pool in (self._decoder, self._clip_decoders, self._model, self._storer):
             pool.shutdown(wait=wait, cancel_futures=True)

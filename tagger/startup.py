@@ -23,7 +23,8 @@ def load_tagger(settings: Settings | None = None) -> Tagger:
             f"{settings.model_path} holds randomly initialised weights, not a trained model. "
             "Point SOUNDTAG_MODEL_PATH at a trained checkpoint or train one with `soundtag train`."
         )
-    return Tagger.load(settings.model_path, device=settings.device, batch_size=settings.batch_size)
+    return Tagger.load(settings.model_path, device=settings.device, batch_size=settings.batch_size,
+                       engine=settings.engine, threads=settings.model_threads or None)
 
 
 def open_database(settings: Settings | None = None, migrate: bool = True) -> sessionmaker[Session]:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from tagger.checkpoint import save_checkpoint
 from tagger.device import autocast_dtype, resolve_device
-from tagger.inference import forward
+from tagger.engine import forward
 from tagger.network import AudioCNN, reference_to_peak
 from training.data import BAND_LIMITS, TEST_FOLD, load_spectrograms, read_esc50
 

@@ -7,12 +7,14 @@ pipeline can reach.
 - stream: the clips published to a real tansu broker, tagged by a `soundtag worker`
   process (batches of 32), from the first send to the last row in PostgreSQL (the
   consumer-group join is not counted);
-- per-file alternative: for each file, decode, run the model at batch 1, and write the
+- per-file alternative: for each file, decode, run the model at batch 1 (eager PyTorch with
+  its default threads, what a script gets), and write the
   original service's JSON answer (`POST /inference` shape: predictions, every layer's
   map, the spectrogram, the waveform) next to it;
-- stages: CPU seconds per clip (process time, all threads) of decoding, the log-mel, the
-  model with its feature-map taps at batch 32, the summaries and encoding of what is
-  stored, and the database write. The bound is cores ÷ their sum (clips/s if every core
+- stages: CPU seconds per clip (process time) of decoding, the log-mel, the network with
+  its feature-map taps at batch 32, the feature-map summaries and results, the encoding
+  of what is stored, and the database write, each on one thread as the pipeline runs
+  them. The bound is cores ÷ their sum (clips/s if every core
   did only this work); efficiency is ingest's measured rate ÷ that bound.
 
 Real-time factor: seconds of audio tagged per second of wall time.
@@ -21,6 +23,7 @@ Real-time factor: seconds of audio tagged per second of wall time.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -36,8 +39,7 @@ from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
 from deploy.benchmarks.common import cpu_name, load_tagger, real_clips, scratch_postgres
 from tagger.audio import decode_file
 from tagger.db import session_factory
-from tagger.features import log_mel, window_input
-from tagger.inference import LOG_MEL_CHUNK, forward, summarize_feature_maps
+from tagger.inference import Tagger
 from tagger.ingest import ingest
 from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
 from tagger.repository import save_clips
@@ -56,8 +58,9 @@ def per_file_alternative(tagger, clips: list[Path], out_dir: Path) -> float:
 
 def stage_cpu(tagger, clips: list[Path], url: str) -> dict[str, float]:
     """CPU seconds per clip of each stage, run one after the other on batches of 32 the way
-    the pipeline runs them (log-mel a few clips per call)."""
-    cpu = dict.fromkeys(("decode", "log_mel", "model", "summaries", "encoding", "store"), 0.0)
+    the pipeline runs them, each on one thread (the model's own thread count is the
+    tagger's)."""
+    cpu = dict.fromkeys(("decode", "log_mel", "model", "summaries_results", "encoding", "store"), 0.0)
     sessions = session_factory(url)
 
     @contextmanager
@@ -66,22 +69,21 @@ def stage_cpu(tagger, clips: list[Path], url: str) -> dict[str, float]:
         yield
         cpu[stage] += time.process_time() - t
 
+    torch.set_num_threads(1)  # as on the pipeline's decode threads
     for start in range(0, len(clips), 32):
         with timed("decode"):
             decoded = decode_payloads([Payload(data=b"", source=str(p), path=p) for p in clips[start : start + 32]])
-        waves = [window_input(torch.from_numpy(a.samples)) for _, a in decoded.audio]
         with timed("log_mel"):
-            specs = torch.cat([log_mel(torch.stack(waves[i : i + LOG_MEL_CHUNK]))
-                               for i in range(0, len(waves), LOG_MEL_CHUNK)])
+            decoded.features = [tagger.features(a) for _, a in decoded.audio]
         with timed("model"):
-            _, feats, _ = forward(tagger.model, specs, tagger.device, with_features=True)
-        with timed("summaries"):
-            summarize_feature_maps(feats)
-        tagged = run_model(tagger, decoded)  # the answers to encode (not timed: done above)
+            tagger.engine(torch.cat(decoded.features), True)  # the network alone
+        with timed("summaries_results"):
+            tagged = run_model(tagger, decoded)  # the network again, taken off below
         with timed("encoding"):
             records = finish_records(tagged)
         with timed("store"), sessions.begin() as session:
             save_clips(session, records)
+    cpu["summaries_results"] -= cpu["model"]
     return {k: v / len(clips) for k, v in cpu.items()}
 
 
@@ -89,8 +91,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     tagger, model_path = load_tagger()
     clips = real_clips(40 if quick else 400)
     audio_s = sum(decode_file(p).duration_s for p in clips)
-    cores = torch.get_num_threads()
-    figures: dict[str, Any] = {"cpu": cpu_name(), "threads": cores, "model_version": tagger.version,
+    cores = len(os.sched_getaffinity(0))
+    figures: dict[str, Any] = {"cpu": cpu_name(), "cores": cores, "engine": tagger.engine.name,
+                               "model_threads": tagger.threads, "model_version": tagger.version,
                                "clips": len(clips), "audio_seconds": round(audio_s, 1)}
     folder = Path(tempfile.mkdtemp(prefix="soundtag-versus-"))
     answers = folder / "answers"
@@ -98,8 +101,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     try:
         for p in clips:
             shutil.copy(p, folder / p.name)
-        per_file_alternative(tagger, clips[:4], answers)  # warm-up
-        alt_s = per_file_alternative(tagger, clips, answers)
+        # What a user's script gets: eager PyTorch with its default threads (all cores).
+        plain = Tagger.load(model_path, device="cpu", engine="torch", threads=cores)
+        per_file_alternative(plain, clips[:4], answers)  # warm-up
+        alt_s = per_file_alternative(plain, clips, answers)
         with scratch_postgres() as url:
             summary = ingest([folder / p.name for p in clips], tagger, session_factory(url), batch_size=32,
                              progress=False)

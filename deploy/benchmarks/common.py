@@ -68,7 +68,7 @@ def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats
     """Seconds per clip of the bare forward pass (the one serving uses, bf16 autocast included)."""
     import time
 
-    from tagger.inference import forward
+    from tagger.engine import forward
 
     forward(tagger.model, batch, tagger.device, with_features=with_features)  # warm-up: allocator, kernels
     times = []

@@ -13,7 +13,7 @@ from tests.helpers import REPO
 # Lower layers never import higher ones.
 LAYERS: list[set[str]] = [
     {"tagger.records", "tagger.audio", "tagger.config", "tagger.device", "tagger.codec", "tagger.files"},
-    {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.inference", "tagger.pipeline"},
+    {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.engine", "tagger.inference", "tagger.pipeline"},
     {"tagger.tables", "tagger.repository", "tagger.db", "migrations"},  # the store
     {"tagger.stages", "tagger.ingest", "tagger.startup"},  # decode ‖ model ‖ store, wired to the store
     {"api", "stream", "training"},  # shells, each on its own

@@ -45,12 +45,13 @@ def test_a_model_error_fails_only_that_clip(random_tagger, monkeypatch):
     payloads = [Payload(data=audio_bytes("WAV", 1.0, seed=s), source=str(s)) for s in range(3)]
     real_tag = random_tagger.tag
 
-    def tag(clips):  # a model fault that only this clip triggers (fault injection)
+    def tag(clips, specs=None):  # a model fault that only this clip triggers (fault injection)
         if any(c is second for c in clips):
             raise RuntimeError("this clip breaks the model")
-        return real_tag(clips)
+        return real_tag(clips, specs)
 
-    decoded = decode_payloads(payloads)
+    decoded = decode_payloads(payloads, featurize=random_tagger.features)
+    assert decoded.features is not None and len(decoded.features) == 3
     second = decoded.audio[1][1]
     monkeypatch.setattr(random_tagger, "tag", tag)
     records = finish_records(run_model(random_tagger, decoded))
