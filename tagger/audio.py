@@ -200,10 +200,16 @@ def _read_libsndfile(source: BinaryIO, max_duration_s: float | None,
         out = _MonoResampler(rate, max_duration_s, declared)
         try:
             while True:
-                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                # Mono at the model's rate (most recordings, all of ESC-50) is decoded
+                # straight into the output buffer: no block to allocate and copy.
+                target = out.direct_target(BLOCK_FRAMES) if channels == 1 else None
+                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True, out=target)
                 if not len(block):
                     break
-                out.add(block)
+                if target is not None:
+                    out.added_directly(len(block))
+                else:
+                    out.add(block)
                 if f.tell() >= f.frames:
                     break
         except (sf.LibsndfileError, RuntimeError) as exc:
@@ -291,6 +297,25 @@ class _MonoResampler:
             raise AudioError("audio contains NaN or infinite samples")
         self._append(mono if self.stream is None else self.stream.resample_chunk(mono))
 
+    def direct_target(self, frames: int) -> np.ndarray | None:
+        """Where the next mono block may be decoded in place, as (frames, 1); None when
+        it has to be resampled first."""
+        if self.stream is not None:
+            return None
+        if len(self.buffer) - self.length < 1024:  # full (the header's length was a guess or a lie)
+            self._reserve(self.length + frames)
+        frames = min(frames, len(self.buffer) - self.length)
+        return self.buffer[self.length : self.length + frames].reshape(-1, 1)
+
+    def added_directly(self, frames: int) -> None:
+        """``frames`` were decoded into ``direct_target``: check them as ``add`` does."""
+        self.frames_in += frames
+        if self.max_duration_s is not None and self.frames_in > self.max_duration_s * self.rate:
+            raise AudioError(f"clip is over the limit of {self.max_duration_s:.0f} s (SOUNDTAG_MAX_DURATION_S)")
+        if not np.isfinite(self.buffer[self.length : self.length + frames]).all():
+            raise AudioError("audio contains NaN or infinite samples")
+        self.length += frames
+
     def finish(self) -> np.ndarray:
         if self.stream is not None:
             self._append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
@@ -298,12 +323,15 @@ class _MonoResampler:
 
     def _append(self, part: np.ndarray) -> None:
         end = self.length + len(part)
+        self._reserve(end)
+        self.buffer[self.length : end] = part
+        self.length = end
+
+    def _reserve(self, end: int) -> None:
         if end > len(self.buffer):
             grown = np.empty(max(end, len(self.buffer) * 3 // 2), dtype=np.float32)
             grown[: self.length] = self.buffer[: self.length]
             self.buffer = grown
-        self.buffer[self.length : end] = part
-        self.length = end
 
 
 def _refuse_declared_length(frames: int | None, rate: int, max_duration_s: float | None) -> None:

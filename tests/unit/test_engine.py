@@ -1,0 +1,64 @@
+"""Inference engines: ONNX Runtime (the CPU default) answers as eager PyTorch does."""
+
+import numpy as np
+import pytest
+import torch
+
+from tagger.audio import DecodedAudio
+from tagger.engine import OnnxRuntimeEngine, TorchEngine, default_threads, make_engine
+from tagger.inference import Tagger
+from tagger.network import FEATURE_TAPS
+
+
+def _clips(seconds: list[float]) -> list[DecodedAudio]:
+    rng = np.random.default_rng(3)
+    return [DecodedAudio((0.1 * rng.standard_normal(int(s * 44100))).astype(np.float32), 44100, 1) for s in seconds]
+
+
+def test_auto_is_onnxruntime_on_cpu_with_the_default_threads(random_tagger):
+    assert isinstance(random_tagger.engine, OnnxRuntimeEngine)
+    assert random_tagger.threads == default_threads() >= 1
+
+
+def test_onnxruntime_answers_as_eager_fp32_torch(random_checkpoint):
+    onnx = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
+    eager = Tagger.load(random_checkpoint, device="cpu", engine="torch")
+    if "fp32" not in eager.engine.name:
+        pytest.skip("this CPU runs torch in bf16: not the fp32 reference")
+    clips = _clips([5.0, 1.3, 12.0])  # one window, a short clip repeated, a long clip with windows
+    for a, b in zip(onnx.tag(clips), eager.tag(clips), strict=True):
+        assert [label for label, _ in a.top3] == [label for label, _ in b.top3]
+        assert np.abs(a.probabilities - b.probabilities).max() < 1e-4
+        assert np.abs(a.embedding - b.embedding).max() < 1e-3
+        assert a.feature_maps.keys() == b.feature_maps.keys() == set(FEATURE_TAPS)
+        for tap in FEATURE_TAPS:
+            assert a.feature_maps[tap]["mean"].shape == b.feature_maps[tap]["mean"].shape
+            assert np.abs(a.feature_maps[tap]["mean"] - b.feature_maps[tap]["mean"]).max() < 1e-3
+        assert [w["start_s"] for w in a.timeline] == [w["start_s"] for w in b.timeline]
+
+
+def test_the_engine_takes_any_batch_and_length(random_tagger):
+    for batch, frames in ((1, 431), (3, 100), (2, 2000)):
+        logits, maps, embedding = random_tagger.engine(torch.zeros(batch, 1, 64, frames), True)
+        assert logits.shape == (batch, 50) and embedding.shape[0] == batch
+        assert maps["stem"].shape[0] == batch and maps["stem"].shape[-1] == (frames + 3) // 4
+
+
+def test_engine_choice(random_tagger):
+    model, cpu = random_tagger.model, torch.device("cpu")
+    assert isinstance(make_engine(model, cpu, "torch", 1), TorchEngine)
+    assert isinstance(make_engine(model, cpu, "onnxruntime", 1), OnnxRuntimeEngine)
+    with pytest.raises(ValueError, match="CPU only"):
+        make_engine(model, torch.device("cuda"), "onnxruntime", 1)
+
+
+def test_threads_setting_reaches_the_tagger(random_checkpoint, monkeypatch):
+    from tagger.config import Settings
+    from tagger.startup import load_tagger
+
+    monkeypatch.setenv("SOUNDTAG_MODEL_PATH", str(random_checkpoint))
+    monkeypatch.setenv("SOUNDTAG_ALLOW_UNTRAINED", "1")
+    monkeypatch.setenv("SOUNDTAG_MODEL_THREADS", "2")
+    monkeypatch.setenv("SOUNDTAG_ENGINE", "torch")
+    tagger = load_tagger(Settings())
+    assert tagger.threads == 2 and isinstance(tagger.engine, TorchEngine)
