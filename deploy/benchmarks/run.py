@@ -19,7 +19,7 @@ import torch
 
 from deploy.benchmarks.common import cpu_name
 
-SUITES = ("core", "versus", "api", "stream")
+SUITES = ("core", "versus", "engines", "api", "stream")
 
 
 def main() -> int:
