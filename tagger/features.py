@@ -47,26 +47,40 @@ PREPROCESSING = {
 SILENCE = 1e-4  # |sample| below this is digital silence (ESC-50 pads clips with zeros)
 
 
+MEL_BANDS = 4  # groups of neighbouring filters, each multiplied only over the bins it covers
+
+
 @functools.cache
-def _transform_constants(device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The periodic Hann window and the (n_mels, n_freqs) HTK mel filterbank: torchaudio's
-    own, so the features equal ``torchaudio.transforms.MelSpectrogram`` with these settings."""
+def _transform_constants(device: str) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int, int]]]:
+    """The periodic Hann window and the HTK mel filterbank: torchaudio's own, so the
+    features equal ``torchaudio.transforms.MelSpectrogram`` with these settings.
+
+    The filterbank comes as ``MEL_BANDS`` blocks (filters, first bin, end bin): a filter
+    is zero outside its triangle, so each group of neighbouring filters needs only the
+    bins its triangles cover (a quarter of the multiply-adds of the whole matrix)."""
     window = torch.hann_window(N_FFT, device=device)
-    filters = F_audio.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm=None, mel_scale="htk")
-    return window, filters.T.contiguous().to(device)
+    filters = F_audio.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm=None,
+                                      mel_scale="htk").T.contiguous()  # (n_mels, n_freqs)
+    bands = []
+    for group in torch.arange(N_MELS).chunk(MEL_BANDS):
+        bins = torch.nonzero(filters[group].sum(dim=0))[:, 0]
+        first, end = int(bins[0]), int(bins[-1]) + 1
+        bands.append((filters[group, first:end].contiguous().to(device), first, end))
+    return window, bands
 
 
 def _mel_power(padded: torch.Tensor) -> torch.Tensor:
     """(B, samples) already padded → (B, N_MELS, frames) mel power of its uncentred frames.
 
     One STFT call, the power as re² + im² (what |z|² means, without the square root that
-    ``abs().pow(2)`` takes and undoes) and one filterbank matmul per batch.
+    ``abs().pow(2)`` takes and undoes) and the banded filterbank.
     """
-    window, filters = _transform_constants(str(padded.device))
+    window, bands = _transform_constants(str(padded.device))
     spec = torch.view_as_real(torch.stft(padded, N_FFT, HOP_LENGTH, window=window, center=False,
                                          return_complex=True))
     spec.square_()
-    return torch.matmul(filters, spec[..., 0] + spec[..., 1])
+    power = spec[..., 0] + spec[..., 1]
+    return torch.cat([torch.matmul(block, power[..., first:end, :]) for block, first, end in bands], dim=-2)
 
 
 def _to_db(power: torch.Tensor) -> torch.Tensor:
