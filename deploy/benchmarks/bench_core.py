@@ -1,6 +1,6 @@
 """Issue 2 figures: model-only inference, `soundtag ingest` end to end, bytes stored per clip.
 
-- model-only: the Tagger's forward pass (bf16 autocast where the CPU has it, channels-last)
+- model-only: the Tagger's engine (ONNX Runtime fp32 on CPU by default) on its threads,
   on precomputed 5 s log-mel windows, ms per clip at batch 1 and batch 32, with the
   feature-map taps the pipeline stores and without;
 - ingest: `tagger.ingest.ingest` on real 5 s clips into a fresh PostgreSQL database
@@ -40,18 +40,21 @@ def model_only(tagger, clips: list[Path], repeats: int) -> dict:
 
 def previous_layout_ratio(tagger, repeats: int) -> dict:
     """Model-only ms per clip of the layout shipped before (ResNet-18 widths 64→512 on 128
-    mel bins) against today's, same batch, precision and thread count, in this run."""
+    mel bins) against today's, same batch, engine (eager torch: a layout comparison),
+    precision and thread count, in this run."""
     from tagger.checkpoint import Checkpoint
     from tagger.features import N_MELS, WINDOW_FRAMES
     from tagger.inference import Tagger
     from tagger.network import AudioCNN
 
     previous = Tagger(Checkpoint(AudioCNN(widths=(64, 128, 256, 512)).eval(), tagger.class_names, "previous", {}),
-                      tagger.device)
+                      tagger.device, engine="torch", threads=tagger.threads)
+    current = Tagger(Checkpoint(tagger.model, tagger.class_names, tagger.version, {}), tagger.device,
+                     engine="torch", threads=tagger.threads)
     out = {}
     for bs in (1, 32):
         n = repeats if bs == 32 else 4 * repeats
-        now = time_model(tagger, torch.randn(bs, 1, N_MELS, WINDOW_FRAMES), True, n)
+        now = time_model(current, torch.randn(bs, 1, N_MELS, WINDOW_FRAMES), True, n)
         before = time_model(previous, torch.randn(bs, 1, 128, WINDOW_FRAMES), True, n)
         out[f"previous_layout_ms_per_clip_batch{bs}_taps"] = round(1000 * before, 2)
         out[f"model_to_previous_ratio_batch{bs}"] = round(now / before, 3)

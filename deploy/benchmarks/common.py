@@ -65,16 +65,16 @@ def model_windows(tagger: Tagger, clips: list[Path], count: int = 32) -> torch.T
 
 
 def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats: int) -> float:
-    """Seconds per clip of the bare forward pass (the one serving uses, bf16 autocast included)."""
+    """Seconds per clip of the bare forward pass through the engine serving uses, on the
+    threads it uses."""
     import time
 
-    from tagger.engine import forward
-
-    forward(tagger.model, batch, tagger.device, with_features=with_features)  # warm-up: allocator, kernels
+    torch.set_num_threads(tagger.threads)
+    tagger.engine(batch, with_features)  # warm-up: allocator, kernels
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        forward(tagger.model, batch, tagger.device, with_features=with_features)
+        tagger.engine(batch, with_features)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / len(batch)
 
