@@ -14,10 +14,12 @@ rest of the inference core does not know which one ran.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal, Protocol, cast
 
 import torch
@@ -37,6 +39,20 @@ def default_threads() -> int:
     synchronisation); past that, all but one core, leaving one for decoding and storing."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 1 if cores <= 2 else cores - 1
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count for the calling thread (it is per thread), restored
+    afterwards: a caller's own setting (a training loop, a notebook) is left as it was."""
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if before != threads:
+            torch.set_num_threads(before)
 
 
 @torch.inference_mode()
@@ -67,10 +83,10 @@ class TorchEngine:
         self.name = f"torch ({str(dtype).removeprefix('torch.') if dtype else 'fp32'})"
 
     def __call__(self, x: torch.Tensor, with_features: bool) -> Any:
-        # Intra-op threads are per calling thread in PyTorch: set on whichever thread runs us.
-        if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        return forward(self.model, x, self.device, with_features=with_features)
+        if self.device.type != "cpu":
+            return forward(self.model, x, self.device, with_features=with_features)
+        with intra_op_threads(self.threads):
+            return forward(self.model, x, self.device, with_features=with_features)
 
 
 class _Outputs(torch.nn.Module):

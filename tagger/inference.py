@@ -22,7 +22,7 @@ import torch
 from tagger.audio import DecodedAudio
 from tagger.checkpoint import Checkpoint, load_checkpoint
 from tagger.device import resolve_device
-from tagger.engine import Engine, EngineName, default_threads, forward, make_engine
+from tagger.engine import Engine, EngineName, default_threads, forward, intra_op_threads, make_engine
 from tagger.features import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -106,8 +106,8 @@ class Tagger:
         ``specs``: the clips' ``features`` when the caller computed them already (the
         pipeline does, on its decode threads)."""
         if specs is None:
-            self._use_model_threads()
-            specs = [self.features(c) for c in clips]
+            with intra_op_threads(self.threads):
+                specs = [self.features(c) for c in clips]
         single = [i for i, spec in enumerate(specs) if len(window_starts(spec.shape[-1])) == 1]
         long = [i for i in range(len(clips)) if i not in set(single)]
         results = self._tag_single_windows(clips, specs, single) | self._tag_long(clips, specs, long)
@@ -119,11 +119,6 @@ class Tagger:
         One clip at a time, on the calling thread: the pipeline runs it on its decode
         threads, in parallel, next to the decoding."""
         return log_mel(window_input(torch.from_numpy(clip.samples)).to(self.device))
-
-    def _use_model_threads(self) -> None:
-        # PyTorch's intra-op thread count belongs to the calling thread.
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
 
     def _tag_single_windows(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
                             chosen: list[int]) -> dict[int, TagResult]:
@@ -166,10 +161,10 @@ class Tagger:
     def layer_maps(self, clip: DecodedAudio) -> dict[str, np.ndarray]:
         """Channel means of the stem, every stage and every residual block (before and after
         its last activation) for one clip, over what the model sees of it."""
-        self._use_model_threads()
-        spec = self.features(clip)[..., :FEATURE_MAP_MAX_FRAMES]
-        taps: dict[str, torch.Tensor] = {}
-        _, feats, _ = self._forward(spec, with_features=True, block_taps=taps)
+        with intra_op_threads(self.threads):
+            spec = self.features(clip)[..., :FEATURE_MAP_MAX_FRAMES]
+            taps: dict[str, torch.Tensor] = {}
+            _, feats, _ = self._forward(spec, with_features=True, block_taps=taps)
         ordered = {"stem": feats["stem"]}
         for i in range(1, len(feats)):
             ordered.update({k: v for k, v in taps.items() if k.startswith(f"stage{i}.")})

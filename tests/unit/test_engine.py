@@ -62,3 +62,18 @@ def test_threads_setting_reaches_the_tagger(random_checkpoint, monkeypatch):
     monkeypatch.setenv("SOUNDTAG_ENGINE", "torch")
     tagger = load_tagger(Settings())
     assert tagger.threads == 2 and isinstance(tagger.engine, TorchEngine)
+
+
+def test_tagging_leaves_the_callers_thread_count_alone(random_checkpoint):
+    """PyTorch's thread count is per thread: a training loop or notebook that tags a clip
+    keeps its own (a changed count changes float sums, and training would not be reproducible)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for engine in ("torch", "onnxruntime"):
+            tagger = Tagger.load(random_checkpoint, device="cpu", engine=engine, threads=1)
+            tagger.tag(_clips([2.0]))
+            tagger.layer_maps(_clips([2.0])[0])
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
