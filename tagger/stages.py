@@ -117,9 +117,12 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
             waiter.run(functools.partial(write, [failed]), f"recording clip {rec.clip_id} as failed")
 
 
-def _one_intra_op_thread() -> None:
-    # Decode threads run side by side: each clip's log-mel on its own thread's core.
-    torch.set_num_threads(1)
+def _intra_op_threads(threads: int) -> Callable[[], None]:
+    """A stage thread's PyTorch thread count (it is per thread; a new thread gets one per
+    core). Decode threads run side by side, each clip's log-mel on one core; the model
+    thread uses the tagger's count; the store thread's few tensor operations need one. An
+    extra OpenMP thread would only spin, taking CPU from the other stages."""
+    return functools.partial(torch.set_num_threads, threads)
 
 
 class StageRunner:
@@ -127,15 +130,18 @@ class StageRunner:
                  waiter: DatabaseWaiter | None = None, decode_threads: int | None = None) -> None:
         self.tagger, self.sessions, self.max_duration_s = tagger, sessions, max_duration_s
         self.waiter = waiter or DatabaseWaiter()
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode")
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode",
+                                           initializer=_intra_op_threads(1))
         # Clips of a batch decode (and get their log-mel) in parallel on as many threads
         # as there are cores: libsndfile, FFmpeg and torch release the GIL, so this stage
         # takes up whatever CPU the model and the store leave idle.
         self._clip_decoders = ThreadPoolExecutor(max_workers=decode_threads or _cores(),
                                                  thread_name_prefix="soundtag-decode-clip",
-                                                 initializer=_one_intra_op_thread)
-        self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model")
-        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store")
+                                                 initializer=_intra_op_threads(1))
+        self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model",
+                                         initializer=_intra_op_threads(tagger.threads))
+        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store",
+                                          initializer=_intra_op_threads(1))
 
     # Each stage on its own thread; callers chain the futures to overlap batches.
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
