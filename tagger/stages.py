@@ -139,9 +139,12 @@ class StageRunner:
                                                  thread_name_prefix="soundtag-decode-clip",
                                                  initializer=_intra_op_threads(1))
         self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model",
-                                         initializer=_intra_op_threads(tagger.threads))
+                                         initializer=self._set_model_threads)
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store",
                                           initializer=_intra_op_threads(1))
+
+    def _set_model_threads(self) -> None:  # read when the thread starts: wiring tests pass no tagger
+        torch.set_num_threads(self.tagger.threads)
 
     # Each stage on its own thread; callers chain the futures to overlap batches.
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
