@@ -1,12 +1,13 @@
-"""The one stage runner: decode ‖ model ‖ store, each in its own thread.
+"""The one stage runner: decode (+ log-mel) ‖ model ‖ store, on their own threads.
 
 Bulk ingest, the Faust worker and the API all push batches of payloads through a
-``StageRunner``. Each stage has a single thread, so while the model runs batch n the
-decoder can read batch n+1 and the store can write batch n-1, and nothing blocking ever
-runs on an event loop. Every payload comes out as exactly one stored record, tagged or
-failed with its reason; the only thing that escapes is ``DatabaseUnavailable``, when the
-database stayed away longer than the caller is willing to wait (nothing of that batch
-is then stored, and the caller must not acknowledge it).
+``StageRunner``. One batch at a time per stage, so while the model runs batch n the
+decoders read batch n+1 (its clips in parallel, one thread per core) and the store
+writes batch n-1, and nothing blocking ever runs on an event loop. Every payload comes
+out as exactly one stored record, tagged or failed with its reason; the only thing that
+escapes is ``DatabaseUnavailable``, when the database stayed away longer than the caller
+is willing to wait (nothing of that batch is then stored, and the caller must not
+acknowledge it).
 """
 
 from __future__ import annotations
