@@ -289,12 +289,9 @@ class _MonoResampler:
         self.length = 0
 
     def add(self, block: np.ndarray) -> None:
-        self.frames_in += len(block)
-        if self.max_duration_s is not None and self.frames_in > self.max_duration_s * self.rate:
-            raise AudioError(f"clip is over the limit of {self.max_duration_s:.0f} s (SOUNDTAG_MAX_DURATION_S)")
+        self._count(len(block))
         mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-        if not np.isfinite(mono).all():
-            raise AudioError("audio contains NaN or infinite samples")
+        _check_finite(mono)
         self._append(mono if self.stream is None else self.stream.resample_chunk(mono))
 
     def direct_target(self, frames: int) -> np.ndarray | None:
@@ -309,12 +306,14 @@ class _MonoResampler:
 
     def added_directly(self, frames: int) -> None:
         """``frames`` were decoded into ``direct_target``: check them as ``add`` does."""
+        self._count(frames)
+        _check_finite(self.buffer[self.length : self.length + frames])
+        self.length += frames
+
+    def _count(self, frames: int) -> None:
         self.frames_in += frames
         if self.max_duration_s is not None and self.frames_in > self.max_duration_s * self.rate:
             raise AudioError(f"clip is over the limit of {self.max_duration_s:.0f} s (SOUNDTAG_MAX_DURATION_S)")
-        if not np.isfinite(self.buffer[self.length : self.length + frames]).all():
-            raise AudioError("audio contains NaN or infinite samples")
-        self.length += frames
 
     def finish(self) -> np.ndarray:
         if self.stream is not None:
@@ -332,6 +331,11 @@ class _MonoResampler:
             grown = np.empty(max(end, len(self.buffer) * 3 // 2), dtype=np.float32)
             grown[: self.length] = self.buffer[: self.length]
             self.buffer = grown
+
+
+def _check_finite(samples: np.ndarray) -> None:
+    if not np.isfinite(samples).all():
+        raise AudioError("audio contains NaN or infinite samples")
 
 
 def _refuse_declared_length(frames: int | None, rate: int, max_duration_s: float | None) -> None:
