@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, which a container's CPU set limits)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from typing import Any, Literal, Protocol, cast
 
 import torch
 
-from tagger.device import autocast_dtype
+from tagger.device import autocast_dtype, cpu_cores
 from tagger.features import N_MELS, WINDOW_FRAMES
 from tagger.network import FEATURE_TAPS
 
@@ -37,7 +36,7 @@ def default_threads() -> int:
     """Intra-op threads for the model: one on a two-core machine (the pipeline's decode
     and store threads use the other core, and one thread per forward wastes nothing on
     synchronisation); past that, all but one core, leaving one for decoding and storing."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_cores()
     return 1 if cores <= 2 else cores - 1
 
 

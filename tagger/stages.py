@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tagger.audio import DecodedAudio
+from tagger.device import cpu_cores
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
 from tagger.records import ClipRecord, Status
@@ -84,10 +84,6 @@ class DatabaseWaiter:
                 self._down_since = None
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _first_line(exc: Exception) -> str:
     return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -118,31 +114,27 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
             waiter.run(functools.partial(write, [failed]), f"recording clip {rec.clip_id} as failed")
 
 
-def _intra_op_threads(threads: int) -> Callable[[], None]:
-    """A stage thread's PyTorch thread count (it is per thread; a new thread gets one per
-    core). Decode threads run side by side, each clip's log-mel on one core; the model
-    thread uses the tagger's count; the store thread's few tensor operations need one. An
-    extra OpenMP thread would only spin, taking CPU from the other stages."""
-    return functools.partial(torch.set_num_threads, threads)
-
-
 class StageRunner:
     def __init__(self, tagger: Tagger, sessions: sessionmaker[Session], max_duration_s: float | None = None,
-                 waiter: DatabaseWaiter | None = None, decode_threads: int | None = None) -> None:
+                 waiter: DatabaseWaiter | None = None) -> None:
         self.tagger, self.sessions, self.max_duration_s = tagger, sessions, max_duration_s
         self.waiter = waiter or DatabaseWaiter()
+        # Each stage thread starts with its PyTorch thread count set (it is per thread, and
+        # a new thread gets one per core): decode threads run side by side, each clip's
+        # log-mel on one core; the model thread uses the tagger's count; the store's few
+        # tensor operations need one. An extra OpenMP thread would only spin, taking CPU
+        # from the other stages.
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode",
-                                           initializer=_intra_op_threads(1))
+                                           initializer=torch.set_num_threads, initargs=(1,))
         # Clips of a batch decode (and get their log-mel) in parallel on as many threads
         # as there are cores: libsndfile, FFmpeg and torch release the GIL, so this stage
         # takes up whatever CPU the model and the store leave idle.
-        self._clip_decoders = ThreadPoolExecutor(max_workers=decode_threads or _cores(),
-                                                 thread_name_prefix="soundtag-decode-clip",
-                                                 initializer=_intra_op_threads(1))
+        self._clip_decoders = ThreadPoolExecutor(max_workers=cpu_cores(), thread_name_prefix="soundtag-decode-clip",
+                                                 initializer=torch.set_num_threads, initargs=(1,))
         self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model",
                                          initializer=self._set_model_threads)
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-store",
-                                          initializer=_intra_op_threads(1))
+                                          initializer=torch.set_num_threads, initargs=(1,))
 
     def _set_model_threads(self) -> None:  # read when the thread starts: wiring tests pass no tagger
         torch.set_num_threads(self.tagger.threads)

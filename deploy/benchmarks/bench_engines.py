@@ -16,7 +16,6 @@ same ONNX graph; only if the `openvino` package is installed: not a dependency).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from deploy.benchmarks.common import cpu_name, load_tagger
-from tagger.device import _cpu_has_bf16
+from tagger.device import _cpu_has_bf16, cpu_cores
 from tagger.engine import OnnxRuntimeEngine, _Outputs, export_onnx
 from tagger.network import FEATURE_TAPS
 
@@ -107,7 +106,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     windows = _fold5_windows(tagger, quick)
     batch = windows[:BATCH]
     bf16 = _cpu_has_bf16()
-    figures: dict[str, Any] = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
+    figures: dict[str, Any] = {"cpu": cpu_name(), "cores": cpu_cores(),
                                "model_version": tagger.version, "batch": BATCH, "fold5_clips": len(windows)}
     makers: dict[str, Callable[[int], Run | None]] = {
         "torch_fp32": lambda t: _torch(model, None),

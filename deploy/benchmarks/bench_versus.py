@@ -23,7 +23,6 @@ Real-time factor: seconds of audio tagged per second of wall time.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -39,6 +38,7 @@ from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
 from deploy.benchmarks.common import cpu_name, load_tagger, real_clips, scratch_postgres
 from tagger.audio import decode_file
 from tagger.db import session_factory
+from tagger.device import cpu_cores
 from tagger.inference import Tagger
 from tagger.ingest import ingest
 from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
@@ -91,7 +91,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     tagger, model_path = load_tagger()
     clips = real_clips(40 if quick else 400)
     audio_s = sum(decode_file(p).duration_s for p in clips)
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_cores()
     figures: dict[str, Any] = {"cpu": cpu_name(), "cores": cores, "engine": tagger.engine.name,
                                "model_threads": tagger.threads, "model_version": tagger.version,
                                "clips": len(clips), "audio_seconds": round(audio_s, 1)}
