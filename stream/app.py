@@ -1,21 +1,22 @@
 """The Faust app: one agent that tags micro-batches from ``audio-clips``.
 
-Per batch (``take_events(max_batch, within)``): messages → payloads → decode → model →
-encode and idempotent upsert (retried with backoff while the database is away) → one
-``audio-tags`` event per tagged clip, the original message to ``audio-clips-dlq`` for
-every failure. The batch's messages are held (``_Consumer.hold``) until all of that is
-durable, so a worker stopped, killed or failing at any instant re-reads what it had not
-finished, and the upsert keeps one result per clip.
+Per batch (``stream.batching.MicroBatcher``: started as soon as one of ``pipeline_depth``
+slots is free, with up to ``max_batch`` messages that have arrived): messages → payloads →
+decode → model → encode and idempotent upsert (retried with backoff while the database is
+away) → one ``audio-tags`` event per tagged clip, the original message to
+``audio-clips-dlq`` for every failure. Each message is held (``_Consumer.hold``) from the
+moment it is read until all of that is durable, so a worker stopped, killed or failing at
+any instant re-reads what it had not finished, and the upsert keeps one result per clip.
 
 Decoding, the model and storing each run in their own single thread, never on the event
-loop (heartbeats keep flowing). ``pipeline_depth`` agent actors share the partitions'
-queue, so while one batch is in the model the next decodes and the previous is stored.
-Actors finish out of order, so the consumer commits an offset only once every message
-before it is acknowledged, whichever actor handled it (``_Consumer._new_offset``).
+loop (heartbeats keep flowing); while one batch is in the model the next decodes and the
+previous is stored. Batches finish out of order, so the consumer commits an offset only
+once every message before it is acknowledged and released (``_Consumer._new_offset``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ except ImportError:  # older Faust acknowledges on the event loop only
     ack_lock = threading.RLock()
 from sqlalchemy.orm import Session, sessionmaker
 
+from stream.batching import MicroBatcher
 from stream.messages import MESSAGE_OVERHEAD_BYTES, dlq_headers, encode_event, payload_from_message
 from tagger.config import Settings
 from tagger.inference import Tagger
@@ -165,33 +167,49 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     runner = StageRunner(tagger, sessions, settings.max_duration_s, DatabaseWaiter(settings.db_retry_s))
 
-    @app.agent(clips, concurrency=settings.pipeline_depth)
+    async def tag_batch(messages: list) -> None:
+        try:
+            records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
+                                        for m in messages])
+            for message, record in zip(messages, records, strict=True):
+                if record.status == Status.TAGGED:
+                    await tags.send(key=record.clip_id.encode(), value=encode_event(record))
+                else:
+                    await dlq.send(key=message.key, value=message.value or b"",
+                                   headers=dlq_headers(message.headers, record.error or "unknown error"))
+            await app.producer.flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # DatabaseUnavailable, or a fault of the producer or of this code
+            # The batch stays held (never committed); stop so that a restart re-reads it.
+            what = str(exc) if isinstance(exc, DatabaseUnavailable) else f"{type(exc).__name__}: {exc}"
+            log.critical("%s; stopping the worker: the batch will be re-read after a restart", what,
+                         exc_info=not isinstance(exc, DatabaseUnavailable))
+            app.gave_up = app.gave_up or what
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        consumer = cast(_Consumer, app.consumer)
+        consumer.release(messages)
+        tagged_count = sum(r.status == Status.TAGGED for r in records)
+        log.info("batch of %d from partitions %s: %d tagged, %d failed", len(records),
+                 sorted({m.partition for m in messages}), tagged_count, len(records) - tagged_count)
+
+    # One reader; the batcher runs up to pipeline_depth batches at once, each started as
+    # soon as a slot is free (stream.batching says why not Faust's take_events).
+    @app.agent(clips)
     async def tag_clips(stream):
         consumer = cast(_Consumer, app.consumer)
-        async for events in stream.take_events(settings.max_batch, within=settings.batch_within_s):
-            messages = [e.message for e in events]
-            consumer.hold(messages)
-            try:
-                records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
-                                            for m in messages])
-                for message, record in zip(messages, records, strict=True):
-                    if record.status == Status.TAGGED:
-                        await tags.send(key=record.clip_id.encode(), value=encode_event(record))
-                    else:
-                        await dlq.send(key=message.key, value=message.value or b"",
-                                       headers=dlq_headers(message.headers, record.error or "unknown error"))
-                await app.producer.flush()
-            except DatabaseUnavailable as exc:
-                # The batch stays held (never committed); stop so that a restart re-reads it.
-                log.critical("%s; stopping the worker: the batch will be re-read after a restart", exc)
-                app.gave_up = str(exc)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            consumer.release(messages)
-            tagged_count = sum(r.status == Status.TAGGED for r in records)
-            log.info("batch of %d from partitions %s: %d tagged, %d failed", len(records),
-                     sorted({m.partition for m in messages}), tagged_count, len(records) - tagged_count)
+        batches = MicroBatcher(tag_batch, settings.max_batch, settings.pipeline_depth, settings.batch_within_s)
+        try:
+            async for event in stream.events():
+                # Held from the moment it is read: Faust acknowledges it when the next one
+                # is read, and acknowledged alone would mean committed.
+                consumer.hold([event.message])
+                await batches.put(event.message)
+        finally:
+            await batches.close()
 
     app.tag_clips = tag_clips  # type: ignore[attr-defined]
+    app.pipeline_depth = settings.pipeline_depth  # type: ignore[attr-defined]
     app.runner = runner  # type: ignore[attr-defined]
     return app

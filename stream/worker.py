@@ -107,7 +107,7 @@ def run_worker(loglevel: str = "info") -> int:
     logging.getLogger("soundtag").setLevel(loglevel.upper())
     print(f"soundtag worker: model {tagger.version} on {tagger.device}, "
           f"{settings.input_topic} → {settings.output_topic} (DLQ {settings.dlq_topic}) "
-          f"via {settings.kafka_bootstrap}, batches of ≤{settings.max_batch} within {settings.batch_within_s}s",
+          f"via {settings.kafka_bootstrap}, batches of ≤{settings.max_batch}, {settings.pipeline_depth} in flight",
           file=sys.stderr, flush=True)
     if not _wait_for_broker(settings.kafka_bootstrap):
         return 0  # stopped while waiting: nothing was taken, nothing to hand back

@@ -68,9 +68,11 @@ class Settings(BaseSettings):
     dlq_topic: str = "audio-clips-dlq"
     consumer_group: str = "soundtag-worker"
     max_batch: int = 32
-    # Short: under light load a batch should not wait long to fill (latency); under heavy
-    # load batches fill to max_batch at once anyway.
-    batch_within_s: float = 0.05
+    # A batch starts as soon as the worker has room for one, with what has arrived: under
+    # light load a clip goes in alone at once (latency), under heavy load the queue fills
+    # while the pipeline is busy, so batches reach max_batch anyway. > 0: a free slot waits
+    # up to this long for more messages first.
+    batch_within_s: float = Field(default=0.0, ge=0, le=10)
     # Longest a consumer fetch waits at the broker when no message is there. Apache Kafka
     # answers a waiting fetch as soon as a message arrives, so this only bounds latency on
     # brokers that do not (the dev broker holds the fetch for the whole wait, so Faust's

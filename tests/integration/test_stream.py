@@ -337,7 +337,7 @@ def test_worker_consumer_uses_the_configured_fetch_wait_and_pipeline_depth():
         app = create_app(settings, tagger=None, sessions=None)
         consumer = app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)
         try:
-            return consumer._fetch_max_wait_ms, app.tag_clips.concurrency
+            return consumer._fetch_max_wait_ms, app.pipeline_depth
         finally:
             await consumer.stop()
 
