@@ -12,7 +12,9 @@ waits out a database outage for a bounded time.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from tagger.pipeline import Decoded, Payload
 from tagger.records import ClipRecord, Status
 from tagger.repository import tagged_ids
 from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
+
+READ_AHEAD = 2  # batches hashed and decoded ahead of the model
 
 
 @dataclass
@@ -104,15 +108,17 @@ def ingest(
         bar.update(len(records) + skipped)
         bar.set_postfix(tagged=summary.tagged, skipped=summary.skipped, failed=summary.failed)
 
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read")
+    # Two batches read ahead: the decoders start on batch n+2 as soon as n+1 is done, so
+    # they fill the cores while the model still works on batch n.
+    reader = ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="ingest-read")
     storing: tuple[Future[list[ClipRecord]], int] | None = None
     try:
         batches = _batches(files, batch_size)
-        pending = reader.submit(prepare, next(batches)) if files else None
-        while pending is not None:
-            decoded, skipped = pending.result()
-            nxt = next(batches, None)
-            pending = reader.submit(prepare, nxt) if nxt is not None else None
+        pending = deque(reader.submit(prepare, b) for b in itertools.islice(batches, READ_AHEAD))
+        while pending:
+            decoded, skipped = pending.popleft().result()
+            if (nxt := next(batches, None)) is not None:
+                pending.append(reader.submit(prepare, nxt))
             tagged = runner.tag(decoded).result()
             if storing is not None:
                 done, storing = storing, None
