@@ -6,8 +6,8 @@ re-run finishes the job.
 
 Every file in a folder is looked at: audio (by name or by content) is tagged or failed
 with its reason; anything else is counted and listed as not audio. The stage runner
-overlaps hashing and decoding batch n+1 ‖ the model on batch n ‖ storing batch n-1, and
-waits out a database outage for a bounded time.
+overlaps hashing and decoding batches n+1 and n+2 ‖ the model on batch n ‖ storing batch
+n-1, and waits out a database outage for a bounded time.
 """
 
 from __future__ import annotations
