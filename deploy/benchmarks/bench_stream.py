@@ -9,13 +9,15 @@ is not counted.
   first send to the last row visible in PostgreSQL; ratio to the model-only rate (forward
   pass with feature taps at batch 32) measured in this process just before;
 - latency: clips published one by one at half the sustained rate; publish → row visible
-  (polled every 20 ms), p50 / p99;
+  (polled every 20 ms), p50 / p99; the worker's batch sizes (from its log) and its CPU per
+  clip (process time from /proc) meanwhile;
 - the same throughput with SOUNDTAG_MAX_BATCH 1, 8 and 32.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -79,6 +81,12 @@ def _start_worker(env: dict, log_path: Path) -> subprocess.Popen:
     return proc
 
 
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> None:
     producer.send(topic, key=clip_id.encode(), value=value,
                   headers=[("content-type", b"audio/ogg"), ("source", b"benchmark"),
@@ -96,7 +104,8 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
            "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu",
            "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic,
            "SOUNDTAG_MAX_BATCH": str(max_batch)}
-    worker = _start_worker(env, work / f"worker-{max_batch}-{run}.log")
+    log_path = work / f"worker-{max_batch}-{run}.log"
+    worker = _start_worker(env, log_path)
     producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
     try:
         warm = f"warm-{run}"
@@ -119,6 +128,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
             n = min(len(clips), max(100, int(latency_rate * 40)))  # about 40 s of steady traffic
             lat_ids = [f"lat-{run}-{i}" for i in range(n)]
             watcher = RowWatcher(db_url, lat_ids)
+            log_offset, cpu_before = log_path.stat().st_size, _process_cpu_s(worker.pid)
             sent: dict[str, float] = {}
             start = time.time()
             for i, (cid, value) in enumerate(zip(lat_ids, clips[:n], strict=True)):
@@ -127,10 +137,15 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
                 _send(producer, topic, cid, value)
                 producer.flush()
             watcher.wait(600)
+            cpu_s = _process_cpu_s(worker.pid) - cpu_before
+            sizes = [float(b) for b in re.findall(r"batch of (\d+)", log_path.read_bytes()[log_offset:].decode())]
             lat = [watcher.seen[c] - sent[c] for c in lat_ids]
             out.update({"latency_rate_clips_per_s": round(latency_rate, 2), "latency_clips": n,
                         "latency_p50_ms": round(1000 * percentile(lat, 50)),
-                        "latency_p99_ms": round(1000 * percentile(lat, 99))})
+                        "latency_p99_ms": round(1000 * percentile(lat, 99)),
+                        "latency_batch_size_p50": percentile(sizes, 50) if sizes else 0.0,
+                        "latency_batch_size_max": max(sizes, default=0.0),
+                        "latency_worker_cpu_ms_per_clip": round(1000 * cpu_s / n, 1)})
         return out
     finally:
         producer.close()
