@@ -16,22 +16,37 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tagger.ingest import ingest
-    from tagger.stages import DatabaseWaiter
-    from tagger.startup import load_tagger, open_database
+    from tagger.ingest_processes import IngestJob, ingest_job
+    from tagger.startup import check_model, open_database
 
     settings = get_settings()
-    tagger = load_tagger(settings)
-    sessions = open_database(settings)
-    summary = ingest(args.paths, tagger, sessions, batch_size=args.batch_size or settings.batch_size,
-                     max_duration_s=settings.max_duration_s, progress=not args.quiet,
-                     waiter=DatabaseWaiter(settings.db_retry_s))
+    check_model(settings)
+    open_database(settings)  # the schema, before any process writes
+    job = IngestJob(model_path=str(settings.model_path), database_url=settings.database_url, device=settings.device,
+                    engine=settings.engine, batch_size=args.batch_size or settings.batch_size,
+                    max_duration_s=settings.max_duration_s, db_retry_s=settings.db_retry_s,
+                    model_threads=settings.model_threads)
+    try:
+        # fork: this process has run no torch work and started no thread yet.
+        summary = ingest_job(args.paths, job, processes=args.processes, progress=not args.quiet, fork=True)
+    except ValueError as exc:
+        return _fail(str(exc))
     _list("failed", summary.failures, "(status 'failed' in the database)")
     _list("not audio, skipped", [(p, "") for p in summary.not_audio], "")
     print(summary)
     if summary.gave_up:
         return _fail(f"{summary.gave_up}; run the same command again to finish", 1)
     return 130 if summary.interrupted else 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _list(what: str, items: list[tuple[str, str]], more: str, shown: int = 20) -> None:
@@ -132,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="tag audio files and folders into the database")
     p.add_argument("paths", nargs="+")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--processes", type=_non_negative_int, default=0, metavar="N",
+                   help="pipelines in separate processes, each on its share of the files "
+                        "(CPU only; default 0: one per 500 files, at most one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 

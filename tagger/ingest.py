@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +76,17 @@ def ingest(
     max_duration_s: float | None = None,
     progress: bool = True,
     waiter: DatabaseWaiter | None = None,
+    decode_threads: int | None = None,
+    on_batch: Callable[[IngestSummary], None] | None = None,
 ) -> IngestSummary:
+    """Tag the audio under ``paths`` in this process. ``on_batch`` sees the running summary
+    after every stored batch (how a process of ``ingest_in_processes`` reports progress)."""
     found = find_audio_files(paths)
     files = found.audio
     summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
-    runner = StageRunner(tagger, sessions, max_duration_s, waiter)
+    runner = StageRunner(tagger, sessions, max_duration_s, waiter, decode_threads)
 
     def prepare(batch: list[Path]) -> tuple[Decoded, int]:
         # Hash first so clips already tagged by this model are skipped before decoding.
@@ -107,6 +111,8 @@ def ingest(
                 summary.failures.append((r.source, r.error or "unknown error"))
         bar.update(len(records) + skipped)
         bar.set_postfix(tagged=summary.tagged, skipped=summary.skipped, failed=summary.failed)
+        if on_batch is not None:
+            on_batch(summary)
 
     # Two batches read ahead: the decoders start on batch n+2 as soon as n+1 is done, so
     # they fill the cores while the model still works on batch n.

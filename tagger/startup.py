@@ -14,8 +14,9 @@ class UntrainedModelError(RuntimeError):
     pass
 
 
-def load_tagger(settings: Settings | None = None) -> Tagger:
-    """Load SOUNDTAG_MODEL_PATH; raises ModelNotFoundError / CheckpointError with clear text."""
+def check_model(settings: Settings | None = None) -> None:
+    """SOUNDTAG_MODEL_PATH is a trained checkpoint (or untrained ones are allowed); raises
+    ModelNotFoundError / CheckpointError / UntrainedModelError with clear text."""
     settings = settings or get_settings()
     meta = read_metadata(settings.model_path)
     if not meta["trained"] and not settings.allow_untrained:
@@ -23,6 +24,12 @@ def load_tagger(settings: Settings | None = None) -> Tagger:
             f"{settings.model_path} holds randomly initialised weights, not a trained model. "
             "Point SOUNDTAG_MODEL_PATH at a trained checkpoint or train one with `soundtag train`."
         )
+
+
+def load_tagger(settings: Settings | None = None) -> Tagger:
+    """Load SOUNDTAG_MODEL_PATH; raises ModelNotFoundError / CheckpointError with clear text."""
+    settings = settings or get_settings()
+    check_model(settings)
     return Tagger.load(settings.model_path, device=settings.device, batch_size=settings.batch_size,
                        engine=settings.engine, threads=settings.model_threads or None)
 

@@ -7,6 +7,8 @@ pipeline can reach.
 - stream: the clips published to a real tansu broker, tagged by a `soundtag worker`
   process (batches of 32), from the first send to the last row in PostgreSQL (the
   consumer-group join is not counted);
+- ingest in processes: the `soundtag ingest --processes N` command (one pipeline per core,
+  each on every N-th batch; `tagger.ingest_processes`), timed by its own summary;
 - per-file alternative: for each file, decode, run the model at batch 1 (eager PyTorch with
   its default threads, what a script gets), and write the
   original service's JSON answer (`POST /inference` shape: predictions, every layer's
@@ -23,7 +25,12 @@ Real-time factor: seconds of audio tagged per second of wall time.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -54,6 +61,19 @@ def per_file_alternative(tagger, clips: list[Path], out_dir: Path) -> float:
         answer = inference_response(audio, result, tagger.layer_maps(audio))
         (out_dir / f"{p.stem}.json").write_text(json.dumps(answer))
     return time.perf_counter() - t0
+
+
+def cli_ingest_rate(files: list[Path], url: str, model_path: Path, processes: int) -> float:
+    """Clips/s of the `soundtag ingest --processes N` command, from its own summary line (from
+    the start of its first process to the last commit; the command's imports not counted)."""
+    env = {**os.environ, "SOUNDTAG_DATABASE_URL": url, "SOUNDTAG_MODEL_PATH": str(model_path),
+           "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_ALLOW_UNTRAINED": "1"}
+    done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", "--quiet", "--processes", str(processes),
+                           *map(str, files)], env=env, capture_output=True, text=True, timeout=1800, check=True)
+    match = re.search(r"(\d+) tagged, .* in ([\d.]+) s", done.stdout)
+    if match is None or int(match[1]) != len(files):
+        raise RuntimeError(f"unexpected ingest summary: {done.stdout!r} {done.stderr[-500:]!r}")
+    return int(match[1]) / float(match[2])
 
 
 def stage_cpu(tagger, clips: list[Path], url: str) -> dict[str, float]:
@@ -105,9 +125,16 @@ def run(quick: bool = False) -> dict[str, Any]:
         plain = Tagger.load(model_path, device="cpu", engine="torch", threads=cores)
         per_file_alternative(plain, clips[:4], answers)  # warm-up
         alt_s = per_file_alternative(plain, clips, answers)
-        with scratch_postgres() as url:
-            summary = ingest([folder / p.name for p in clips], tagger, session_factory(url), batch_size=32,
-                             progress=False)
+        # In one process and in one process per core, taking turns: this VM's speed drifts
+        # by 15-30 % within minutes, so one reading of each could compare two machines.
+        files = [folder / p.name for p in clips]
+        rounds: dict[str, list[float]] = {"one": [], "processes": []}
+        for _ in range(1 if quick else 2):
+            with scratch_postgres() as url:
+                summary = ingest(files, tagger, session_factory(url), batch_size=32, progress=False)
+                rounds["one"].append(summary.tagged / summary.seconds)
+            with scratch_postgres() as url:
+                rounds["processes"].append(cli_ingest_rate(files, url, model_path, cores))
         with scratch_postgres() as url:
             stages = stage_cpu(tagger, clips, url)
         # The stream path: a real broker and a `soundtag worker` process (batches of 32).
@@ -116,11 +143,12 @@ def run(quick: bool = False) -> dict[str, Any]:
                                        folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    ingest_rate = summary.tagged / summary.seconds
+    ingest_rate, in_processes = statistics.mean(rounds["one"]), statistics.mean(rounds["processes"])
     alt_rate = len(clips) / alt_s
     bound = cores / sum(stages.values())
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
+        "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds["one"]],
         "ingest_real_time_factor": round(ingest_rate * audio_s / len(clips)),
         "per_file_clips_per_s": round(alt_rate, 1),
         "per_file_real_time_factor": round(alt_rate * audio_s / len(clips)),
@@ -131,5 +159,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},
         "bound_clips_per_s": round(bound, 1),
         "ingest_efficiency": round(ingest_rate / bound, 2),
+        f"ingest_{cores}_processes_clips_per_s": round(in_processes, 1),
+        f"ingest_{cores}_processes_clips_per_s_rounds": [round(r, 1) for r in rounds["processes"]],
+        f"ingest_{cores}_processes_real_time_factor": round(in_processes * audio_s / len(clips)),
+        f"ingest_{cores}_processes_to_per_file_ratio": round(in_processes / alt_rate, 2),
+        f"ingest_{cores}_processes_efficiency": round(in_processes / bound, 2),
     })
     return figures

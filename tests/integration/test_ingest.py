@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select, text
 
 from tagger import db
 from tagger.ingest import ingest
+from tagger.ingest_processes import IngestJob, ingest_job
 from tagger.tables import Clip, ClipFeatures, Tag
 from tests.helpers import ENCODED_FORMATS, PG_ADMIN_URL, audio_bytes, block_database, encoded_bytes
 
@@ -66,37 +68,96 @@ def _cli_env(pg_url, model):
             "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu"}
 
 
-def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoint):
-    sessions = _fresh(pg_url)
-    folder = tmp_path / "many"
+def _many_clips(folder: Path, count: int) -> Path:
     folder.mkdir()
-    for i in range(120):
+    for i in range(count):
         (folder / f"c{i:03d}.wav").write_bytes(audio_bytes("WAV", 5.0, sr=16000, seed=i))
-    env = _cli_env(pg_url, random_checkpoint)
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return folder
+
+
+def _wait_for_rows(sessions, at_least: int, proc: subprocess.Popen) -> None:
     deadline = time.time() + 300
-    while time.time() < deadline:  # wait until some batches are committed
+    while time.time() < deadline and proc.poll() is None:  # until some batches are committed
         with sessions() as s:
-            if s.scalar(select(func.count()).select_from(Clip)) >= 16:
-                break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in out
+            if s.scalar(select(func.count()).select_from(Clip)) >= at_least:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {at_least} clips stored; ingest exited with {proc.returncode}")
+
+
+def _assert_whole(sessions) -> int:
+    """Every stored clip (all tagged here) is whole: its tags and features with it. How many."""
     with sessions() as s:
         n = s.scalar(select(func.count()).select_from(Clip))
-        assert 16 <= n < 120
-        # consistent: every stored clip is whole
         assert s.scalar(select(func.count()).select_from(Tag)) == 3 * n
         assert s.scalar(select(func.count()).select_from(ClipFeatures)) == n
+    return n
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoint, processes):
+    sessions = _fresh(pg_url)
+    folder = _many_clips(tmp_path / "many", 240)
+    env = _cli_env(pg_url, random_checkpoint)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8",
+                             "--processes", processes],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(sessions, 16, proc)
+    proc.send_signal(signal.SIGINT)  # to the command alone: it passes the stop on to its processes
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "Traceback" not in err
+    n = _assert_whole(sessions)
+    assert 16 <= n < 240
+    assert f"interrupted: {n} tagged" in out  # the count covers every process's committed batches
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert f"{120 - n} tagged, {n} already tagged, 0 failed" in done.stdout
+    assert f"{240 - n} tagged, {n} already tagged, 0 failed" in done.stdout
+    assert _assert_whole(sessions) == 240
+
+
+def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_url, random_checkpoint):
+    sessions = _fresh(pg_url)
+    folder = _many_clips(tmp_path / "many", 240)
+    env = _cli_env(pg_url, random_checkpoint)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8",
+                             "--processes", "2", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(sessions, 16, proc)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 2, children
+    os.kill(int(children[0]), signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (out, err)
+    assert "exited with code -9 before it finished; run the same command again to finish" in err
+    assert "Traceback" not in err
+    n = _assert_whole(sessions)  # the killed process's open transaction rolled back
+    assert n < 240
+    done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{240 - n} tagged, {n} already tagged, 0 failed" in done.stdout
+    assert _assert_whole(sessions) == 240
+
+
+def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url, random_checkpoint):
+    sessions = _fresh(pg_url)
+    folder = _make_folder(tmp_path / "in", good=9)
+    job = IngestJob(model_path=str(random_checkpoint), database_url=pg_url, device="cpu", batch_size=4)
+    summary = ingest_job([folder], job, processes=2, progress=False)
+    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
+    assert summary.tagged == 9 + (1 if running_as_root else 0)
+    assert summary.failed == 4 + (0 if running_as_root else 1)
+    assert summary.not_audio == [str(folder / "readme.txt")]
+    assert any("empty" in reason for _, reason in summary.failures)
+    assert not summary.interrupted and summary.gave_up is None
     with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Clip)) == 120
+        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
+        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
+        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
+    again = ingest_job([folder], job, processes=2, progress=False)
+    assert again.tagged == 0 and again.skipped == summary.tagged
 
 
 def test_missing_model_names_the_variable_and_the_command(tmp_path, pg_url):
