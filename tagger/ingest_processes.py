@@ -70,11 +70,17 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
 
     ``fork`` starts the processes by forking this one, which is only safe from a process
     that runs no other thread and has not used torch's OpenMP pool (GNU OpenMP does not
-    survive a fork): the ``soundtag`` command. Otherwise each is a fresh interpreter."""
+    survive a fork): the ``soundtag`` command. Otherwise each is a fresh interpreter.
+
+    The summary's seconds run from this call to the last commit: the file walk and the model
+    loading (here or in every process) count, whichever way it runs."""
+    start = time.perf_counter()
     found = find_audio_files(paths)
     processes = processes or auto_processes(len(found.audio), job.device, job.database_url)
     if processes == 1:
-        return _ingest_here(found.audio, found.not_audio, job, progress)
+        summary = _ingest_here(found.audio, found.not_audio, job, progress)
+        summary.seconds = time.perf_counter() - start
+        return summary
     if resolve_device(job.device).type != "cpu":
         raise ValueError("ingest runs in several processes on CPU only (set SOUNDTAG_DEVICE=cpu or "
                          "leave --processes out)")
@@ -82,7 +88,6 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
         raise ValueError("ingest runs in several processes on PostgreSQL only: SQLite takes one writer "
                          "at a time (leave --processes out)")
     summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
-    start = time.perf_counter()
     shards = [s for s in _shards(found.audio, job.batch_size, max(1, processes)) if s]
     threads = max(1, cpu_cores() // max(1, len(shards)))
     ctx: Any = mp.get_context(_start_method(fork))

@@ -11,7 +11,8 @@ is not counted.
 - latency: clips published one by one at half the sustained rate; publish → row visible
   (polled every 20 ms), p50 / p99; the worker's batch sizes (from its log) and its CPU per
   clip (process time from /proc) meanwhile;
-- the same throughput with SOUNDTAG_MAX_BATCH 1, 8 and 32.
+- the same throughput with SOUNDTAG_MAX_BATCH 1, 8 and 32;
+- the sustained throughput with two workers in the consumer group (one per core here).
 """
 
 from __future__ import annotations
@@ -70,15 +71,17 @@ class RowWatcher:
             raise TimeoutError(f"{len(self.pending)} clips not stored within {timeout} s")
 
 
-def _start_worker(env: dict, log_path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env={**os.environ, **env},
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+def _start_workers(env: dict, log_paths: list[Path]) -> list[subprocess.Popen]:
+    """All at once, so they join the consumer group together (one join, no rebalance later)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env={**os.environ, **env},
+                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT) for log_path in log_paths]
     deadline = time.time() + 300
-    while "Worker ready" not in log_path.read_text():
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-2000:]}")
-        time.sleep(0.5)
-    return proc
+    for proc, log_path in zip(procs, log_paths, strict=True):
+        while "Worker ready" not in log_path.read_text():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+    return procs
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -94,7 +97,7 @@ def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> No
 
 
 def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes], max_batch: int,
-                latency_rate: float | None, work: Path) -> dict:
+                      latency_rate: float | None, work: Path, workers: int = 1) -> dict:
     run = uuid.uuid4().hex[:6]
     topic = f"audio-clips-{max_batch}-{run}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -104,13 +107,14 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
            "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu",
            "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic,
            "SOUNDTAG_MAX_BATCH": str(max_batch)}
-    log_path = work / f"worker-{max_batch}-{run}.log"
-    worker = _start_worker(env, log_path)
+    log_paths = [work / f"worker-{max_batch}-{run}-{i}.log" for i in range(workers)]
+    procs = _start_workers(env, log_paths)
     producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
     try:
-        warm = f"warm-{run}"
-        watcher = RowWatcher(db_url, [warm])
-        _send(producer, topic, warm, clips[0])
+        warm = [f"warm-{run}-{i}" for i in range(4 * PARTITIONS)]  # keys that reach every partition
+        watcher = RowWatcher(db_url, warm)
+        for cid in warm:
+            _send(producer, topic, cid, clips[0])
         producer.flush()
         watcher.wait(300)  # group join + first batch
 
@@ -123,12 +127,15 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
         watcher.wait(1200)
         seconds = max(watcher.seen.values()) - t0
         out = {"clips": len(ids), "seconds": round(seconds, 2), "clips_per_s": round(len(ids) / seconds, 2)}
+        if any("generation 2" in p.read_text() for p in log_paths):
+            out["rebalanced_during_run"] = True  # a worker left or joined: the figure includes a pause
 
         if latency_rate:
             n = min(len(clips), max(100, int(latency_rate * 40)))  # about 40 s of steady traffic
             lat_ids = [f"lat-{run}-{i}" for i in range(n)]
             watcher = RowWatcher(db_url, lat_ids)
-            log_offset, cpu_before = log_path.stat().st_size, _process_cpu_s(worker.pid)
+            log_offsets = [p.stat().st_size for p in log_paths]
+            cpu_before = sum(_process_cpu_s(proc.pid) for proc in procs)
             sent: dict[str, float] = {}
             start = time.time()
             for i, (cid, value) in enumerate(zip(lat_ids, clips[:n], strict=True)):
@@ -137,8 +144,9 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
                 _send(producer, topic, cid, value)
                 producer.flush()
             watcher.wait(600)
-            cpu_s = _process_cpu_s(worker.pid) - cpu_before
-            sizes = [float(b) for b in re.findall(r"batch of (\d+)", log_path.read_bytes()[log_offset:].decode())]
+            cpu_s = sum(_process_cpu_s(proc.pid) for proc in procs) - cpu_before
+            sizes = [float(b) for p, offset in zip(log_paths, log_offsets, strict=True)
+                     for b in re.findall(r"batch of (\d+)", p.read_bytes()[offset:].decode())]
             lat = [watcher.seen[c] - sent[c] for c in lat_ids]
             out.update({"latency_rate_clips_per_s": round(latency_rate, 2), "latency_clips": n,
                         "latency_p50_ms": round(1000 * percentile(lat, 50)),
@@ -149,11 +157,13 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
         return out
     finally:
         producer.close()
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @contextmanager
@@ -189,5 +199,9 @@ def run(quick: bool = False) -> dict:
             figures[f"max_batch_{mb}_clips_per_s"] = run_stream_config(bootstrap, url, model_path, few, mb, None,
                                                                        work)["clips_per_s"]
         figures["max_batch_32_clips_per_s"] = main["clips_per_s"]
+        # One worker per core, the way a deployment scales out (`--scale worker=N`); the
+        # partitions are shared between them.
+        two = run_stream_config(bootstrap, url, model_path, clips, 32, None, work, workers=2)
+        figures.update({f"stream_2_workers_{k}": v for k, v in two.items()})
     figures["logs"] = str(work)
     return figures

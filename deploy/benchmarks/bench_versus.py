@@ -2,13 +2,14 @@
 the same clips, in one run; and the CPU each stage costs per clip, which bounds what any
 pipeline can reach.
 
-- ingest: `tagger.ingest.ingest` into a fresh PostgreSQL database (decode ‖ model ‖ store,
-  batches of 32, feature maps encoded and stored);
+- ingest: the `soundtag ingest` command into a fresh PostgreSQL database (decode ‖ model ‖
+  store, batches of 32, feature maps encoded and stored), in one process (`--processes 1`)
+  and in one process per core (`--processes N`, each on every N-th batch), taking turns
+  twice; timed by the command's own summary (the file walk and the model loading count,
+  its imports do not);
 - stream: the clips published to a real tansu broker, tagged by a `soundtag worker`
   process (batches of 32), from the first send to the last row in PostgreSQL (the
-  consumer-group join is not counted);
-- ingest in processes: the `soundtag ingest --processes N` command (one pipeline per core,
-  each on every N-th batch; `tagger.ingest_processes`), timed by its own summary;
+  consumer-group join is not counted); again with one worker per core in the group;
 - per-file alternative: for each file, decode, run the model at batch 1 (eager PyTorch with
   its default threads, what a script gets), and write the
   original service's JSON answer (`POST /inference` shape: predictions, every layer's
@@ -17,7 +18,7 @@ pipeline can reach.
   its feature-map taps at batch 32, the feature-map summaries and results, the encoding
   of what is stored, and the database write, each on one thread as the pipeline runs
   them. The bound is cores ÷ their sum (clips/s if every core
-  did only this work); efficiency is ingest's measured rate ÷ that bound.
+  did only this work); efficiency is an ingest rate ÷ that bound.
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -47,7 +48,6 @@ from tagger.audio import decode_file
 from tagger.db import session_factory
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
-from tagger.ingest import ingest
 from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
 from tagger.repository import save_clips
 
@@ -65,7 +65,7 @@ def per_file_alternative(tagger, clips: list[Path], out_dir: Path) -> float:
 
 def cli_ingest_rate(files: list[Path], url: str, model_path: Path, processes: int) -> float:
     """Clips/s of the `soundtag ingest --processes N` command, from its own summary line (from
-    the start of its first process to the last commit; the command's imports not counted)."""
+    the file walk and the model loading to the last commit; the command's imports not counted)."""
     env = {**os.environ, "SOUNDTAG_DATABASE_URL": url, "SOUNDTAG_MODEL_PATH": str(model_path),
            "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_ALLOW_UNTRAINED": "1"}
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", "--quiet", "--processes", str(processes),
@@ -109,7 +109,7 @@ def stage_cpu(tagger, clips: list[Path], url: str) -> dict[str, float]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     tagger, model_path = load_tagger()
-    clips = real_clips(40 if quick else 400)
+    clips = real_clips(40 if quick else 1000)
     audio_s = sum(decode_file(p).duration_s for p in clips)
     cores = cpu_cores()
     figures: dict[str, Any] = {"cpu": cpu_name(), "cores": cores, "engine": tagger.engine.name,
@@ -125,30 +125,30 @@ def run(quick: bool = False) -> dict[str, Any]:
         plain = Tagger.load(model_path, device="cpu", engine="torch", threads=cores)
         per_file_alternative(plain, clips[:4], answers)  # warm-up
         alt_s = per_file_alternative(plain, clips, answers)
-        # In one process and in one process per core, taking turns: this VM's speed drifts
-        # by 15-30 % within minutes, so one reading of each could compare two machines.
+        # The command in one process and in one process per core, taking turns: this VM's
+        # speed drifts by 15-30 % within minutes, so one reading of each could compare two
+        # machines. Both readings include loading the model (in every process).
         files = [folder / p.name for p in clips]
-        rounds: dict[str, list[float]] = {"one": [], "processes": []}
+        rounds: dict[int, list[float]] = {1: [], cores: []}
         for _ in range(1 if quick else 2):
-            with scratch_postgres() as url:
-                summary = ingest(files, tagger, session_factory(url), batch_size=32, progress=False)
-                rounds["one"].append(summary.tagged / summary.seconds)
-            with scratch_postgres() as url:
-                rounds["processes"].append(cli_ingest_rate(files, url, model_path, cores))
+            for processes in rounds:
+                with scratch_postgres() as url:
+                    rounds[processes].append(cli_ingest_rate(files, url, model_path, processes))
         with scratch_postgres() as url:
             stages = stage_cpu(tagger, clips, url)
         # The stream path: a real broker and a `soundtag worker` process (batches of 32).
         with dev_broker(folder) as bootstrap, scratch_postgres("soundtag_bench_versus") as url:
-            stream = run_stream_config(bootstrap, url, model_path, [p.read_bytes() for p in clips], 32, None,
-                                       folder)
+            values = [p.read_bytes() for p in clips]
+            stream = run_stream_config(bootstrap, url, model_path, values, 32, None, folder)
+            stream_workers = run_stream_config(bootstrap, url, model_path, values, 32, None, folder, workers=cores)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    ingest_rate, in_processes = statistics.mean(rounds["one"]), statistics.mean(rounds["processes"])
+    ingest_rate, in_processes = statistics.mean(rounds[1]), statistics.mean(rounds[cores])
     alt_rate = len(clips) / alt_s
     bound = cores / sum(stages.values())
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
-        "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds["one"]],
+        "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds[1]],
         "ingest_real_time_factor": round(ingest_rate * audio_s / len(clips)),
         "per_file_clips_per_s": round(alt_rate, 1),
         "per_file_real_time_factor": round(alt_rate * audio_s / len(clips)),
@@ -156,11 +156,14 @@ def run(quick: bool = False) -> dict[str, Any]:
         "stream_real_time_factor": round(stream["clips_per_s"] * audio_s / len(clips)),
         "ingest_to_per_file_ratio": round(ingest_rate / alt_rate, 2),
         "stream_to_per_file_ratio": round(stream["clips_per_s"] / alt_rate, 2),
+        f"stream_{cores}_workers_clips_per_s": stream_workers["clips_per_s"],
+        f"stream_{cores}_workers_real_time_factor": round(stream_workers["clips_per_s"] * audio_s / len(clips)),
+        f"stream_{cores}_workers_to_per_file_ratio": round(stream_workers["clips_per_s"] / alt_rate, 2),
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},
         "bound_clips_per_s": round(bound, 1),
         "ingest_efficiency": round(ingest_rate / bound, 2),
         f"ingest_{cores}_processes_clips_per_s": round(in_processes, 1),
-        f"ingest_{cores}_processes_clips_per_s_rounds": [round(r, 1) for r in rounds["processes"]],
+        f"ingest_{cores}_processes_clips_per_s_rounds": [round(r, 1) for r in rounds[cores]],
         f"ingest_{cores}_processes_real_time_factor": round(in_processes * audio_s / len(clips)),
         f"ingest_{cores}_processes_to_per_file_ratio": round(in_processes / alt_rate, 2),
         f"ingest_{cores}_processes_efficiency": round(in_processes / bound, 2),
