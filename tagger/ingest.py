@@ -26,10 +26,10 @@ from tqdm import tqdm
 from tagger.audio import file_sha256
 from tagger.files import find_audio_files
 from tagger.inference import Tagger
-from tagger.pipeline import Decoded, Payload
+from tagger.pipeline import Decoded, Payload, decode_payloads, finish_records, run_model
 from tagger.records import ClipRecord, Status
 from tagger.repository import tagged_ids
-from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
+from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner, save_records
 
 READ_AHEAD = 2  # batches hashed and decoded ahead of the model
 
@@ -76,19 +76,24 @@ def ingest(
     max_duration_s: float | None = None,
     progress: bool = True,
     waiter: DatabaseWaiter | None = None,
-    decode_threads: int | None = None,
+    overlap: bool = True,
     on_batch: Callable[[IngestSummary], None] | None = None,
 ) -> IngestSummary:
-    """Tag the audio under ``paths`` in this process. ``on_batch`` sees the running summary
-    after every stored batch (how a process of ``ingest_in_processes`` reports progress)."""
+    """Tag the audio under ``paths`` in this process.
+
+    ``overlap`` runs the stages on their own threads, batches overlapping, so one process
+    fills the cores; without it each batch goes through them in turn on this thread, which
+    costs less CPU per clip where other processes fill the other cores
+    (``tagger.ingest_processes``). ``on_batch`` sees the running summary after every
+    stored batch."""
     found = find_audio_files(paths)
     files = found.audio
     summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
-    runner = StageRunner(tagger, sessions, max_duration_s, waiter, decode_threads)
+    waiter = waiter or DatabaseWaiter()
 
-    def prepare(batch: list[Path]) -> tuple[Decoded, int]:
+    def still_to_tag(batch: list[Path]) -> tuple[list[Payload], int]:
         # Hash first so clips already tagged by this model are skipped before decoding.
         payloads = [_payload(p) for p in batch]
         ids = [p.clip_id for p in payloads if p.clip_id]
@@ -97,9 +102,9 @@ def ingest(
             with sessions() as s:
                 return tagged_ids(s, ids, tagger.version)
 
-        done = runner.waiter.run(lookup, "checking which clips are already tagged")
+        done = waiter.run(lookup, "checking which clips are already tagged")
         todo = [p for p in payloads if p.clip_id not in done]
-        return runner.decode(todo).result(), len(payloads) - len(todo)
+        return todo, len(payloads) - len(todo)
 
     def account(records: list[ClipRecord], skipped: int) -> None:
         summary.skipped += skipped
@@ -114,39 +119,68 @@ def ingest(
         if on_batch is not None:
             on_batch(summary)
 
+    try:
+        if overlap:
+            runner = StageRunner(tagger, sessions, max_duration_s, waiter)
+            _overlapped(_batches(files, batch_size), still_to_tag, runner, account, summary)
+        else:
+            for batch in _batches(files, batch_size):
+                todo, skipped = still_to_tag(batch)
+                tagged = run_model(tagger, decode_payloads(todo, max_duration_s, tagger.features))
+                records = finish_records(tagged)
+                save_records(sessions, records, waiter)  # one transaction: all of the batch or none
+                account(records, skipped)
+    except KeyboardInterrupt:
+        summary.interrupted = True  # committed batches stay; a re-run skips them
+    except DatabaseUnavailable as exc:
+        summary.gave_up = str(exc)
+    finally:
+        bar.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _overlapped(batches: Iterator[list[Path]], still_to_tag: Callable[[list[Path]], tuple[list[Payload], int]],
+                runner: StageRunner, account: Callable[[list[ClipRecord], int], None],
+                summary: IngestSummary) -> None:
+    """Hashing and decoding batches n+1 and n+2 ‖ the model on batch n ‖ storing batch n-1."""
+
+    def prepare(batch: list[Path]) -> tuple[Decoded, int]:
+        todo, skipped = still_to_tag(batch)
+        return runner.decode(todo).result(), skipped
+
     # Two batches read ahead: the decoders start on batch n+2 as soon as n+1 is done, so
     # they fill the cores while the model still works on batch n.
     reader = ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="ingest-read")
     storing: tuple[Future[list[ClipRecord]], int] | None = None
+
+    def settle() -> None:
+        # `storing` stays set while its result is awaited: a Ctrl-C then still counts it.
+        nonlocal storing
+        if storing is not None:
+            records = storing[0].result()
+            skipped, storing = storing[1], None
+            account(records, skipped)
+
     try:
-        batches = _batches(files, batch_size)
         pending = deque(reader.submit(prepare, b) for b in itertools.islice(batches, READ_AHEAD))
         while pending:
             decoded, skipped = pending.popleft().result()
             if (nxt := next(batches, None)) is not None:
                 pending.append(reader.submit(prepare, nxt))
             tagged = runner.tag(decoded).result()
-            if storing is not None:
-                done, storing = storing, None
-                account(done[0].result(), done[1])
+            settle()
             storing = (runner.store(tagged), skipped)
-        if storing is not None:
-            done, storing = storing, None
-            account(done[0].result(), done[1])
+        settle()
     except KeyboardInterrupt:
         # Batches not yet stored are dropped; the one being stored finishes its own
         # transaction (below) or never started it. Committed batches stay either way.
         summary.interrupted = True
         if storing is not None and not storing[0].cancel():
             try:
-                account(storing[0].result(), storing[1])
+                settle()
             except (KeyboardInterrupt, DatabaseUnavailable):
                 pass
-    except DatabaseUnavailable as exc:
-        summary.gave_up = str(exc)
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         runner.close()
-        bar.close()
-        summary.seconds = time.perf_counter() - start
-    return summary

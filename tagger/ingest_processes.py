@@ -1,17 +1,18 @@
 """Bulk ingest across processes: one whole pipeline per core, each on its share of the files.
 
-In one process the pipeline's stages share one interpreter, and on two cores about a
-fifth of the machine then goes to waiting and handing work between threads (figures in
-deploy/benchmarks/README.md). Here each process runs ``tagger.ingest.ingest`` on every
-N-th batch of the files with one model thread and one decode thread; nothing but
+In one process the stages run on their own threads so that they fill the cores, and the
+handing over between threads and the waiting cost CPU of their own: on two cores about a
+fifth of the machine (figures in deploy/benchmarks/README.md). Here each process takes
+every N-th batch and runs it through decode, model, encoding and store in turn on a single
+thread, with one model thread; the other processes fill the other cores. Nothing but
 progress counts and the summaries crosses between processes, so nothing is pickled per
-clip. Each process commits its own batches, so a stop at any point keeps what was
-stored and a re-run skips it, exactly as in one process.
+clip. Each process commits its own batches, so a stop at any point keeps what was stored
+and a re-run skips it, exactly as in one process.
 
 A process started by ``soundtag ingest`` is forked and only loads the model (a fraction of
 a second); elsewhere each is a fresh interpreter that also imports torch (about two
-seconds). ``auto_processes`` uses one per ``FILES_PER_PROCESS`` files, up to one
-per core, on PostgreSQL and CPU.
+seconds). ``auto_processes`` uses one per ``FILES_PER_PROCESS`` files, up to one per core,
+on PostgreSQL and CPU.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
             while readers:
                 if interrupts and stop_by is None:
                     # Ctrl-C in a terminal reaches every process; a signal sent to this one
-                    # alone is passed on. Each stops after the batch it is storing.
+                    # alone is passed on. Each stops after the batch it is working on.
                     summary.interrupted, stop_by = True, time.monotonic() + STOP_GRACE_S
                     _signal(workers, signal.SIGINT)
                 if len(interrupts) > 1 or (stop_by is not None and time.monotonic() > stop_by):
@@ -201,7 +202,10 @@ def _run_shard(index: int, job: IngestJob, files: list[Path], threads: int, even
     """A process's whole life: its own tagger, sessions and pipeline; progress and its
     summary go back through ``events`` (its end of a pipe)."""
     parent = os.getppid()
-    signal.signal(signal.SIGINT, _interrupt_once)
+    stop: list[int] = []
+    # A stop (Ctrl-C reaches every process; the parent also passes it on) takes effect
+    # between batches, so the summary counts exactly what was committed.
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
     try:
         import torch
 
@@ -215,25 +219,18 @@ def _run_shard(index: int, job: IngestJob, files: list[Path], threads: int, even
 
         def report(progress: IngestSummary) -> None:
             events.send(("progress", (progress.tagged, progress.skipped, progress.failed)))
-            if os.getppid() != parent:
-                raise KeyboardInterrupt  # the parent is gone: stop after this batch
+            if stop or os.getppid() != parent:  # asked to stop, or the parent is gone
+                raise KeyboardInterrupt
 
         result = ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
                         max_duration_s=job.max_duration_s, progress=False, waiter=DatabaseWaiter(job.db_retry_s),
-                        decode_threads=threads, on_batch=report)
+                        overlap=False, on_batch=report)
     except KeyboardInterrupt:
         result = IngestSummary(interrupted=True)
     except Exception as exc:  # broad on purpose: the parent reports it instead of waiting forever
         result = IngestSummary(gave_up=f"ingest process {index} failed: {type(exc).__name__}: {exc}"[:500])
     events.send(("done", result))
     events.close()
-
-
-def _interrupt_once(signum: int, frame: Any) -> None:
-    """In a process: the first SIGINT stops it after the batch it is storing (the parent may
-    pass on a Ctrl-C the process already got); a later one cannot cut that short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

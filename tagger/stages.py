@@ -116,7 +116,7 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
 
 class StageRunner:
     def __init__(self, tagger: Tagger, sessions: sessionmaker[Session], max_duration_s: float | None = None,
-                 waiter: DatabaseWaiter | None = None, decode_threads: int | None = None) -> None:
+                 waiter: DatabaseWaiter | None = None) -> None:
         self.tagger, self.sessions, self.max_duration_s = tagger, sessions, max_duration_s
         self.waiter = waiter or DatabaseWaiter()
         # Each stage thread starts with its PyTorch thread count set (it is per thread, and
@@ -127,10 +127,9 @@ class StageRunner:
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode",
                                            initializer=torch.set_num_threads, initargs=(1,))
         # Clips of a batch decode (and get their log-mel) in parallel on as many threads
-        # as there are cores (or ``decode_threads``): libsndfile, FFmpeg and torch release
-        # the GIL, so this stage takes up whatever CPU the model and the store leave idle.
-        self._clip_decoders = ThreadPoolExecutor(max_workers=decode_threads or cpu_cores(),
-                                                 thread_name_prefix="soundtag-decode-clip",
+        # as there are cores: libsndfile, FFmpeg and torch release the GIL, so this stage
+        # takes up whatever CPU the model and the store leave idle.
+        self._clip_decoders = ThreadPoolExecutor(max_workers=cpu_cores(), thread_name_prefix="soundtag-decode-clip",
                                                  initializer=torch.set_num_threads, initargs=(1,))
         self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-model",
                                          initializer=self._set_model_threads)
