@@ -21,8 +21,9 @@ The header lists the arrays in payload order: ``{"name", "shape", "kind", "lo", 
 * ``f16`` — IEEE half floats (the embedding: relative error ≤ 2⁻¹¹).
 * ``i16`` — exact small integers (channel indices).
 
-Compression is zstd level 3: encoding sits on every tagging path, and xz or higher zstd
-levels cost several times the time for about the same size (figures in CHANGELOG.md).
+Compression is zstd level 1: encoding sits on every tagging path, and on these blobs
+higher levels (and xz) cost more time for the same size or hardly less (figures in
+CHANGELOG.md).
 
 Non-finite input is refused rather than stored. Decoders dispatch on the version byte:
 version 1 blobs (``xz(payload)``, no delta) are still read.
@@ -50,7 +51,7 @@ class CodecError(ValueError):
 
 
 DEFAULT_BITS = 6
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1
 DELTA_AXIS = -2
 
 

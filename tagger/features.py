@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torchaudio.functional as F_audio
 
@@ -155,12 +156,13 @@ def _sound_end(samples: torch.Tensor, first_block: int = 4096) -> int:
     """One past the last sample louder than digital silence (0 if none), found from the
     end in blocks that double in size: a clip that ends loud costs one small block, a
     long clip is neither scanned nor copied as a whole."""
-    end, block = samples.shape[-1], first_block
+    x = samples.numpy()  # numpy's any() and argmax() on a mask stop at the first hit
+    end, block = x.shape[-1], first_block
     while end > 0:
         start = max(0, end - block)
-        loud = torch.nonzero(samples[start:end].abs() > SILENCE)
-        if len(loud):
-            return start + int(loud[-1]) + 1
+        loud = np.abs(x[start:end]) > SILENCE
+        if loud.any():
+            return end - int(np.argmax(loud[::-1]))
         end, block = start, min(2 * block, 1 << 20)
     return 0
 
