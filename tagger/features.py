@@ -157,7 +157,7 @@ def _sound_end(samples: torch.Tensor, first_block: int = 4096) -> int:
     end in blocks that double in size: a clip that ends loud costs one small block, a
     long clip is neither scanned nor copied as a whole."""
     x = samples.numpy()  # numpy's any() and argmax() on a mask stop at the first hit
-    end, block = x.shape[-1], first_block
+    end, block = int(x.shape[-1]), first_block
     while end > 0:
         start = max(0, end - block)
         loud = np.abs(x[start:end]) > SILENCE

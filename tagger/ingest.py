@@ -78,6 +78,7 @@ def ingest(
     waiter: DatabaseWaiter | None = None,
     overlap: bool = True,
     on_batch: Callable[[IngestSummary], None] | None = None,
+    batches: Callable[[list[Path], int], Iterator[list[Path]]] | None = None,
 ) -> IngestSummary:
     """Tag the audio under ``paths`` in this process.
 
@@ -85,13 +86,15 @@ def ingest(
     fills the cores; without it each batch goes through them in turn on this thread, which
     costs less CPU per clip where other processes fill the other cores
     (``tagger.ingest_processes``). ``on_batch`` sees the running summary after every
-    stored batch."""
+    stored batch; ``batches`` picks which batches of the files to tag (default: all, in
+    order; a process of ``tagger.ingest_processes`` takes those its parent hands it)."""
     found = find_audio_files(paths)
     files = found.audio
     summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
     waiter = waiter or DatabaseWaiter()
+    plan = batches or _batches
 
     def still_to_tag(batch: list[Path]) -> tuple[list[Payload], int]:
         # Hash first so clips already tagged by this model are skipped before decoding.
@@ -122,9 +125,9 @@ def ingest(
     try:
         if overlap:
             runner = StageRunner(tagger, sessions, max_duration_s, waiter)
-            _overlapped(_batches(files, batch_size), still_to_tag, runner, account, summary)
+            _overlapped(plan(files, batch_size), still_to_tag, runner, account, summary)
         else:
-            for batch in _batches(files, batch_size):
+            for batch in plan(files, batch_size):
                 todo, skipped = still_to_tag(batch)
                 tagged = run_model(tagger, decode_payloads(todo, max_duration_s, tagger.features))
                 records = finish_records(tagged)

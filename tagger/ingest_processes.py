@@ -3,8 +3,9 @@
 In one process the stages run on their own threads so that they fill the cores, and the
 handing over between threads and the waiting cost CPU of their own: on two cores about a
 fifth of the machine (figures in deploy/benchmarks/README.md). Here each process takes
-every N-th batch and runs it through decode, model, encoding and store in turn on a single
-thread, with one model thread; the other processes fill the other cores. Nothing but
+the next batch the parent hands out whenever it is free (a process never waits on a slower
+one, whatever the files' lengths) and runs it through decode, model, encoding and store in
+turn on a single thread, with one model thread; the other processes fill the other cores. Nothing but
 progress counts and the summaries crosses between processes, so nothing is pickled per
 clip. Each process commits its own batches, so a stop at any point keeps what was stored
 and a re-run skips it, exactly as in one process.
@@ -89,41 +90,48 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
         raise ValueError("ingest runs in several processes on PostgreSQL only: SQLite takes one writer "
                          "at a time (leave --processes out)")
     summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
-    shards = [s for s in _shards(found.audio, job.batch_size, max(1, processes)) if s]
-    threads = max(1, cpu_cores() // max(1, len(shards)))
+    files = found.audio
+    batches = -(-len(files) // job.batch_size)
+    count = max(1, min(processes, batches))
+    threads = max(1, cpu_cores() // count)
     ctx: Any = mp.get_context(_start_method(fork))
     # One pipe per process: a process killed halfway through a message breaks only its own.
-    pipes = [ctx.Pipe(duplex=False) for _ in shards]
+    pipes = [ctx.Pipe() for _ in range(count)]
     # One OpenMP thread per process: more only spin against the other processes.
     with _environment(OMP_NUM_THREADS=str(job.model_threads or threads)):
-        workers = [ctx.Process(target=_run_shard, args=(i, job, shard, threads, pipes[i][1]),
-                               name=f"soundtag-ingest-{i}", daemon=True) for i, shard in enumerate(shards)]
+        workers = [ctx.Process(target=_run_part, args=(i, job, files, threads, pipes[i][1]),
+                               name=f"soundtag-ingest-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
-    for _, sender in pipes:
-        sender.close()  # the parent's copy: a process's end of the pipe closes when it exits
-    readers: dict[Any, int] = {pipes[i][0]: i for i in range(len(workers))}
-    bar = tqdm(total=len(found.audio), unit="clip", desc="ingest", disable=not progress)
+    for _, theirs in pipes:
+        theirs.close()  # the parent's copy: a process's end of the pipe closes when it exits
+    conns: dict[Any, int] = {pipes[i][0]: i for i in range(count)}
+    bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
     counts: dict[int, tuple[int, int, int]] = {}
     results: dict[int, IngestSummary] = {}
+    handed_out = 0
     stop_by: float | None = None
     with _interrupts_counted() as interrupts:
         try:
-            while readers:
+            while conns:
                 if interrupts and stop_by is None:
-                    # Ctrl-C in a terminal reaches every process; a signal sent to this one
-                    # alone is passed on. Each stops after the batch it is working on.
+                    # No more batches are handed out; each process finishes the one it is on.
                     summary.interrupted, stop_by = True, time.monotonic() + STOP_GRACE_S
-                    _signal(workers, signal.SIGINT)
                 if len(interrupts) > 1 or (stop_by is not None and time.monotonic() > stop_by):
                     break  # a second Ctrl-C, or the processes took too long: stop them now
-                ready: list[Any] = mp.connection.wait(list(readers), timeout=POLL_S)
-                for reader in ready:
-                    i = readers[reader]
+                ready: list[Any] = mp.connection.wait(list(conns), timeout=POLL_S)
+                for conn in ready:
+                    i = conns[conn]
                     try:
-                        kind, payload = reader.recv()
+                        kind, payload = conn.recv()
+                        if kind == "next":
+                            # Batches go to whichever process is free: none waits on a slower one.
+                            answer = handed_out if stop_by is None and handed_out < batches else None
+                            handed_out += answer is not None
+                            conn.send(answer)
+                            continue
                     except (EOFError, OSError, pickle.UnpicklingError):
-                        del readers[reader]
+                        del conns[conn]
                         workers[i].join(timeout=5)
                         results.setdefault(i, _lost(i, workers[i].exitcode, counts.get(i)))
                         continue
@@ -189,22 +197,23 @@ def _lost(index: int, exitcode: int | None, counts: tuple[int, int, int] | None,
                          gave_up=f"ingest process {index} exited with code {exitcode} before it finished")
 
 
-def _shards(files: list[Path], batch_size: int, processes: int) -> list[list[Path]]:
-    """Every ``processes``-th batch to each process: all of them progress through the list
-    together, so an interrupted run has tagged a prefix of every shard."""
-    shards: list[list[Path]] = [[] for _ in range(processes)]
-    for k, i in enumerate(range(0, len(files), batch_size)):
-        shards[k % processes].extend(files[i : i + batch_size])
-    return shards
+def _claimed_batches(conn: Any, files: list[Path], batch_size: int) -> Iterator[list[Path]]:
+    """In a process: the batches the parent hands it, one at a time, until it says stop."""
+    while True:
+        conn.send(("next", None))
+        k = conn.recv()
+        if k is None:
+            return
+        yield files[k * batch_size : (k + 1) * batch_size]
 
 
-def _run_shard(index: int, job: IngestJob, files: list[Path], threads: int, events: Any) -> None:
-    """A process's whole life: its own tagger, sessions and pipeline; progress and its
-    summary go back through ``events`` (its end of a pipe)."""
+def _run_part(index: int, job: IngestJob, files: list[Path], threads: int, conn: Any) -> None:
+    """A process's whole life: its own tagger, sessions and pipeline, on the batches of
+    ``files`` the parent hands it; progress and its summary go back through ``conn``."""
     parent = os.getppid()
     stop: list[int] = []
-    # A stop (Ctrl-C reaches every process; the parent also passes it on) takes effect
-    # between batches, so the summary counts exactly what was committed.
+    # Ctrl-C in a terminal reaches every process: it takes effect between batches, so the
+    # summary counts exactly what was committed.
     signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
     try:
         import torch
@@ -218,19 +227,20 @@ def _run_shard(index: int, job: IngestJob, files: list[Path], threads: int, even
                              engine=job.engine, threads=job.model_threads or threads)  # type: ignore[arg-type]
 
         def report(progress: IngestSummary) -> None:
-            events.send(("progress", (progress.tagged, progress.skipped, progress.failed)))
+            conn.send(("progress", (progress.tagged, progress.skipped, progress.failed)))
             if stop or os.getppid() != parent:  # asked to stop, or the parent is gone
                 raise KeyboardInterrupt
 
         result = ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
                         max_duration_s=job.max_duration_s, progress=False, waiter=DatabaseWaiter(job.db_retry_s),
-                        overlap=False, on_batch=report)
+                        overlap=False, on_batch=report,
+                        batches=lambda all_files, size: _claimed_batches(conn, all_files, size))
     except KeyboardInterrupt:
         result = IngestSummary(interrupted=True)
     except Exception as exc:  # broad on purpose: the parent reports it instead of waiting forever
         result = IngestSummary(gave_up=f"ingest process {index} failed: {type(exc).__name__}: {exc}"[:500])
-    events.send(("done", result))
-    events.close()
+    conn.send(("done", result))
+    conn.close()
 
 
 @contextlib.contextmanager
@@ -246,13 +256,6 @@ def _interrupts_counted() -> Iterator[list[float]]:
         yield interrupts
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _signal(workers: list[Any], signum: int) -> None:
-    for w in workers:
-        if w.is_alive() and w.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w.pid, signum)
 
 
 @contextlib.contextmanager

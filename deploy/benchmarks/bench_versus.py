@@ -4,7 +4,7 @@ pipeline can reach.
 
 - ingest: the `soundtag ingest` command into a fresh PostgreSQL database (decode ‖ model ‖
   store, batches of 32, feature maps encoded and stored), in one process (`--processes 1`)
-  and in one process per core (`--processes N`, each on every N-th batch), taking turns
+  and in one process per core (`--processes N`, each taking the next batch when free), taking turns
   twice; timed by the command's own summary (the file walk and the model loading count,
   its imports do not);
 - stream: the clips published to a real tansu broker, tagged by a `soundtag worker`

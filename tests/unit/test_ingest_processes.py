@@ -1,21 +1,22 @@
 """How `soundtag ingest` splits its work between processes (the runs themselves are in
 tests/integration/test_ingest.py, on the real PostgreSQL)."""
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
 
-from tagger.ingest_processes import FILES_PER_PROCESS, IngestJob, _shards, auto_processes, ingest_job
+from tagger.ingest_processes import FILES_PER_PROCESS, IngestJob, _claimed_batches, auto_processes, ingest_job
 
 
-def test_shards_deal_whole_batches_in_turn():
+def test_a_process_takes_the_batches_it_is_handed_until_told_to_stop():
+    parent, child = multiprocessing.Pipe()
+    for answer in (0, 3, None):  # what the parent answers to its next three requests
+        parent.send(answer)
     files = [Path(f"f{i:02d}") for i in range(10)]
-    shards = _shards(files, batch_size=3, processes=2)
-    assert [[p.name for p in s] for s in shards] == [
-        ["f00", "f01", "f02", "f06", "f07", "f08"],
-        ["f03", "f04", "f05", "f09"],
-    ]
-    assert sorted(p for s in shards for p in s) == files  # every file once
+    taken = [[p.name for p in b] for b in _claimed_batches(child, files, batch_size=3)]
+    assert taken == [["f00", "f01", "f02"], ["f09"]]
+    assert [parent.recv() for _ in range(3)] == [("next", None)] * 3
 
 
 def test_auto_processes_one_per_share_of_files_at_most_one_per_core(monkeypatch):
