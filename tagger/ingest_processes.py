@@ -1,13 +1,13 @@
-"""Bulk ingest across processes: one whole pipeline per core, each on its share of the files.
+"""Bulk ingest across processes: one whole pipeline per core.
 
 In one process the stages run on their own threads so that they fill the cores, and the
 handing over between threads and the waiting cost CPU of their own: on two cores about a
 fifth of the machine (figures in deploy/benchmarks/README.md). Here each process takes
-the next batch the parent hands out whenever it is free (a process never waits on a slower
-one, whatever the files' lengths) and runs it through decode, model, encoding and store in
-turn on a single thread, with one model thread; the other processes fill the other cores. Nothing but
-progress counts and the summaries crosses between processes, so nothing is pickled per
-clip. Each process commits its own batches, so a stop at any point keeps what was stored
+the next batch the parent hands out whenever it is free (none waits on a slower one,
+whatever the files' lengths) and runs it through decode, model, encoding and store in
+turn on a single thread, with one model thread; the other processes fill the other
+cores. Only batch numbers, progress counts and the summaries cross between processes,
+so nothing is pickled per clip. Each process commits its own batches, so a stop at any point keeps what was stored
 and a re-run skips it, exactly as in one process.
 
 A process started by ``soundtag ingest`` is forked and only loads the model (a fraction of
