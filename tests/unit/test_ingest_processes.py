@@ -29,5 +29,5 @@ def test_auto_processes_one_per_share_of_files_at_most_one_per_core(monkeypatch)
 
 def test_several_processes_on_sqlite_are_refused_with_the_way_out(tmp_path):
     job = IngestJob(model_path="unused", database_url=f"sqlite:///{tmp_path / 'x.db'}", device="cpu")
-    with pytest.raises(ValueError, match="PostgreSQL only.*leave --processes out"):
+    with pytest.raises(ValueError, match=r"PostgreSQL only.*leave --processes out"):
         ingest_job([tmp_path], job, processes=2, progress=False)
