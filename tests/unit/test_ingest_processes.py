@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tagger.ingest_processes import FILES_PER_PROCESS, IngestJob, _claimed_batches, auto_processes, ingest_job
+from tagger.ingest_processes import (
+    FILES_PER_PROCESS,
+    PROCESS_MEMORY,
+    IngestJob,
+    _claimed_batches,
+    auto_processes,
+    ingest_job,
+)
 
 
 def test_a_process_takes_the_batches_it_is_handed_until_told_to_stop():
@@ -25,6 +32,8 @@ def test_auto_processes_one_per_share_of_files_at_most_one_per_core(monkeypatch)
     assert auto_processes(2 * FILES_PER_PROCESS, "cpu") == 2
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu") == 2
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu", "sqlite:///x.db") == 1  # one writer at a time
+    monkeypatch.setattr("tagger.ingest_processes._available_memory", lambda: PROCESS_MEMORY * 3 // 2)
+    assert auto_processes(100 * FILES_PER_PROCESS, "cpu") == 1  # memory for one only
 
 
 def test_several_processes_on_sqlite_are_refused_with_the_way_out(tmp_path):
