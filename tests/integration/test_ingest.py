@@ -94,6 +94,14 @@ def _assert_whole(sessions) -> int:
     return n
 
 
+def _rerun_finishes(folder: Path, env: dict, sessions, stored: int, total: int) -> None:
+    done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{total - stored} tagged, {stored} already tagged, 0 failed" in done.stdout
+    assert _assert_whole(sessions) == total
+
+
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoint, processes):
     sessions = _fresh(pg_url)
@@ -103,18 +111,14 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
                              "--processes", processes],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(sessions, 16, proc)
-    proc.send_signal(signal.SIGINT)  # to the command alone: it passes the stop on to its processes
+    proc.send_signal(signal.SIGINT)  # to the command alone: it hands its processes no more batches
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in out and "Traceback" not in err
     n = _assert_whole(sessions)
     assert 16 <= n < 240
     assert f"interrupted: {n} tagged" in out  # the count covers every process's committed batches
-    done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert f"{240 - n} tagged, {n} already tagged, 0 failed" in done.stdout
-    assert _assert_whole(sessions) == 240
+    _rerun_finishes(folder, env, sessions, stored=n, total=240)
 
 
 def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_url, random_checkpoint):
@@ -134,11 +138,7 @@ def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_u
     assert "Traceback" not in err
     n = _assert_whole(sessions)  # the killed process's open transaction rolled back
     assert n < 240
-    done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert f"{240 - n} tagged, {n} already tagged, 0 failed" in done.stdout
-    assert _assert_whole(sessions) == 240
+    _rerun_finishes(folder, env, sessions, stored=n, total=240)
 
 
 def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url, random_checkpoint):
