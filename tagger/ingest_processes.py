@@ -7,13 +7,13 @@ the next batch the parent hands out whenever it is free (none waits on a slower 
 whatever the files' lengths) and runs it through decode, model, encoding and store in
 turn on a single thread, with one model thread; the other processes fill the other
 cores. Only batch numbers, progress counts and the summaries cross between processes,
-so nothing is pickled per clip. Each process commits its own batches, so a stop at any point keeps what was stored
-and a re-run skips it, exactly as in one process.
+so nothing is pickled per clip. Each process commits its own batches, so a stop at any
+point keeps what was stored and a re-run skips it, exactly as in one process.
 
 A process started by ``soundtag ingest`` is forked and only loads the model (a fraction of
 a second); elsewhere each is a fresh interpreter that also imports torch (about two
-seconds). ``auto_processes`` uses one per ``FILES_PER_PROCESS`` files, up to one per core,
-on PostgreSQL and CPU.
+seconds). ``auto_processes`` uses one per ``FILES_PER_PROCESS`` files, up to one per core
+and per ``PROCESS_MEMORY`` of available memory, on PostgreSQL and CPU.
 """
 
 from __future__ import annotations
