@@ -59,7 +59,7 @@ def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, wi
             block_taps: dict[str, torch.Tensor] | None = None) -> Any:
     """The torch forward pass, for serving and for validation while training: channels-last,
     at the device's mixed precision (bf16 on CPUs that have it, fp16 on CUDA)."""
-    if device.type == "cuda":
+    if device.type == "cuda" and x.device.type == "cpu":
         x = x.pin_memory()  # lets the copy overlap with the previous batch's compute
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(device)

@@ -126,11 +126,14 @@ class Tagger:
         out = {}
         for c in range(0, len(chosen), self.batch_size):
             chunk = chosen[c : c + self.batch_size]
-            logits, feats, emb = self._forward(torch.stack([specs[i][0] for i in chunk]), with_features=True)
+            batch = torch.stack([specs[i][0] for i in chunk])
+            logits, feats, emb = self._forward(batch, with_features=True)
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             maps = summarize_feature_maps(feats)
+            # One copy to the host per batch, not two per clip (no-ops on a CPU).
+            batch, emb = batch.cpu(), emb.float().cpu()
             for j, i in enumerate(chunk):
-                out[i] = self._result(clips[i], specs[i], probs[j], _clip_maps(maps, j), emb[j])
+                out[i] = self._result(clips[i], batch[j : j + 1], probs[j], _clip_maps(maps, j), emb[j])
         return out
 
     def _tag_long(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
@@ -201,15 +204,14 @@ def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNE
     """
     out = {}
     for name, fm in feats.items():
-        # Reduce the model's own (channels-last, maybe bf16) tensor with fp32 accumulation
-        # and convert only the few maps kept, not whole taps.
-        fm = fm.cpu()
+        # Reduce the model's own (channels-last, maybe bf16) tensor where it is, with fp32
+        # accumulation, and convert and copy to the host only the few maps kept, not whole taps.
         c = fm.shape[1]
         idx = torch.argsort(fm.mean(dim=(2, 3), dtype=torch.float32), dim=1, descending=True)[:, : min(k, c)]
-        top = torch.take_along_dim(fm, idx[:, :, None, None], dim=1).float()
-        means = fm.mean(dim=1, dtype=torch.float32).numpy()
-        out[name] = {"mean": list(means), "channels": list(top.contiguous().numpy()),
-                     "channel_index": list(idx.numpy().astype(np.int16))}
+        top = torch.take_along_dim(fm, idx[:, :, None, None], dim=1).float().contiguous().cpu()
+        means = fm.mean(dim=1, dtype=torch.float32).cpu().numpy()
+        out[name] = {"mean": list(means), "channels": list(top.numpy()),
+                     "channel_index": list(idx.cpu().numpy().astype(np.int16))}
     return out
 
 

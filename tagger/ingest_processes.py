@@ -96,9 +96,7 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
         summary = _ingest_here(found.audio, found.not_audio, job, progress)
         summary.seconds = time.perf_counter() - start
         return summary
-    if resolve_device(job.device).type != "cpu":
-        raise ValueError("ingest runs in several processes on CPU only (set SOUNDTAG_DEVICE=cpu or "
-                         "leave --processes out)")
+    on_cpu = resolve_device(job.device).type == "cpu"
     if not _concurrent_writers(job.database_url):
         raise ValueError("ingest runs in several processes on PostgreSQL only: SQLite takes one writer "
                          "at a time (leave --processes out)")
@@ -107,7 +105,8 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
     batches = -(-len(files) // job.batch_size)
     count = max(1, min(processes, batches))
     threads = max(1, cpu_cores() // count)
-    ctx: Any = mp.get_context(_start_method(fork))
+    # CUDA does not survive a fork: processes that share a GPU start as fresh interpreters.
+    ctx: Any = mp.get_context(_start_method(fork and on_cpu))
     # One pipe per process: a process killed halfway through a message breaks only its own.
     pipes = [ctx.Pipe() for _ in range(count)]
     # One OpenMP thread per process: more only spin against the other processes.
@@ -236,7 +235,7 @@ def _run_part(index: int, job: IngestJob, files: list[Path], threads: int, conn:
         from tagger.inference import Tagger
         from tagger.stages import DatabaseWaiter
 
-        tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size,
+        tagger = Tagger.load(job.model_path, device=job.device, batch_size=job.batch_size,
                              engine=job.engine, threads=job.model_threads or threads)  # type: ignore[arg-type]
 
         def report(progress: IngestSummary) -> None:

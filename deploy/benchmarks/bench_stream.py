@@ -97,14 +97,14 @@ def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> No
 
 
 def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes], max_batch: int,
-                      latency_rate: float | None, work: Path, workers: int = 1) -> dict:
+                      latency_rate: float | None, work: Path, workers: int = 1, device: str = "cpu") -> dict:
     run = uuid.uuid4().hex[:6]
     topic = f"audio-clips-{max_batch}-{run}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     admin.close()
     env = {"SOUNDTAG_DATABASE_URL": db_url, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap,
-           "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu",
+           "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": device,
            "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic,
            "SOUNDTAG_MAX_BATCH": str(max_batch)}
     log_paths = [work / f"worker-{max_batch}-{run}-{i}.log" for i in range(workers)]

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,11 +63,11 @@ def per_file_alternative(tagger, clips: list[Path], out_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
-def cli_ingest_rate(files: list[Path], url: str, model_path: Path, processes: int) -> float:
+def cli_ingest_rate(files: list[Path], url: str, model_path: Path, processes: int, device: str = "cpu") -> float:
     """Clips/s of the `soundtag ingest --processes N` command, from its own summary line (from
     the file walk and the model loading to the last commit; the command's imports not counted)."""
     env = {**os.environ, "SOUNDTAG_DATABASE_URL": url, "SOUNDTAG_MODEL_PATH": str(model_path),
-           "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_ALLOW_UNTRAINED": "1"}
+           "SOUNDTAG_DEVICE": device, "SOUNDTAG_ALLOW_UNTRAINED": "1"}
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", "--quiet", "--processes", str(processes),
                            *map(str, files)], env=env, capture_output=True, text=True, timeout=1800, check=True)
     match = re.search(r"(\d+) tagged, .* in ([\d.]+) s", done.stdout)
@@ -76,23 +76,28 @@ def cli_ingest_rate(files: list[Path], url: str, model_path: Path, processes: in
     return int(match[1]) / float(match[2])
 
 
-def stage_cpu(tagger, clips: list[Path], url: str) -> dict[str, float]:
+def stage_cpu(tagger, clips: list[Path], url: str, batch: int = 32,
+              clock: Callable[[], float] = time.process_time, sync: Callable[[], None] = lambda: None,
+              ) -> dict[str, float]:
     """CPU seconds per clip of each stage, run one after the other on batches of 32 the way
     the pipeline runs them, each on one thread (the model's own thread count is the
-    tagger's)."""
+    tagger's). On a GPU: ``clock`` the wall clock and ``sync`` waiting for the device, so
+    each stage's share includes its device time."""
     cpu = dict.fromkeys(("decode", "log_mel", "model", "summaries_results", "encoding", "store"), 0.0)
     sessions = session_factory(url)
 
     @contextmanager
     def timed(stage: str) -> Iterator[None]:
-        t = time.process_time()
+        sync()
+        t = clock()
         yield
-        cpu[stage] += time.process_time() - t
+        sync()
+        cpu[stage] += clock() - t
 
     torch.set_num_threads(1)  # as on the pipeline's decode threads
-    for start in range(0, len(clips), 32):
+    for start in range(0, len(clips), batch):
         with timed("decode"):
-            decoded = decode_payloads([Payload(data=b"", source=str(p), path=p) for p in clips[start : start + 32]])
+            decoded = decode_payloads([Payload(data=b"", source=str(p), path=p) for p in clips[start : start + batch]])
         with timed("log_mel"):
             decoded.features = [tagger.features(a) for _, a in decoded.audio]
         with timed("model"):

@@ -31,8 +31,14 @@ def load_tagger() -> tuple[Tagger, Path]:
     return Tagger.load(path, device="cpu"), path
 
 
+CLIPS_DIR: Path | None = None  # `run --clips DIR`: the clips on a machine without ESC-50
+
+
 def real_clips(n: int) -> list[Path]:
-    """n distinct real 5 s clips: ESC-50 when it is here, else the bundled samples (fewer)."""
+    """n distinct real 5 s clips: the .ogg files in CLIPS_DIR when it is set, else ESC-50 when
+    it is here, else the bundled samples (fewer)."""
+    if CLIPS_DIR is not None:
+        return sorted(CLIPS_DIR.glob("*.ogg"))[:n]
     try:
         from training.data import read_esc50
 

@@ -19,14 +19,26 @@ import torch
 
 from deploy.benchmarks.common import cpu_name
 
-SUITES = ("core", "versus", "engines", "api", "stream")
+SUITES = ("core", "versus", "engines", "api", "stream")  # and "gpu", asked for by name
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suites", nargs="*", default=list(SUITES))
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run, figures not meaningful)")
+    parser.add_argument("--clips", type=Path, metavar="DIR",
+                        help="the .ogg clips to use (default: ESC-50 in ../shared, else the bundled samples)")
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help="gpu: clips and the CPU's answers to compare with (bench_gpu reference DIR)")
     args = parser.parse_args()
+    if args.clips is not None:
+        from deploy.benchmarks import common
+
+        common.CLIPS_DIR = args.clips
+    if args.reference is not None:
+        from deploy.benchmarks import bench_gpu
+
+        bench_gpu.REFERENCE = args.reference
     out_dir = Path("test-output")
     out_dir.mkdir(exist_ok=True)
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")

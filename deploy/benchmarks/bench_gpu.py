@@ -1,0 +1,267 @@
+"""Issue 16 item 5: the ingest command and the stream worker on a GPU, and where the time goes.
+
+Meant for a machine with CUDA (`python -m deploy.benchmarks.run --clips DIR gpu`; on a
+bare lent machine `bash deploy/benchmarks/gpu_machine.sh` sets everything up first).
+Without a GPU the same steps run on the CPU as a smoke run; the figures name the device.
+
+- answers: the GPU's top 3 (torch, fp16 autocast) against the CPU's (ONNX Runtime fp32,
+  what serving uses there) on the same clips, when ``run --reference DIR`` names a folder
+  of clips with the CPU's answers in ``reference.json``
+  (``python -m deploy.benchmarks.bench_gpu reference DIR`` writes it on a CPU);
+- model: the forward pass with its feature-map taps, ms per clip at the GPU batch (128)
+  and at 32, waiting for the device;
+- stages: wall ms per clip of each stage run one after the other on one thread, batches
+  of 128, each including its device time (``bench_versus.stage_cpu`` with a wall clock);
+- ingest: the `soundtag ingest` command with 1, 2, 4 and 8 processes sharing the GPU, each
+  into a fresh PostgreSQL database, and how busy the GPU was meanwhile (NVML);
+- stream: `soundtag worker` processes on the GPU behind a real tansu broker, one worker at
+  batches of 32 and of 128 and four workers at 32; publish → row latency at half the
+  one-worker rate.
+
+Each section's figures are printed as soon as it ends and kept in ``PARTIAL`` (a lent
+machine's command can run out of time), and a section that fails records its error
+instead of stopping the others.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
+from deploy.benchmarks.bench_versus import cli_ingest_rate, stage_cpu
+from deploy.benchmarks.common import cpu_name, model_windows, real_clips, scratch_postgres
+from tagger.config import SHIPPED_MODEL_PATH
+from tagger.device import cpu_cores
+from tagger.inference import Tagger
+
+REFERENCE: Path | None = None  # `run --reference DIR`: clips and the CPU's answers to compare with
+PARTIAL = Path("test-output/benchmarks-gpu.partial.json")
+INGEST_PROCESSES = (1, 2, 4, 8)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def answers(tagger: Tagger, clips: list[Path], reference: dict[str, list[float]]) -> dict[str, Any]:
+    """Top-3 agreement and the largest probability difference against the reference."""
+    from tagger.audio import decode_file
+
+    names = [p for p in clips if p.name in reference]
+    same_top3 = same_top1 = 0
+    max_diff = 0.0
+    for start in range(0, len(names), 64):
+        chunk = names[start : start + 64]
+        for p, result in zip(chunk, tagger.tag([decode_file(p) for p in chunk]), strict=True):
+            ref = np.asarray(reference[p.name], dtype=np.float32)
+            same_top3 += bool(np.array_equal(np.argsort(-ref)[:3], np.argsort(-result.probabilities)[:3]))
+            same_top1 += int(np.argmax(ref) == np.argmax(result.probabilities))
+            max_diff = max(max_diff, float(np.abs(ref - result.probabilities).max()))
+    return {"answers_compared": len(names), "answers_top3_identical": same_top3,
+            "answers_top1_identical": same_top1, "answers_max_abs_prob_diff": round(max_diff, 5)}
+
+
+def model_ms(tagger: Tagger, clips: list[Path], batch: int, repeats: int = 20) -> float:
+    windows = model_windows(tagger, clips, count=batch).to(tagger.device)
+    for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
+        tagger.engine(windows, True)
+    _sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tagger.engine(windows, True)
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times)) / batch
+
+
+class Utilization:
+    """The GPU's busy percentage, sampled by NVML every 0.1 s while in the block."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Utilization:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVML (no GPU, or the package is missing): no figure
+            return self
+
+        def sample() -> None:
+            while not self._stop.wait(0.1):
+                self.samples.append(int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return round(float(np.mean(self.samples)), 1) if self.samples else None
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_path = SHIPPED_MODEL_PATH
+    tagger = Tagger.load(model_path, device=device)
+    clips = real_clips(40 if quick else 2000)
+    audio_s = sum(sf.info(str(p)).duration for p in clips)
+    figures: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run: no GPU here)",
+        "cpu": cpu_name(), "cores": cpu_cores(), "torch": torch.__version__, "engine": tagger.engine.name,
+        "model_batch": tagger.batch_size, "clips": len(clips), "audio_seconds": round(audio_s, 1)}
+
+    def section(name: str, work: Callable[[], dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            got = work()
+        except Exception as exc:  # broad on purpose: the other sections still run
+            traceback.print_exc()
+            got = {f"{name}_error": f"{type(exc).__name__}: {exc}"[:500]}
+        got[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
+        figures.update(got)
+        for key, value in got.items():
+            print(f"{key:<44} {value}", flush=True)
+        PARTIAL.parent.mkdir(exist_ok=True)
+        PARTIAL.write_text(json.dumps(figures, indent=2))
+
+    if REFERENCE is not None:
+        reference = REFERENCE
+        section("answers", lambda: answers(tagger, sorted(reference.glob("*.ogg")),
+                                           json.loads((reference / "reference.json").read_text())))
+    section("model", lambda: {f"model_ms_per_clip_batch{b}_taps": round(model_ms(tagger, clips, b), 3)
+                              for b in (tagger.batch_size, 32)})
+
+    def stages() -> dict[str, Any]:
+        with scratch_postgres() as url:
+            ms = stage_cpu(tagger, clips[:512], url, batch=tagger.batch_size, clock=time.perf_counter, sync=_sync)
+        out = {f"stage_wall_ms_per_clip_{k}": round(1000 * v, 3) for k, v in ms.items()}
+        out["stage_wall_ms_per_clip_sum"] = round(1000 * sum(ms.values()), 2)
+        return out
+
+    section("stages", stages)
+
+    def ingest() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for processes in INGEST_PROCESSES[:2] if quick else INGEST_PROCESSES:
+            with scratch_postgres() as url, Utilization() as busy:
+                rate = cli_ingest_rate(clips, url, model_path, processes, device=device)
+            out[f"ingest_{processes}_processes_clips_per_s"] = round(rate, 1)
+            out[f"ingest_{processes}_processes_real_time_factor"] = round(rate * audio_s / len(clips))
+            out[f"ingest_{processes}_processes_gpu_busy_percent"] = busy.mean
+            print(f"ingest with {processes} processes: {rate:.1f} clips/s", flush=True)
+        return out
+
+    section("ingest", ingest)
+    del tagger  # the workers get the GPU and the cores
+
+    def stream() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        values = [p.read_bytes() for p in clips]
+        work = Path(tempfile.mkdtemp(prefix="soundtag-bench-gpu-"))
+        configs = ((1, 32), (1, 128)) if quick else ((1, 32), (1, 128), (4, 32))
+        with dev_broker(work) as bootstrap, scratch_postgres("soundtag_bench_gpu") as url:
+            for workers, batch in configs:
+                with Utilization() as busy:
+                    got = run_stream_config(bootstrap, url, model_path, values, batch, None, work,
+                                            workers=workers, device=device)
+                key = f"stream_{workers}_workers_batch{batch}"
+                out[f"{key}_clips_per_s"] = got["clips_per_s"]
+                out[f"{key}_real_time_factor"] = round(got["clips_per_s"] * audio_s / len(clips))
+                out[f"{key}_gpu_busy_percent"] = busy.mean
+                print(f"{key}: {got['clips_per_s']} clips/s", flush=True)
+            rate = out["stream_1_workers_batch32_clips_per_s"]
+            lat = run_stream_config(bootstrap, url, model_path, values[: 100 if quick else 1000], 32, rate / 2,
+                                    work, device=device)
+            out.update({f"stream_{k}": v for k, v in lat.items() if k.startswith("latency")})
+        out["stream_logs"] = str(work)
+        return out
+
+    section("stream", stream)
+    return figures
+
+
+def write_reference(folder: Path, clips: list[Path]) -> None:
+    """``clips`` copied into ``folder`` with the CPU's class probabilities for each (ONNX
+    Runtime fp32) in ``reference.json``, for ``answers``."""
+    import shutil
+
+    from tagger.audio import decode_file
+
+    tagger = Tagger.load(SHIPPED_MODEL_PATH, device="cpu")
+    probs: dict[str, list[float]] = {}
+    for start in range(0, len(clips), 32):
+        chunk = clips[start : start + 32]
+        for p, result in zip(chunk, tagger.tag([decode_file(p) for p in chunk]), strict=True):
+            probs[p.name] = [round(float(x), 6) for x in result.probabilities]
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in clips:
+        if p.parent.resolve() != folder.resolve():
+            shutil.copy(p, folder / p.name)
+    (folder / "reference.json").write_text(json.dumps(probs))
+    print(f"{len(probs)} clips and their answers ({tagger.engine.name}) in {folder}")
+
+
+def write_variants(src: Path, dst: Path, copies: int) -> None:
+    """``copies`` distinct Ogg Vorbis files per clip in ``src`` (gains 1.0, 0.99, …, so every
+    file has its own content hash), for a machine that can carry only a few clips."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    dst.mkdir(parents=True, exist_ok=True)
+    jobs = [(p, dst / f"{p.stem}-v{k}.ogg", 1.0 - 0.01 * k) for p in sorted(src.glob("*.ogg")) for k in range(copies)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_write_variant, jobs, chunksize=16))
+    print(f"{len(jobs)} clips written to {dst}")
+
+
+def _write_variant(job: tuple[Path, Path, float]) -> None:
+    src, dst, gain = job
+    data, rate = sf.read(str(src), dtype="float32")
+    sf.write(str(dst), data * gain, rate, format="OGG", subtype="VORBIS")
+
+
+def main(argv: list[str]) -> int:
+    usage = ("usage: python -m deploy.benchmarks.bench_gpu reference DIR [CLIPS_DIR]  (default clips: ESC-50 fold 5)\n"
+             "       python -m deploy.benchmarks.bench_gpu variants SRC_DIR DST_DIR COPIES")
+    if len(argv) >= 2 and argv[0] == "reference":
+        from training.data import read_esc50
+
+        if len(argv) > 2:
+            clips = sorted(Path(argv[2]).glob("*.ogg"))
+        else:
+            data = read_esc50()
+            clips = [data.root / "audio" / f for f, fold in zip(data.files, data.folds, strict=True) if fold == 5]
+        write_reference(Path(argv[1]), clips)
+        return 0
+    if len(argv) == 4 and argv[0] == "variants":
+        write_variants(Path(argv[1]), Path(argv[2]), int(argv[3]))
+        return 0
+    print(usage, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
