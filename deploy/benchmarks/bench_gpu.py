@@ -176,7 +176,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         return out
 
     section("ingest", ingest)
-    del tagger  # the workers get the GPU and the cores
 
     def stream() -> dict[str, Any]:
         out: dict[str, Any] = {}
