@@ -203,6 +203,59 @@ def run(quick: bool = False) -> dict[str, Any]:
     return figures
 
 
+def decode_threads(clips: list[Path], device: str) -> dict[str, Any]:
+    """Whether decoding (and the log-mel) spreads over the cores inside one process: wall ms
+    per clip on one thread and on one thread per core, each on clips of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tagger.audio import decode_file
+
+    tagger = Tagger.load(SHIPPED_MODEL_PATH, device=device)
+    cores = cpu_cores()
+    jobs: dict[str, Callable[[Path], object]] = {
+        "decode_file": decode_file,
+        "decode_file_and_log_mel": lambda p: tagger.features(decode_file(p)),
+        "soundfile_read_path": lambda p: sf.read(str(p), dtype="float32"),
+        "soundfile_read_file_object": lambda p: sf.read(open(p, "rb"), dtype="float32"),
+    }
+    out: dict[str, Any] = {}
+    n, used = max(1, min(128, len(clips) // (2 * len(jobs)))), 0
+    for name, job in jobs.items():
+        for threads in (1, cores):
+            chunk = clips[used : used + n]
+            used += n
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(job, chunk[:threads]))  # warm-up: threads started, caches
+                _sync()
+                t0 = time.perf_counter()
+                list(pool.map(job, chunk))
+                _sync()
+            out[f"{name}_{threads}_threads_wall_ms_per_clip"] = round(1000 * (time.perf_counter() - t0) / n, 3)
+    for name in jobs:
+        out[f"{name}_speedup_on_{cores}_threads"] = round(
+            out[f"{name}_1_threads_wall_ms_per_clip"] / out[f"{name}_{cores}_threads_wall_ms_per_clip"], 2)
+    return out
+
+
+def probe(clips_dir: Path) -> None:
+    """A short look at where one process's time goes on a machine with many cores."""
+    import subprocess
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clips = sorted(clips_dir.glob("*.ogg"))
+    for key, value in decode_threads(clips, device).items():
+        print(f"{key:<56} {value}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda' if torch.cuda.is_available() "
+                    "else 'cpu'); import tagger.inference"], check=True)
+    print(f"{'fresh_process_torch_device_and_tagger_import_s':<56} {time.perf_counter() - t0:.2f}", flush=True)
+    for processes in (1, 4, 1, 4):  # taking turns
+        with scratch_postgres() as url, Utilization() as busy:
+            rate = cli_ingest_rate(clips, url, SHIPPED_MODEL_PATH, processes, device=device)
+        print(f"{f'ingest_{len(clips)}_clips_{processes}_processes_clips_per_s':<56} {rate:.1f} "
+              f"(GPU busy {busy.mean} %)", flush=True)
+
+
 def write_reference(folder: Path, clips: list[Path]) -> None:
     """``clips`` copied into ``folder`` with the CPU's class probabilities for each (ONNX
     Runtime fp32) in ``reference.json``, for ``answers``."""
@@ -254,6 +307,9 @@ def main(argv: list[str]) -> int:
             data = read_esc50()
             clips = [data.root / "audio" / f for f, fold in zip(data.files, data.folds, strict=True) if fold == 5]
         write_reference(Path(argv[1]), clips)
+        return 0
+    if len(argv) == 2 and argv[0] == "probe":
+        probe(Path(argv[1]))
         return 0
     if len(argv) == 4 and argv[0] == "variants":
         write_variants(Path(argv[1]), Path(argv[2]), int(argv[3]))

