@@ -60,8 +60,8 @@ class IngestJob:
 
 def auto_processes(files: int, device: str = "cpu", database_url: str = "postgresql://") -> int:
     """Processes for ``files`` files: one per FILES_PER_PROCESS, at most one per core and as
-    many as the available memory holds. One on a GPU (the pipeline there is bound by the
-    device, which one process keeps busy) and on SQLite (one writer at a time)."""
+    many as the available memory holds. One on a GPU (processes sharing it were slower than
+    one) and on SQLite (one writer at a time)."""
     if resolve_device(device).type != "cpu" or not _concurrent_writers(database_url):
         return 1
     return max(1, min(cpu_cores(), files // FILES_PER_PROCESS, _available_memory() // PROCESS_MEMORY))
@@ -96,7 +96,11 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
         summary = _ingest_here(found.audio, found.not_audio, job, progress)
         summary.seconds = time.perf_counter() - start
         return summary
-    on_cpu = resolve_device(job.device).type == "cpu"
+    if resolve_device(job.device).type != "cpu":
+        # Processes that share one GPU take turns on it and each runs its pipeline on one
+        # thread: measured slower than one process (deploy/benchmarks/README.md).
+        raise ValueError("ingest runs in several processes on CPU only: on a GPU one process is faster "
+                         "(leave --processes out, or set SOUNDTAG_DEVICE=cpu)")
     if not _concurrent_writers(job.database_url):
         raise ValueError("ingest runs in several processes on PostgreSQL only: SQLite takes one writer "
                          "at a time (leave --processes out)")
@@ -105,8 +109,7 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
     batches = -(-len(files) // job.batch_size)
     count = max(1, min(processes, batches))
     threads = max(1, cpu_cores() // count)
-    # CUDA does not survive a fork: processes that share a GPU start as fresh interpreters.
-    ctx: Any = mp.get_context(_start_method(fork and on_cpu))
+    ctx: Any = mp.get_context(_start_method(fork))
     # One pipe per process: a process killed halfway through a message breaks only its own.
     pipes = [ctx.Pipe() for _ in range(count)]
     # One OpenMP thread per process: more only spin against the other processes.
@@ -235,7 +238,7 @@ def _run_part(index: int, job: IngestJob, files: list[Path], threads: int, conn:
         from tagger.inference import Tagger
         from tagger.stages import DatabaseWaiter
 
-        tagger = Tagger.load(job.model_path, device=job.device, batch_size=job.batch_size,
+        tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size,
                              engine=job.engine, threads=job.model_threads or threads)  # type: ignore[arg-type]
 
         def report(progress: IngestSummary) -> None:

@@ -12,7 +12,7 @@ Without a GPU the same steps run on the CPU as a smoke run; the figures name the
   and at 32, waiting for the device;
 - stages: wall ms per clip of each stage run one after the other on one thread, batches
   of 128, each including its device time (``bench_versus.stage_cpu`` with a wall clock);
-- ingest: the `soundtag ingest` command with 1, 2, 4 and 8 processes sharing the GPU, each
+- ingest: the `soundtag ingest` command (one process: it refuses more on a GPU), twice, each
   into a fresh PostgreSQL database, and how busy the GPU was meanwhile (NVML);
 - stream: `soundtag worker` processes on the GPU behind a real tansu broker, one worker at
   batches of 32 and of 128 and four workers at 32; publish → row latency at half the
@@ -48,7 +48,6 @@ from tagger.inference import Tagger
 
 REFERENCE: Path | None = None  # `run --reference DIR`: clips and the CPU's answers to compare with
 PARTIAL = Path("test-output/benchmarks-gpu.partial.json")
-INGEST_PROCESSES = (1, 2, 4, 8)
 
 
 def _sync() -> None:
@@ -165,15 +164,15 @@ def run(quick: bool = False) -> dict[str, Any]:
     section("stages", stages)
 
     def ingest() -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for processes in INGEST_PROCESSES[:2] if quick else INGEST_PROCESSES:
+        rates, busy_percent = [], []
+        for _ in range(2):  # one process: the command refuses more on a GPU
             with scratch_postgres() as url, Utilization() as busy:
-                rate = cli_ingest_rate(clips, url, model_path, processes, device=device)
-            out[f"ingest_{processes}_processes_clips_per_s"] = round(rate, 1)
-            out[f"ingest_{processes}_processes_real_time_factor"] = round(rate * audio_s / len(clips))
-            out[f"ingest_{processes}_processes_gpu_busy_percent"] = busy.mean
-            print(f"ingest with {processes} processes: {rate:.1f} clips/s", flush=True)
-        return out
+                rates.append(cli_ingest_rate(clips, url, model_path, 1, device=device))
+            busy_percent.append(busy.mean)
+            print(f"ingest: {rates[-1]:.1f} clips/s", flush=True)
+        return {"ingest_clips_per_s_rounds": [round(r, 1) for r in rates],
+                "ingest_real_time_factor": round(float(np.mean(rates)) * audio_s / len(clips)),
+                "ingest_gpu_busy_percent_rounds": busy_percent}
 
     section("ingest", ingest)
 
@@ -238,7 +237,8 @@ def decode_threads(clips: list[Path], device: str) -> dict[str, Any]:
 
 
 def probe(clips_dir: Path) -> None:
-    """A short look at where one process's time goes on a machine with many cores."""
+    """A short look at where one process's time goes on a machine with many cores: does
+    decoding spread over them, and what a fresh process costs before its first clip."""
     import subprocess
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -249,11 +249,6 @@ def probe(clips_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda' if torch.cuda.is_available() "
                     "else 'cpu'); import tagger.inference"], check=True)
     print(f"{'fresh_process_torch_device_and_tagger_import_s':<56} {time.perf_counter() - t0:.2f}", flush=True)
-    for processes in (1, 4, 1, 4):  # taking turns
-        with scratch_postgres() as url, Utilization() as busy:
-            rate = cli_ingest_rate(clips, url, SHIPPED_MODEL_PATH, processes, device=device)
-        print(f"{f'ingest_{len(clips)}_clips_{processes}_processes_clips_per_s':<56} {rate:.1f} "
-              f"(GPU busy {busy.mean} %)", flush=True)
 
 
 def write_reference(folder: Path, clips: list[Path]) -> None:
