@@ -14,11 +14,13 @@ pipeline can reach.
   its default threads, what a script gets), and write the
   original service's JSON answer (`POST /inference` shape: predictions, every layer's
   map, the spectrogram, the waveform) next to it;
-- stages: CPU seconds per clip (process time) of decoding, the log-mel, the network with
-  its feature-map taps at batch 32, the feature-map summaries and results, the encoding
-  of what is stored, and the database write, each on one thread as the pipeline runs
-  them. The bound is cores ÷ their sum (clips/s if every core
-  did only this work); efficiency is an ingest rate ÷ that bound.
+- stages: CPU seconds per clip (process time) of the lookup of clips already tagged,
+  decoding (with the file's hash), the log-mel, the network with its feature-map taps at
+  batch 32, the feature-map summaries and results, the encoding of what is stored, and
+  the database write, each on one thread as the pipeline runs them; the two database
+  stages with the PostgreSQL server process's CPU for them (it runs on the same cores).
+  The bound is cores ÷ their sum (clips/s if every core did only this work); efficiency
+  is an ingest rate ÷ that bound.
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -40,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from api.original_response import inference_response
 from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
@@ -49,7 +53,7 @@ from tagger.db import session_factory
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
 from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
-from tagger.repository import save_clips
+from tagger.repository import save_clips, tagged_ids
 
 
 def per_file_alternative(tagger, clips: list[Path], out_dir: Path) -> float:
@@ -82,20 +86,30 @@ def stage_cpu(tagger, clips: list[Path], url: str, batch: int = 32,
     """CPU seconds per clip of each stage, run one after the other on batches of 32 the way
     the pipeline runs them, each on one thread (the model's own thread count is the
     tagger's). On a GPU: ``clock`` the wall clock and ``sync`` waiting for the device, so
-    each stage's share includes its device time."""
-    cpu = dict.fromkeys(("decode", "log_mel", "model", "summaries_results", "encoding", "store"), 0.0)
+    each stage's share includes its device time.
+
+    The database stages (the lookup of clips already tagged, the write) also count the CPU
+    of the PostgreSQL server process serving them, when it runs on this machine: it takes
+    its share of the same cores."""
+    cpu = dict.fromkeys(("lookup", "decode", "log_mel", "model", "summaries_results", "encoding", "store"), 0.0)
     sessions = session_factory(url)
+    session = sessions()
+    # On the wall clock (a GPU) the server's time is already in the stage's.
+    server_cpu = _server_cpu(session) if clock is time.process_time else (lambda: 0.0)
 
     @contextmanager
-    def timed(stage: str) -> Iterator[None]:
+    def timed(stage: str, server: bool = False) -> Iterator[None]:
         sync()
-        t = clock()
+        t, t_server = clock(), server_cpu() if server else 0.0
         yield
         sync()
-        cpu[stage] += clock() - t
+        cpu[stage] += clock() - t + (server_cpu() - t_server if server else 0.0)
 
     torch.set_num_threads(1)  # as on the pipeline's decode threads
     for start in range(0, len(clips), batch):
+        with timed("lookup", server=True):
+            tagged_ids(session, [p.name for p in clips[start : start + batch]], tagger.version)
+            session.commit()
         with timed("decode"):
             decoded = decode_payloads([Payload(data=b"", source=str(p), path=p) for p in clips[start : start + batch]])
         with timed("log_mel"):
@@ -106,10 +120,30 @@ def stage_cpu(tagger, clips: list[Path], url: str, batch: int = 32,
             tagged = run_model(tagger, decoded)  # the network again, taken off below
         with timed("encoding"):
             records = finish_records(tagged)
-        with timed("store"), sessions.begin() as session:
+        with timed("store", server=True):
             save_clips(session, records)
+            session.commit()
+    session.close()
     cpu["summaries_results"] -= cpu["model"]
     return {k: v / len(clips) for k, v in cpu.items()}
+
+
+def _server_cpu(session: Session) -> Callable[[], float]:
+    """CPU seconds so far of the PostgreSQL process serving ``session`` (Linux /proc), or
+    a constant 0 where it is not on this machine or not PostgreSQL."""
+    if session.get_bind().dialect.name != "postgresql":
+        return lambda: 0.0
+    pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    session.commit()
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        return lambda: 0.0
+
+    def seconds() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return seconds
 
 
 def run(quick: bool = False) -> dict[str, Any]:

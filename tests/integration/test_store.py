@@ -4,7 +4,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from tagger import db
 from tagger.records import ClipRecord, Status
@@ -144,6 +144,16 @@ def test_migrations_build_exactly_the_tables_the_code_declares(store_url):
     finally:
         if not fresh.startswith("sqlite"):
             db.drop_database(PG_ADMIN_URL, name)
+
+
+def test_feature_blobs_are_stored_without_a_second_compression(pg_url):
+    """The codec compresses the blobs; PostgreSQL is told not to try again (migration 0002)."""
+    with db.get_engine(pg_url).connect() as conn:
+        storage = dict(conn.execute(text(
+            "SELECT attname, attstorage FROM pg_attribute "
+            "WHERE attrelid = 'clip_features'::regclass AND attnum > 0 AND NOT attisdropped")).all())
+    assert {c: storage[c] for c in ("spectrogram", "feature_maps", "waveform", "embedding")} == dict.fromkeys(
+        ("spectrogram", "feature_maps", "waveform", "embedding"), "e")
 
 
 def test_one_batch_holding_a_clip_several_times_leaves_what_writing_them_in_order_would(store_url):
