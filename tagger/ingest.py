@@ -129,7 +129,9 @@ def ingest(
         else:
             for batch in plan(files, batch_size):
                 todo, skipped = still_to_tag(batch)
-                tagged = run_model(tagger, decode_payloads(todo, max_duration_s, tagger.features))
+                # The whole batch decoded first, then its log-mels (inside run_model): on one
+                # thread that costs less than each clip's log-mel right after its decoding.
+                tagged = run_model(tagger, decode_payloads(todo, max_duration_s))
                 records = finish_records(tagged)
                 save_records(sessions, records, waiter)  # one transaction: all of the batch or none
                 account(records, skipped)
