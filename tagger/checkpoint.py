@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load, safe_open, save_file
 
 from tagger.features import PREPROCESSING
 from tagger.network import AudioCNN
@@ -44,6 +44,7 @@ class Checkpoint:
     preprocessing: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict[str, Any])
     trained: bool = True
+    sha256: str | None = None  # of the file it was loaded from (None: built in memory)
 
 
 def save_checkpoint(
@@ -107,7 +108,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"but this soundtag computes {PREPROCESSING}; retrain with `soundtag train`."
         )
     model = AudioCNN(num_classes=len(meta["class_names"]))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    data = Path(path).read_bytes()  # read once: hashed (the engine's export cache key) and parsed
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load(data).items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -120,4 +122,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         preprocessing=meta["preprocessing"],
         metrics=meta["metrics"],
         trained=meta["trained"],
+        sha256=hashlib.sha256(data).hexdigest(),
     )

@@ -3,10 +3,13 @@
 - ``torch``: eager PyTorch, channels-last, at the device's mixed precision (bf16 on CPUs
   with AVX-512 BF16, fp16 on CUDA). The only engine on a GPU, and the one training
   validates with (``forward``).
-- ``onnxruntime``: the same network exported to ONNX in memory at load time and run by
-  ONNX Runtime's CPU engine in fp32 (batch norm folded into the convolutions, blocked
-  NCHWc layouts). On CPU its answers match eager fp32 to about 1e-5 and it needs less
-  CPU per clip (the benchmarks README has the comparison), so ``auto`` picks it there.
+- ``onnxruntime``: the same network exported to ONNX at load time and run by ONNX
+  Runtime's CPU engine in fp32 (batch norm folded into the convolutions, blocked NCHWc
+  layouts). On CPU its answers match eager fp32 to about 1e-5 and it needs less CPU per
+  clip (the benchmarks README has the comparison), so ``auto`` picks it there. The export
+  of a checkpoint loaded from a file is kept in the user's cache folder
+  (``$XDG_CACHE_HOME/soundtag/onnx``, else ``~/.cache/soundtag/onnx``): it was two thirds of
+  a process's start-up, which every ingest process, worker and API pays.
 
 Every engine returns torch tensors shaped like ``AudioCNN.forward``'s output, so the
 rest of the inference core does not know which one ran.
@@ -17,12 +20,16 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 import torch
 
+from tagger import __version__
 from tagger.device import autocast_dtype, cpu_cores
 from tagger.features import N_MELS, WINDOW_FRAMES
 from tagger.network import FEATURE_TAPS
@@ -103,7 +110,7 @@ class _Outputs(torch.nn.Module):
 class OnnxRuntimeEngine:
     name = "onnxruntime (fp32)"
 
-    def __init__(self, model: torch.nn.Module, threads: int) -> None:
+    def __init__(self, model: torch.nn.Module, threads: int, checkpoint_sha256: str | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -112,7 +119,22 @@ class OnnxRuntimeEngine:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Idle pool threads sleep instead of spinning: the decode and store threads need the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(export_onnx(model), options, providers=["CPUExecutionProvider"])
+
+        def session(onnx: bytes) -> Any:
+            return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+
+        cached = _export_cache_path(checkpoint_sha256)
+        if cached is not None and cached.is_file():
+            try:
+                self.session = session(cached.read_bytes())
+                self.threads = threads
+                return
+            except Exception as exc:  # broad on purpose: a damaged cache file is exported again
+                log.warning("ignoring the cached ONNX export %s (%s)", cached, exc)
+        onnx = export_onnx(model)
+        self.session = session(onnx)
+        if cached is not None:
+            _write_atomically(cached, onnx)
         self.threads = threads
 
     def __call__(self, x: torch.Tensor, with_features: bool) -> Any:
@@ -140,8 +162,34 @@ def export_onnx(model: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
+def _export_cache_path(checkpoint_sha256: str | None) -> Path | None:
+    """Where the export of this checkpoint file is kept, for this torch and this soundtag
+    (either may export differently); None for a model built in memory."""
+    if checkpoint_sha256 is None:
+        return None
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "soundtag" / "onnx" / f"{checkpoint_sha256[:32]}-torch{torch.__version__}-soundtag{__version__}.onnx"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Whole or not at all, also with several processes writing at once; a folder that
+    cannot be written only costs the next start its export."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.info("not caching the ONNX export in %s: %s", path.parent, exc)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 def make_engine(model: torch.nn.Module, device: torch.device, name: EngineName = "auto",
-                threads: int | None = None) -> Engine:
+                threads: int | None = None, checkpoint_sha256: str | None = None) -> Engine:
     """``auto``: ONNX Runtime on CPU, torch on CUDA; an explicit ``onnxruntime`` on a GPU is refused."""
     threads = threads or default_threads()
     if name == "onnxruntime" and device.type != "cpu":
@@ -149,7 +197,7 @@ def make_engine(model: torch.nn.Module, device: torch.device, name: EngineName =
     if name == "torch" or device.type != "cpu":
         return TorchEngine(model, device, threads)
     try:
-        return OnnxRuntimeEngine(model, threads)
+        return OnnxRuntimeEngine(model, threads, checkpoint_sha256)
     except Exception as exc:  # broad on purpose: any export or runtime fault falls back to torch
         if name == "onnxruntime":
             raise RuntimeError(f"cannot run the model with ONNX Runtime: {type(exc).__name__}: {exc}") from exc

@@ -68,7 +68,7 @@ class Tagger:
         self.class_names = checkpoint.class_names
         self.version = checkpoint.version
         self.threads = threads or default_threads()
-        self.engine: Engine = make_engine(self.model, device, engine, self.threads)
+        self.engine: Engine = make_engine(self.model, device, engine, self.threads, checkpoint.sha256)
         # One forward at a time: on a few cores concurrent forwards only fight for them.
         self._lock = threading.Lock()
 

@@ -46,6 +46,42 @@ def test_the_engine_takes_any_batch_and_length(random_tagger):
         assert maps["stem"].shape[0] == batch and maps["stem"].shape[-1] == (frames + 3) // 4
 
 
+def test_the_export_of_a_checkpoint_file_is_cached(random_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
+    cached = list((tmp_path / "soundtag" / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and cached[0].stat().st_size > 100_000
+
+    def no_export(model):
+        raise AssertionError("exported again although the export is cached")
+
+    monkeypatch.setattr("tagger.engine.export_onnx", no_export)
+    again = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
+    clips = _clips([5.0, 2.0])
+    for a, b in zip(first.tag(clips), again.tag(clips), strict=True):
+        assert np.array_equal(a.probabilities, b.probabilities)
+
+
+def test_a_damaged_or_unwritable_export_cache_only_costs_an_export(random_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
+    (cached,) = (tmp_path / "soundtag" / "onnx").glob("*.onnx")
+    cached.write_bytes(b"not an onnx model")
+    tagger = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
+    assert isinstance(tagger.engine, OnnxRuntimeEngine) and cached.stat().st_size > 100_000  # written anew
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a cache folder cannot be made under a file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert isinstance(Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime").engine, OnnxRuntimeEngine)
+
+
+def test_a_model_built_in_memory_is_not_cached(random_tagger, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    make_engine(random_tagger.model, torch.device("cpu"), "onnxruntime", 1)
+    assert not (tmp_path / "soundtag").exists()
+
+
 def test_engine_choice(random_tagger):
     model, cpu = random_tagger.model, torch.device("cpu")
     assert isinstance(make_engine(model, cpu, "torch", 1), TorchEngine)
