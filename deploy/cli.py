@@ -25,7 +25,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     job = IngestJob(model_path=str(settings.model_path), database_url=settings.database_url, device=settings.device,
                     engine=settings.engine, batch_size=args.batch_size or settings.batch_size,
                     max_duration_s=settings.max_duration_s, db_retry_s=settings.db_retry_s,
-                    model_threads=settings.model_threads)
+                    model_threads=settings.model_threads, export_cache=str(settings.export_cache_dir))
     try:
         # fork: this process has run no torch work and started no thread yet.
         summary = ingest_job(args.paths, job, processes=args.processes, progress=not args.quiet, fork=True)

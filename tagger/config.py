@@ -85,9 +85,14 @@ class Settings(BaseSettings):
     # its topic's max.message.bytes; Kafka's own default. docker-compose.yml raises both.
     kafka_max_message_bytes: int = Field(default=1_048_576, ge=1024)
 
-    # Training and evaluation (`soundtag train` / `evaluate`).
+    # Training and evaluation (`soundtag train` / `evaluate`); cache_dir also keeps the
+    # model's ONNX export for every command that tags.
     esc50_dir: Path | None = None  # default: ../shared/datasets/esc50 next to the checkout
-    cache_dir: Path = Path.home() / ".cache" / "soundtag"  # cached log-mel spectrograms of ESC-50
+    cache_dir: Path = Path.home() / ".cache" / "soundtag"  # ESC-50's log-mels, the model's ONNX export
+
+    @property
+    def export_cache_dir(self) -> Path:
+        return self.cache_dir / "onnx"
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -7,9 +7,9 @@
   Runtime's CPU engine in fp32 (batch norm folded into the convolutions, blocked NCHWc
   layouts). On CPU its answers match eager fp32 to about 1e-5 and it needs less CPU per
   clip (the benchmarks README has the comparison), so ``auto`` picks it there. The export
-  of a checkpoint loaded from a file is kept in the user's cache folder
-  (``$XDG_CACHE_HOME/soundtag/onnx``, else ``~/.cache/soundtag/onnx``): it was two thirds of
-  a process's start-up, which every ingest process, worker and API pays.
+  of a checkpoint loaded from a file can be kept in a folder (the commands use
+  ``SOUNDTAG_CACHE_DIR``/onnx): it was two thirds of a process's start-up, which every
+  ingest process, worker and API pays.
 
 Every engine returns torch tensors shaped like ``AudioCNN.forward``'s output, so the
 rest of the inference core does not know which one ran.
@@ -110,7 +110,8 @@ class _Outputs(torch.nn.Module):
 class OnnxRuntimeEngine:
     name = "onnxruntime (fp32)"
 
-    def __init__(self, model: torch.nn.Module, threads: int, checkpoint_sha256: str | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, threads: int, checkpoint_sha256: str | None = None,
+                 export_cache: Path | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -123,7 +124,7 @@ class OnnxRuntimeEngine:
         def session(onnx: bytes) -> Any:
             return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
-        cached = _export_cache_path(checkpoint_sha256)
+        cached = _export_cache_path(export_cache, checkpoint_sha256)
         if cached is not None and cached.is_file():
             try:
                 self.session = session(cached.read_bytes())
@@ -162,13 +163,12 @@ def export_onnx(model: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def _export_cache_path(checkpoint_sha256: str | None) -> Path | None:
+def _export_cache_path(folder: Path | None, checkpoint_sha256: str | None) -> Path | None:
     """Where the export of this checkpoint file is kept, for this torch and this soundtag
-    (either may export differently); None for a model built in memory."""
-    if checkpoint_sha256 is None:
+    (either may export differently); None without a folder or for a model built in memory."""
+    if folder is None or checkpoint_sha256 is None:
         return None
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "soundtag" / "onnx" / f"{checkpoint_sha256[:32]}-torch{torch.__version__}-soundtag{__version__}.onnx"
+    return folder / f"{checkpoint_sha256[:32]}-torch{torch.__version__}-soundtag{__version__}.onnx"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -189,7 +189,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def make_engine(model: torch.nn.Module, device: torch.device, name: EngineName = "auto",
-                threads: int | None = None, checkpoint_sha256: str | None = None) -> Engine:
+                threads: int | None = None, checkpoint_sha256: str | None = None,
+                export_cache: Path | None = None) -> Engine:
     """``auto``: ONNX Runtime on CPU, torch on CUDA; an explicit ``onnxruntime`` on a GPU is refused."""
     threads = threads or default_threads()
     if name == "onnxruntime" and device.type != "cpu":
@@ -197,7 +198,7 @@ def make_engine(model: torch.nn.Module, device: torch.device, name: EngineName =
     if name == "torch" or device.type != "cpu":
         return TorchEngine(model, device, threads)
     try:
-        return OnnxRuntimeEngine(model, threads, checkpoint_sha256)
+        return OnnxRuntimeEngine(model, threads, checkpoint_sha256, export_cache)
     except Exception as exc:  # broad on purpose: any export or runtime fault falls back to torch
         if name == "onnxruntime":
             raise RuntimeError(f"cannot run the model with ONNX Runtime: {type(exc).__name__}: {exc}") from exc

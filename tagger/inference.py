@@ -61,24 +61,26 @@ class TagResult:
 
 class Tagger:
     def __init__(self, checkpoint: Checkpoint, device: torch.device, batch_size: int = 32,
-                 engine: EngineName = "auto", threads: int | None = None) -> None:
+                 engine: EngineName = "auto", threads: int | None = None, export_cache: Path | None = None) -> None:
         self.device = device
         self.batch_size = batch_size
         self.model = checkpoint.model.to(device).to(memory_format=torch.channels_last).eval()
         self.class_names = checkpoint.class_names
         self.version = checkpoint.version
         self.threads = threads or default_threads()
-        self.engine: Engine = make_engine(self.model, device, engine, self.threads, checkpoint.sha256)
+        self.engine: Engine = make_engine(self.model, device, engine, self.threads, checkpoint.sha256, export_cache)
         # One forward at a time: on a few cores concurrent forwards only fight for them.
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, engine: EngineName = "auto",
-             threads: int | None = None) -> Tagger:
+             threads: int | None = None, export_cache: str | Path | None = None) -> Tagger:
+        """``export_cache``: a folder where the ONNX export of this file is kept between loads."""
         dev = resolve_device(device)
         if dev.type == "cuda":
             batch_size *= 4  # a GPU has memory to spare and is idle between small batches
-        return cls(load_checkpoint(path, dev), dev, batch_size, engine, threads)
+        return cls(load_checkpoint(path, dev), dev, batch_size, engine, threads,
+                   Path(export_cache) if export_cache is not None else None)
 
     # -- model ---------------------------------------------------------------
     def _forward(self, x: torch.Tensor, with_features: bool,

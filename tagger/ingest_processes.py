@@ -56,6 +56,7 @@ class IngestJob:
     max_duration_s: float | None = None
     db_retry_s: float = 120.0
     model_threads: int = 0  # 0: the process's share of the cores
+    export_cache: str | None = None  # where the model's ONNX export is kept between loads
 
 
 def auto_processes(files: int, device: str = "cpu", database_url: str = "postgresql://") -> int:
@@ -194,8 +195,8 @@ def _ingest_here(files: list[Path], not_audio: list[Path], job: IngestJob, progr
     from tagger.inference import Tagger
     from tagger.stages import DatabaseWaiter
 
-    tagger = Tagger.load(job.model_path, device=job.device, batch_size=job.batch_size,
-                         engine=job.engine, threads=job.model_threads or None)  # type: ignore[arg-type]
+    tagger = Tagger.load(job.model_path, device=job.device, batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
+                         threads=job.model_threads or None, export_cache=job.export_cache)
     summary = ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
                      max_duration_s=job.max_duration_s, progress=progress, waiter=DatabaseWaiter(job.db_retry_s))
     summary.not_audio = [str(p) for p in not_audio]
@@ -238,8 +239,8 @@ def _run_part(index: int, job: IngestJob, files: list[Path], threads: int, conn:
         from tagger.inference import Tagger
         from tagger.stages import DatabaseWaiter
 
-        tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size,
-                             engine=job.engine, threads=job.model_threads or threads)  # type: ignore[arg-type]
+        tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
+                             threads=job.model_threads or threads, export_cache=job.export_cache)
 
         def report(progress: IngestSummary) -> None:
             conn.send(("progress", (progress.tagged, progress.skipped, progress.failed)))

@@ -31,7 +31,8 @@ def load_tagger(settings: Settings | None = None) -> Tagger:
     settings = settings or get_settings()
     check_model(settings)
     return Tagger.load(settings.model_path, device=settings.device, batch_size=settings.batch_size,
-                       engine=settings.engine, threads=settings.model_threads or None)
+                       engine=settings.engine, threads=settings.model_threads or None,
+                       export_cache=settings.export_cache_dir)
 
 
 def open_database(settings: Settings | None = None, migrate: bool = True) -> sessionmaker[Session]:

@@ -13,21 +13,6 @@ from tagger.config import SHIPPED_MODEL_PATH
 from tests.helpers import PG_ADMIN_URL
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _own_export_cache(tmp_path_factory):
-    """The engine's ONNX export cache in a folder of the run's own (processes the tests
-    start inherit it), not in the user's home."""
-    import os
-
-    before = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if before is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = before
-
-
 @pytest.fixture(scope="session")
 def pg_url():
     """A fresh PostgreSQL database for the whole run, migrated, dropped at the end."""

@@ -47,39 +47,47 @@ def test_the_engine_takes_any_batch_and_length(random_tagger):
 
 
 def test_the_export_of_a_checkpoint_file_is_cached(random_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    first = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
-    cached = list((tmp_path / "soundtag" / "onnx").glob("*.onnx"))
+    first = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime", export_cache=tmp_path)
+    cached = list(tmp_path.glob("*.onnx"))
     assert len(cached) == 1 and cached[0].stat().st_size > 100_000
 
     def no_export(model):
         raise AssertionError("exported again although the export is cached")
 
     monkeypatch.setattr("tagger.engine.export_onnx", no_export)
-    again = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
+    again = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime", export_cache=tmp_path)
     clips = _clips([5.0, 2.0])
     for a, b in zip(first.tag(clips), again.tag(clips), strict=True):
         assert np.array_equal(a.probabilities, b.probabilities)
 
 
-def test_a_damaged_or_unwritable_export_cache_only_costs_an_export(random_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
-    (cached,) = (tmp_path / "soundtag" / "onnx").glob("*.onnx")
+def test_a_damaged_or_unwritable_export_cache_only_costs_an_export(random_checkpoint, tmp_path):
+    Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime", export_cache=tmp_path)
+    (cached,) = tmp_path.glob("*.onnx")
     cached.write_bytes(b"not an onnx model")
-    tagger = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
+    tagger = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime", export_cache=tmp_path)
     assert isinstance(tagger.engine, OnnxRuntimeEngine) and cached.stat().st_size > 100_000  # written anew
 
     blocked = tmp_path / "a-file"
     blocked.write_text("a cache folder cannot be made under a file")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
-    assert isinstance(Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime").engine, OnnxRuntimeEngine)
+    tagger = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime", export_cache=blocked / "onnx")
+    assert isinstance(tagger.engine, OnnxRuntimeEngine)
 
 
-def test_a_model_built_in_memory_is_not_cached(random_tagger, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    make_engine(random_tagger.model, torch.device("cpu"), "onnxruntime", 1)
-    assert not (tmp_path / "soundtag").exists()
+def test_the_commands_keep_the_export_under_the_cache_setting(random_checkpoint, tmp_path, monkeypatch):
+    from tagger.config import Settings
+    from tagger.startup import load_tagger
+
+    monkeypatch.setenv("SOUNDTAG_MODEL_PATH", str(random_checkpoint))
+    monkeypatch.setenv("SOUNDTAG_ALLOW_UNTRAINED", "1")
+    monkeypatch.setenv("SOUNDTAG_CACHE_DIR", str(tmp_path))
+    load_tagger(Settings())
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+
+
+def test_a_model_built_in_memory_is_not_cached(random_tagger, tmp_path):
+    make_engine(random_tagger.model, torch.device("cpu"), "onnxruntime", 1, None, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_engine_choice(random_tagger):
