@@ -121,6 +121,8 @@ class OnnxRuntimeEngine:
         # Idle pool threads sleep instead of spinning: the decode and store threads need the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
+        self.threads = threads
+
         def session(onnx: bytes) -> Any:
             return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
@@ -128,7 +130,6 @@ class OnnxRuntimeEngine:
         if cached is not None and cached.is_file():
             try:
                 self.session = session(cached.read_bytes())
-                self.threads = threads
                 return
             except Exception as exc:  # broad on purpose: a damaged cache file is exported again
                 log.warning("ignoring the cached ONNX export %s (%s)", cached, exc)
@@ -136,7 +137,6 @@ class OnnxRuntimeEngine:
         self.session = session(onnx)
         if cached is not None:
             _write_atomically(cached, onnx)
-        self.threads = threads
 
     def __call__(self, x: torch.Tensor, with_features: bool) -> Any:
         outputs = self.session.run(None, {"spectrogram": x.float().contiguous().numpy()})
