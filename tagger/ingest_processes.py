@@ -93,22 +93,22 @@ def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, 
     start = time.perf_counter()
     found = find_audio_files(paths)
     processes = processes or auto_processes(len(found.audio), job.device, job.database_url)
-    if processes == 1:
-        summary = _ingest_here(found.audio, found.not_audio, job, progress)
-        summary.seconds = time.perf_counter() - start
-        return summary
-    if resolve_device(job.device).type != "cpu":
+    if processes > 1 and resolve_device(job.device).type != "cpu":
         # Processes that share one GPU take turns on it and each runs its pipeline on one
         # thread: measured slower than one process (deploy/benchmarks/README.md).
         raise ValueError("ingest runs in several processes on CPU only: on a GPU one process is faster "
                          "(leave --processes out, or set SOUNDTAG_DEVICE=cpu)")
-    if not _concurrent_writers(job.database_url):
+    if processes > 1 and not _concurrent_writers(job.database_url):
         raise ValueError("ingest runs in several processes on PostgreSQL only: SQLite takes one writer "
                          "at a time (leave --processes out)")
-    summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
     files = found.audio
     batches = -(-len(files) // job.batch_size)
-    count = max(1, min(processes, batches))
+    if processes == 1 or batches <= 1:  # one batch or none: another process would only start
+        summary = _ingest_here(files, found.not_audio, job, progress)
+        summary.seconds = time.perf_counter() - start
+        return summary
+    summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
+    count = min(processes, batches)
     threads = max(1, cpu_cores() // count)
     ctx: Any = mp.get_context(_start_method(fork))
     # One pipe per process: a process killed halfway through a message breaks only its own.
@@ -190,15 +190,21 @@ def _start_method(fork: bool) -> str:
     return "spawn"
 
 
-def _ingest_here(files: list[Path], not_audio: list[Path], job: IngestJob, progress: bool) -> IngestSummary:
+def _ingest_with_own_pipeline(files: list[Path], job: IngestJob, device: str, threads: int | None,
+                              **options: Any) -> IngestSummary:
+    """``ingest`` with a tagger and sessions of this process's own, as the job describes."""
     from tagger.db import session_factory
     from tagger.inference import Tagger
     from tagger.stages import DatabaseWaiter
 
-    tagger = Tagger.load(job.model_path, device=job.device, batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
-                         threads=job.model_threads or None, export_cache=job.export_cache)
-    summary = ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
-                     max_duration_s=job.max_duration_s, progress=progress, waiter=DatabaseWaiter(job.db_retry_s))
+    tagger = Tagger.load(job.model_path, device=device, batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
+                         threads=job.model_threads or threads, export_cache=job.export_cache)
+    return ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
+                  max_duration_s=job.max_duration_s, waiter=DatabaseWaiter(job.db_retry_s), **options)
+
+
+def _ingest_here(files: list[Path], not_audio: list[Path], job: IngestJob, progress: bool) -> IngestSummary:
+    summary = _ingest_with_own_pipeline(files, job, job.device, None, progress=progress)
     summary.not_audio = [str(p) for p in not_audio]
     return summary
 
@@ -235,22 +241,15 @@ def _run_part(index: int, job: IngestJob, files: list[Path], threads: int, conn:
         import torch
 
         torch.set_num_threads(threads)  # a forked process keeps the parent's OpenMP settings
-        from tagger.db import session_factory
-        from tagger.inference import Tagger
-        from tagger.stages import DatabaseWaiter
-
-        tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
-                             threads=job.model_threads or threads, export_cache=job.export_cache)
 
         def report(progress: IngestSummary) -> None:
             conn.send(("progress", (progress.tagged, progress.skipped, progress.failed)))
             if stop or os.getppid() != parent:  # asked to stop, or the parent is gone
                 raise KeyboardInterrupt
 
-        result = ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
-                        max_duration_s=job.max_duration_s, progress=False, waiter=DatabaseWaiter(job.db_retry_s),
-                        overlap=False, on_batch=report,
-                        batches=lambda all_files, size: _claimed_batches(conn, all_files, size))
+        result = _ingest_with_own_pipeline(files, job, "cpu", threads, progress=False, overlap=False,
+                                           on_batch=report,
+                                           batches=lambda all_files, size: _claimed_batches(conn, all_files, size))
     except KeyboardInterrupt:
         result = IngestSummary(interrupted=True)
     except Exception as exc:  # broad on purpose: the parent reports it instead of waiting forever

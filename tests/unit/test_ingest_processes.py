@@ -40,3 +40,16 @@ def test_several_processes_on_sqlite_are_refused_with_the_way_out(tmp_path):
     job = IngestJob(model_path="unused", database_url=f"sqlite:///{tmp_path / 'x.db'}", device="cpu")
     with pytest.raises(ValueError, match=r"PostgreSQL only.*leave --processes out"):
         ingest_job([tmp_path], job, processes=2, progress=False)
+
+
+def test_one_batch_or_none_is_tagged_in_this_process(tmp_path, random_checkpoint, monkeypatch):
+    def no_processes(method):
+        raise AssertionError("started processes for at most one batch")
+
+    monkeypatch.setattr("tagger.ingest_processes.mp.get_context", no_processes)
+    (tmp_path / "notes.txt").write_text("not audio")
+    # Nothing to tag: the database is never reached, so an unreachable one does.
+    job = IngestJob(model_path=str(random_checkpoint), database_url="postgresql://nobody@127.0.0.1:9/none",
+                    device="cpu")
+    summary = ingest_job([tmp_path], job, processes=2, progress=False)
+    assert (summary.tagged, summary.failed) == (0, 0) and summary.not_audio == [str(tmp_path / "notes.txt")]
