@@ -41,7 +41,7 @@ import torch
 
 from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
 from deploy.benchmarks.bench_versus import cli_ingest_rate, stage_cpu
-from deploy.benchmarks.common import cpu_name, model_windows, real_clips, scratch_postgres
+from deploy.benchmarks.common import cpu_name, model_windows, real_clips, scratch_postgres, time_model
 from tagger.config import SHIPPED_MODEL_PATH
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
@@ -73,18 +73,9 @@ def answers(tagger: Tagger, clips: list[Path], reference: dict[str, list[float]]
             "answers_top1_identical": same_top1, "answers_max_abs_prob_diff": round(max_diff, 5)}
 
 
-def model_ms(tagger: Tagger, clips: list[Path], batch: int, repeats: int = 20) -> float:
+def model_ms(tagger: Tagger, clips: list[Path], batch: int) -> float:
     windows = model_windows(tagger, clips, count=batch).to(tagger.device)
-    for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
-        tagger.engine(windows, True)
-    _sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        tagger.engine(windows, True)
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times)) / batch
+    return 1000 * time_model(tagger, windows, True, repeats=20, warmups=3, sync=_sync)
 
 
 class Utilization:

@@ -33,7 +33,15 @@ import psycopg
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from deploy.benchmarks.common import load_tagger, model_windows, percentile, real_clips, scratch_postgres, time_model
+from deploy.benchmarks.common import (
+    load_tagger,
+    model_windows,
+    percentile,
+    process_cpu_s,
+    real_clips,
+    scratch_postgres,
+    time_model,
+)
 from deploy.dev_broker import start_broker
 from deploy.processes import free_port
 
@@ -84,12 +92,6 @@ def _start_workers(env: dict, log_paths: list[Path]) -> list[subprocess.Popen]:
     return procs
 
 
-def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> None:
     producer.send(topic, key=clip_id.encode(), value=value,
                   headers=[("content-type", b"audio/ogg"), ("source", b"benchmark"),
@@ -135,7 +137,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
             lat_ids = [f"lat-{run}-{i}" for i in range(n)]
             watcher = RowWatcher(db_url, lat_ids)
             log_offsets = [p.stat().st_size for p in log_paths]
-            cpu_before = sum(_process_cpu_s(proc.pid) for proc in procs)
+            cpu_before = sum(process_cpu_s(proc.pid) for proc in procs)
             sent: dict[str, float] = {}
             start = time.time()
             for i, (cid, value) in enumerate(zip(lat_ids, clips[:n], strict=True)):
@@ -144,7 +146,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
                 _send(producer, topic, cid, value)
                 producer.flush()
             watcher.wait(600)
-            cpu_s = sum(_process_cpu_s(proc.pid) for proc in procs) - cpu_before
+            cpu_s = sum(process_cpu_s(proc.pid) for proc in procs) - cpu_before
             sizes = [float(b) for p, offset in zip(log_paths, log_offsets, strict=True)
                      for b in re.findall(r"batch of (\d+)", p.read_bytes()[offset:].decode())]
             lat = [watcher.seen[c] - sent[c] for c in lat_ids]

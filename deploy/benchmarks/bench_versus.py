@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from api.original_response import inference_response
 from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
-from deploy.benchmarks.common import cpu_name, load_tagger, real_clips, scratch_postgres
+from deploy.benchmarks.common import cpu_name, load_tagger, process_cpu_s, real_clips, scratch_postgres
 from tagger.audio import decode_file
 from tagger.db import session_factory
 from tagger.device import cpu_cores
@@ -135,15 +135,9 @@ def _server_cpu(session: Session) -> Callable[[], float]:
         return lambda: 0.0
     pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
     session.commit()
-    stat = Path(f"/proc/{pid}/stat")
-    if not stat.exists():
+    if not Path(f"/proc/{pid}/stat").exists():
         return lambda: 0.0
-
-    def seconds() -> float:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    return seconds
+    return lambda: process_cpu_s(pid)
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,19 +71,29 @@ def model_windows(tagger: Tagger, clips: list[Path], count: int = 32) -> torch.T
     return windows
 
 
-def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats: int) -> float:
+def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats: int, warmups: int = 1,
+               sync: Callable[[], None] = lambda: None) -> float:
     """Seconds per clip of the bare forward pass through the engine serving uses, on the
-    threads it uses."""
+    threads it uses. On a GPU ``sync`` waits for the device, so each reading includes its work."""
     import time
 
     torch.set_num_threads(tagger.threads)
-    tagger.engine(batch, with_features)  # warm-up: allocator, kernels
+    for _ in range(warmups):  # allocator, kernels (and cuDNN's choice of algorithm)
+        tagger.engine(batch, with_features)
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         tagger.engine(batch, with_features)
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / len(batch)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
