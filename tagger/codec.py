@@ -62,8 +62,33 @@ def max_abs_error(lo: float, hi: float, bits: int = DEFAULT_BITS) -> float:
 
 def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) -> bytes:
     """Encode ``{name: (kind, array)}`` into one blob."""
-    items = [(name, kind, np.asarray(arr)) for name, (kind, arr) in arrays.items()]
-    quantized = _quantize_u8([(name, arr) for name, kind, arr in items if kind == "u8"], bits)
+    blob = encode_many([arrays], bits)[0]
+    if isinstance(blob, CodecError):
+        raise blob
+    return blob
+
+
+def encode_many(items: list[dict[str, tuple[str, np.ndarray]]], bits: int = DEFAULT_BITS) -> list[bytes | CodecError]:
+    """``encode`` for each of ``items`` (a batch's clips): the same blobs, byte for byte,
+    with the quantisation done once for all arrays of a shape across the items (per
+    call, numpy's overhead was most of the encoding's cost). An item that cannot be
+    encoded gets its ``CodecError`` in its place; the others are not affected."""
+    entries = [[(name, kind, np.asarray(arr)) for name, (kind, arr) in item.items()] for item in items]
+    quantized, failed = _quantize_u8([((i, name), arr) for i, item in enumerate(entries)
+                                      for name, kind, arr in item if kind == "u8"], bits)
+    out: list[bytes | CodecError] = []
+    for i, item in enumerate(entries):
+        try:
+            if i in failed:
+                raise CodecError(failed[i])
+            out.append(_blob(item, {name: quantized[(i, name)] for name, kind, _ in item if kind == "u8"}, bits))
+        except CodecError as exc:
+            out.append(exc)
+    return out
+
+
+def _blob(items: list[tuple[str, str, np.ndarray]], quantized: dict[str, tuple[np.ndarray, float, float]],
+          bits: int) -> bytes:
     header, chunks = [], []
     for name, kind, arr in items:
         entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "kind": kind}
@@ -83,17 +108,23 @@ def encode(arrays: dict[str, tuple[str, np.ndarray]], bits: int = DEFAULT_BITS) 
     return MAGIC + struct.pack("<BI", VERSION, len(head)) + head + body
 
 
-def _quantize_u8(arrays: list[tuple[str, np.ndarray]], bits: int) -> dict[str, tuple[np.ndarray, float, float]]:
-    """name → (quantised array, with row deltas from two dimensions up; lo; hi).
+Key = tuple[int, str]  # (item, array name)
 
-    Arrays of one shape (a tap's channel mean and its kept channels) are quantised
-    together in a few array operations: one at a time, the per-call overhead was most
-    of the encoding's cost. Each keeps its own lo and hi."""
-    by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    for name, arr in arrays:
-        by_shape.setdefault(arr.shape, []).append((name, arr))
+
+def _quantize_u8(arrays: list[tuple[Key, np.ndarray]], bits: int
+                 ) -> tuple[dict[Key, tuple[np.ndarray, float, float]], dict[int, str]]:
+    """(key → (quantised array, with row deltas from two dimensions up; lo; hi),
+    item → why it cannot be stored).
+
+    Arrays of one shape (a tap's channel mean and its kept channels, and the same arrays
+    of the other clips) are quantised together in a few array operations. Each keeps its
+    own lo and hi."""
+    by_shape: dict[tuple[int, ...], list[tuple[Key, np.ndarray]]] = {}
+    for key, arr in arrays:
+        by_shape.setdefault(arr.shape, []).append((key, arr))
     levels = 2**bits - 1
-    out = {}
+    out: dict[Key, tuple[np.ndarray, float, float]] = {}
+    failed: dict[int, str] = {}
     for shape, group in by_shape.items():
         x = np.stack([arr for _, arr in group]).astype(np.float64)
         flat = x.reshape(len(group), -1)
@@ -101,18 +132,27 @@ def _quantize_u8(arrays: list[tuple[str, np.ndarray]], bits: int) -> dict[str, t
             lo, hi = flat.min(axis=1), flat.max(axis=1)  # NaN and ±inf show up in these
         else:
             lo = hi = np.zeros(len(group))
-        for (name, _), a, b in zip(group, lo, hi, strict=True):
-            if not (np.isfinite(a) and np.isfinite(b)):
-                raise CodecError(f"{name}: non-finite values cannot be stored")
+        finite = np.isfinite(lo) & np.isfinite(hi)
+        if not finite.all():
+            for j in np.flatnonzero(~finite):
+                item, name = group[j][0]
+                failed.setdefault(item, f"{name}: non-finite values cannot be stored")
+            x[~finite], lo[~finite], hi[~finite] = 0.0, 0.0, 0.0  # quantised, then dropped
         scale = (hi - lo) / levels
         scale[scale == 0] = 1.0
         expand = (slice(None), *([None] * len(shape)))
-        q = np.rint((x - lo[expand]) / scale[expand]).clip(0, levels).astype(np.uint8)
+        # In place: each temporary the size of a spectrogram is a fresh mmap whose pages
+        # fault in, which cost five times the arithmetic.
+        x -= lo[expand]
+        x /= scale[expand]
+        np.rint(x, out=x)
+        np.clip(x, 0, levels, out=x)
+        q = x.astype(np.uint8)
         if len(shape) >= 2:
             # uint8 arithmetic wraps modulo 256, and 2^bits divides 256.
             q = np.diff(q, axis=DELTA_AXIS, prepend=np.uint8(0)) & np.uint8(levels)
-        out.update({name: (q[j], float(lo[j]), float(hi[j])) for j, (name, _) in enumerate(group)})
-    return out
+        out.update({key: (q[j], float(lo[j]), float(hi[j])) for j, (key, _) in enumerate(group)})
+    return out, failed
 
 
 _local = threading.local()
@@ -177,13 +217,18 @@ def encode_spectrogram(spec: np.ndarray) -> bytes:
 
 
 def encode_feature_maps(maps: dict[str, dict[str, np.ndarray]]) -> bytes:
+    return encode(feature_map_arrays(maps))
+
+
+def feature_map_arrays(maps: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[str, np.ndarray]]:
+    """The arrays of the feature-map blob, for ``encode`` or ``encode_many``."""
     arrays: dict[str, tuple[str, np.ndarray]] = {}
     for tap, parts in maps.items():
         arrays[f"{tap}/mean"] = ("u8", parts["mean"])
         for j, channel in enumerate(parts["channels"]):
             arrays[f"{tap}/channel{j}"] = ("u8", channel)
         arrays[f"{tap}/channel_index"] = ("i16", parts["channel_index"])
-    return encode(arrays)
+    return arrays
 
 
 def read_feature_maps(blob: bytes) -> dict[str, dict[str, Any]]:

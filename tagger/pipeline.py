@@ -37,15 +37,32 @@ class Payload:
 
 
 def features_row(result: TagResult) -> dict[str, Any]:
-    return {
-        "codec_version": codec.VERSION,
-        "spectrogram": codec.encode_spectrogram(result.spectrogram),
-        "feature_maps": codec.encode_feature_maps(result.feature_maps),
-        "waveform": codec.encode_envelope(result.envelope),
-        "embedding": codec.encode_embedding(result.embedding),
-        "timeline": [{**w, "top3": [{"label": label, "confidence": c} for label, c in w["top3"]]}
-                     for w in result.timeline] or None,
+    """One clip's ``clip_features`` row (raises what ``features_rows`` puts in its place)."""
+    row = features_rows([result])[0]
+    if isinstance(row, Exception):
+        raise row
+    return row
+
+
+def features_rows(results: list[TagResult]) -> list[dict[str, Any] | Exception]:
+    """A batch's ``clip_features`` rows, each field encoded for all clips at once; a clip
+    whose features cannot be encoded gets the error in its place."""
+    fields = {
+        "spectrogram": codec.encode_many([{"spectrogram": ("u8", r.spectrogram)} for r in results]),
+        "feature_maps": codec.encode_many([codec.feature_map_arrays(r.feature_maps) for r in results]),
+        "waveform": codec.encode_many([{"envelope": ("u8", r.envelope)} for r in results]),
+        "embedding": codec.encode_many([{"embedding": ("f16", r.embedding)} for r in results]),
     }
+    rows: list[dict[str, Any] | Exception] = []
+    for j, result in enumerate(results):
+        blobs = {field: encoded[j] for field, encoded in fields.items()}
+        error = next((b for b in blobs.values() if isinstance(b, Exception)), None)
+        rows.append(error or {
+            "codec_version": codec.VERSION, **blobs,
+            "timeline": [{**w, "top3": [{"label": label, "confidence": c} for label, c in w["top3"]]}
+                         for w in result.timeline] or None,
+        })
+    return rows
 
 
 @dataclass
@@ -138,22 +155,40 @@ def run_model(tagger: Tagger, decoded: Decoded) -> Tagged:
 
 def finish_records(tagged: Tagged) -> list[ClipRecord]:
     """Fill every record from the model's answers and encode the features for storage."""
+    answered = [(i, r) for (i, _), r in zip(tagged.decoded.audio, tagged.results, strict=True)
+                if not isinstance(r, Exception)]
+    rows = dict(zip((i for i, _ in answered), _encode_isolating_failures([r for _, r in answered]), strict=True))
     for (i, _), result in zip(tagged.decoded.audio, tagged.results, strict=True):
         rec = tagged.decoded.records[i]
         if isinstance(result, Exception):
             rec.error = f"tagging failed: {type(result).__name__}: {result}"
             continue
-        try:
-            features = features_row(result)
-        except Exception as exc:  # broad on purpose: one clip's encoding fault is that clip's alone
-            log.exception("encoding the features of %s failed", rec.source)
-            rec.error = f"storing features failed: {type(exc).__name__}: {exc}"[:2000]
+        features = rows[i]
+        if isinstance(features, Exception):
+            log.error("encoding the features of %s failed: %s", rec.source, features)
+            rec.error = f"storing features failed: {type(features).__name__}: {features}"[:2000]
             continue
         rec.status, rec.error = Status.TAGGED, None
         rec.model_version = tagged.model_version
         rec.top3 = result.top3
         rec.features = features
     return tagged.decoded.records
+
+
+def _encode_isolating_failures(results: list[TagResult]) -> list[dict[str, Any] | Exception]:
+    """The batch's feature rows; if encoding the batch fails unexpectedly, clip by clip so
+    one clip's fault is that clip's alone."""
+    try:
+        return features_rows(results)
+    except Exception:  # broad on purpose: an encoding fault must not lose the other clips
+        log.exception("encoding the features of a batch of %d clips failed; retrying one by one", len(results))
+    out: list[dict[str, Any] | Exception] = []
+    for result in results:
+        try:
+            out.extend(features_rows([result]))
+        except Exception as exc:  # broad on purpose: this clip's alone
+            out.append(exc)
+    return out
 
 
 def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio],

@@ -172,11 +172,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         values = [p.read_bytes() for p in clips]
         work = Path(tempfile.mkdtemp(prefix="soundtag-bench-gpu-"))
         configs = ((1, 32), (1, 128)) if quick else ((1, 32), (1, 128), (4, 32))
-        with dev_broker(work) as bootstrap, scratch_postgres("soundtag_bench_gpu") as url:
+        with dev_broker(work) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_gpu") as url:
             for workers, batch in configs:
                 with Utilization() as busy:
                     got = run_stream_config(bootstrap, url, model_path, values, batch, None, work,
-                                            workers=workers, device=device)
+                                            workers=workers, device=device, broker_pid=broker_pid)
                 key = f"stream_{workers}_workers_batch{batch}"
                 out[f"{key}_clips_per_s"] = got["clips_per_s"]
                 out[f"{key}_real_time_factor"] = round(got["clips_per_s"] * audio_s / len(clips))

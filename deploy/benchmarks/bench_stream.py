@@ -38,6 +38,7 @@ from deploy.benchmarks.common import (
     model_windows,
     percentile,
     process_cpu_s,
+    processes_cpu_s,
     real_clips,
     scratch_postgres,
     time_model,
@@ -98,8 +99,18 @@ def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> No
                            ("sent-at", str(time.time()).encode())])
 
 
+def _cpu_by_party(workers: list[subprocess.Popen], broker_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of everything the stream runs on this machine: the workers, the
+    broker, PostgreSQL's server and this process (the producer and the row watcher)."""
+    return {"workers": sum(process_cpu_s(proc.pid) for proc in workers),
+            "broker": process_cpu_s(broker_pid) if broker_pid else 0.0,
+            "postgresql": processes_cpu_s("postgres"),
+            "producer_and_watcher": process_cpu_s(os.getpid())}
+
+
 def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes], max_batch: int,
-                      latency_rate: float | None, work: Path, workers: int = 1, device: str = "cpu") -> dict:
+                      latency_rate: float | None, work: Path, workers: int = 1, device: str = "cpu",
+                      broker_pid: int | None = None) -> dict:
     run = uuid.uuid4().hex[:6]
     topic = f"audio-clips-{max_batch}-{run}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -122,13 +133,17 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
 
         ids = [f"tp-{run}-{i}" for i in range(len(clips))]
         watcher = RowWatcher(db_url, ids, interval=0.1)
+        cpu_before = _cpu_by_party(procs, broker_pid)
         t0 = time.time()
         for cid, value in zip(ids, clips, strict=True):
             _send(producer, topic, cid, value)
         producer.flush()
         watcher.wait(1200)
         seconds = max(watcher.seen.values()) - t0
-        out = {"clips": len(ids), "seconds": round(seconds, 2), "clips_per_s": round(len(ids) / seconds, 2)}
+        cpu = {party: after - cpu_before[party] for party, after in _cpu_by_party(procs, broker_pid).items()}
+        out = {"clips": len(ids), "seconds": round(seconds, 2), "clips_per_s": round(len(ids) / seconds, 2),
+               "cpu_ms_per_clip": {party: round(1000 * s / len(ids), 2) for party, s in cpu.items()},
+               "cores_busy": round(sum(cpu.values()) / seconds, 2)}
         if any("generation 2" in p.read_text() for p in log_paths):
             out["rebalanced_during_run"] = True  # a worker left or joined: the figure includes a pause
 
@@ -137,7 +152,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
             lat_ids = [f"lat-{run}-{i}" for i in range(n)]
             watcher = RowWatcher(db_url, lat_ids)
             log_offsets = [p.stat().st_size for p in log_paths]
-            cpu_before = sum(process_cpu_s(proc.pid) for proc in procs)
+            workers_cpu_before = sum(process_cpu_s(proc.pid) for proc in procs)
             sent: dict[str, float] = {}
             start = time.time()
             for i, (cid, value) in enumerate(zip(lat_ids, clips[:n], strict=True)):
@@ -146,7 +161,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
                 _send(producer, topic, cid, value)
                 producer.flush()
             watcher.wait(600)
-            cpu_s = sum(process_cpu_s(proc.pid) for proc in procs) - cpu_before
+            cpu_s = sum(process_cpu_s(proc.pid) for proc in procs) - workers_cpu_before
             sizes = [float(b) for p, offset in zip(log_paths, log_offsets, strict=True)
                      for b in re.findall(r"batch of (\d+)", p.read_bytes()[offset:].decode())]
             lat = [watcher.seen[c] - sent[c] for c in lat_ids]
@@ -169,13 +184,13 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
 
 
 @contextmanager
-def dev_broker(work: Path) -> Iterator[str]:
-    """A tansu broker on a free port for the benchmark's lifetime: its bootstrap address."""
+def dev_broker(work: Path) -> Iterator[tuple[str, int]]:
+    """A tansu broker on a free port for the benchmark's lifetime: its bootstrap address and pid."""
     port = free_port()
     broker = start_broker(port, open(work / "tansu.log", "w"))
     try:
         time.sleep(1.0)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", broker.pid
     finally:
         broker.terminate()
         broker.wait(timeout=10)
@@ -190,8 +205,8 @@ def run(quick: bool = False) -> dict:
     figures: dict = {"model_version_file": model_path.name, "partitions": PARTITIONS,
                      "model_clips_per_s_batch32_taps": round(model_rate, 2)}
     work = Path(tempfile.mkdtemp(prefix="soundtag-bench-stream-"))
-    with dev_broker(work) as bootstrap, scratch_postgres("soundtag_bench_stream") as url:
-        main = run_stream_config(bootstrap, url, model_path, clips, 32, None, work)
+    with dev_broker(work) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_stream") as url:
+        main = run_stream_config(bootstrap, url, model_path, clips, 32, None, work, broker_pid=broker_pid)
         figures.update({f"stream_{k}": v for k, v in main.items()})
         figures["stream_to_model_ratio"] = round(main["clips_per_s"] / model_rate, 3)
         few = clips[: 40 if quick else 300]
@@ -203,7 +218,8 @@ def run(quick: bool = False) -> dict:
         figures["max_batch_32_clips_per_s"] = main["clips_per_s"]
         # One worker per core, the way a deployment scales out (`--scale worker=N`); the
         # partitions are shared between them.
-        two = run_stream_config(bootstrap, url, model_path, clips, 32, None, work, workers=2)
+        two = run_stream_config(bootstrap, url, model_path, clips, 32, None, work, workers=2,
+                                 broker_pid=broker_pid)
         figures.update({f"stream_2_workers_{k}": v for k, v in two.items()})
     figures["logs"] = str(work)
     return figures

@@ -20,7 +20,10 @@ pipeline can reach.
   the database write, each on one thread as the pipeline runs them; the two database
   stages with the PostgreSQL server process's CPU for them (it runs on the same cores).
   The bound is cores ÷ their sum (clips/s if every core did only this work); efficiency
-  is an ingest rate ÷ that bound.
+  is an ingest rate ÷ that bound. The stream's bound adds what only the stream runs on
+  these cores, measured during its run: the broker's CPU per clip and this process's
+  (the producer, and the poll that watches for the rows); the CPU of the worker process,
+  the broker, PostgreSQL and this process per clip are reported as they were measured.
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -170,15 +173,18 @@ def run(quick: bool = False) -> dict[str, Any]:
         with scratch_postgres() as url:
             stages = stage_cpu(tagger, clips, url)
         # The stream path: a real broker and a `soundtag worker` process (batches of 32).
-        with dev_broker(folder) as bootstrap, scratch_postgres("soundtag_bench_versus") as url:
+        with dev_broker(folder) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_versus") as url:
             values = [p.read_bytes() for p in clips]
-            stream = run_stream_config(bootstrap, url, model_path, values, 32, None, folder)
-            stream_workers = run_stream_config(bootstrap, url, model_path, values, 32, None, folder, workers=cores)
+            stream = run_stream_config(bootstrap, url, model_path, values, 32, None, folder, broker_pid=broker_pid)
+            stream_workers = run_stream_config(bootstrap, url, model_path, values, 32, None, folder, workers=cores,
+                                              broker_pid=broker_pid)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ingest_rate, in_processes = statistics.mean(rounds[1]), statistics.mean(rounds[cores])
     alt_rate = len(clips) / alt_s
     bound = cores / sum(stages.values())
+    stream_only_s = (stream["cpu_ms_per_clip"]["broker"] + stream["cpu_ms_per_clip"]["producer_and_watcher"]) / 1000
+    stream_bound = cores / (sum(stages.values()) + stream_only_s)
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
         "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds[1]],
@@ -189,7 +195,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         "stream_real_time_factor": round(stream["clips_per_s"] * audio_s / len(clips)),
         "ingest_to_per_file_ratio": round(ingest_rate / alt_rate, 2),
         "stream_to_per_file_ratio": round(stream["clips_per_s"] / alt_rate, 2),
+        "stream_cpu_ms_per_clip": stream["cpu_ms_per_clip"],
+        "stream_cores_busy": stream["cores_busy"],
+        "stream_bound_clips_per_s": round(stream_bound, 1),
+        "stream_efficiency": round(stream["clips_per_s"] / stream_bound, 2),
         f"stream_{cores}_workers_clips_per_s": stream_workers["clips_per_s"],
+        f"stream_{cores}_workers_cpu_ms_per_clip": stream_workers["cpu_ms_per_clip"],
         f"stream_{cores}_workers_real_time_factor": round(stream_workers["clips_per_s"] * audio_s / len(clips)),
         f"stream_{cores}_workers_to_per_file_ratio": round(stream_workers["clips_per_s"] / alt_rate, 2),
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},

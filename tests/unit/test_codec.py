@@ -96,3 +96,22 @@ def test_stored_features_are_25x_smaller_than_the_json_payload(random_tagger):
     stored = sum(len(v) for k, v in row.items() if isinstance(v, bytes))
     payload = len(json.dumps(inference_response(clip, result, random_tagger.layer_maps(clip))))
     assert payload / stored >= 25, (stored, payload)
+
+
+def test_a_batch_encodes_to_the_same_blobs_as_one_clip_at_a_time():
+    rng = np.random.default_rng(5)
+    items = [{"spectrogram": ("u8", rng.normal(-40, 15, (64, frames)).astype(np.float32)),
+              "mean": ("u8", rng.random((16, 54)).astype(np.float32)),
+              "constant": ("u8", np.full((3, 2), 7.0, np.float32)),
+              "index": ("i16", np.arange(4, dtype=np.int16)),
+              "embedding": ("f16", rng.random(8).astype(np.float32))}
+             for frames in (431, 431, 87, 431)]  # equal shapes share one quantisation
+    assert codec.encode_many(items) == [codec.encode(item) for item in items]
+
+
+def test_a_clip_that_cannot_be_encoded_fails_alone_in_its_batch():
+    good = {"x": ("u8", np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))}
+    bad = {"x": ("u8", np.array([[0.0, np.nan, 1.0, 2.0]] * 3, dtype=np.float32))}
+    out = codec.encode_many([good, bad, good])
+    assert out[0] == out[2] == codec.encode(good)
+    assert isinstance(out[1], codec.CodecError) and "non-finite" in str(out[1])

@@ -57,3 +57,13 @@ def test_a_model_error_fails_only_that_clip(random_tagger, monkeypatch):
     records = finish_records(run_model(random_tagger, decoded))
     assert [r.status for r in records] == [Status.TAGGED, Status.FAILED, Status.TAGGED]
     assert "tagging failed: RuntimeError: this clip breaks the model" in records[1].error
+
+
+def test_features_that_cannot_be_stored_fail_only_that_clip(random_tagger):
+    payloads = [Payload(data=audio_bytes("WAV", 1.0, seed=s), source=str(s)) for s in range(3)]
+    tagged = run_model(random_tagger, decode_payloads(payloads, featurize=random_tagger.features))
+    tagged.results[1].spectrogram[0, 0] = float("nan")  # what a broken model might hand on
+    records = finish_records(tagged)
+    assert [r.status for r in records] == [Status.TAGGED, Status.FAILED, Status.TAGGED]
+    assert "storing features failed: CodecError" in records[1].error and records[1].features is None
+    assert records[0].features and records[2].features
