@@ -26,7 +26,7 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,8 +190,10 @@ def _start_method(fork: bool) -> str:
     return "spawn"
 
 
-def _ingest_with_own_pipeline(files: list[Path], job: IngestJob, device: str, threads: int | None,
-                              **options: Any) -> IngestSummary:
+def _ingest_with_own_pipeline(files: list[Path], job: IngestJob, device: str, threads: int | None, progress: bool,
+                              overlap: bool = True, on_batch: Callable[[IngestSummary], None] | None = None,
+                              batches: Callable[[list[Path], int], Iterator[list[Path]]] | None = None,
+                              ) -> IngestSummary:
     """``ingest`` with a tagger and sessions of this process's own, as the job describes."""
     from tagger.db import session_factory
     from tagger.inference import Tagger
@@ -200,7 +202,8 @@ def _ingest_with_own_pipeline(files: list[Path], job: IngestJob, device: str, th
     tagger = Tagger.load(job.model_path, device=device, batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
                          threads=job.model_threads or threads, export_cache=job.export_cache)
     return ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
-                  max_duration_s=job.max_duration_s, waiter=DatabaseWaiter(job.db_retry_s), **options)
+                  max_duration_s=job.max_duration_s, waiter=DatabaseWaiter(job.db_retry_s), progress=progress,
+                  overlap=overlap, on_batch=on_batch, batches=batches)
 
 
 def _ingest_here(files: list[Path], not_audio: list[Path], job: IngestJob, progress: bool) -> IngestSummary:
