@@ -213,8 +213,14 @@ def _read(blob: bytes) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
 
 # -- the fields of clip_features -------------------------------------------------
 
+# Each field's arrays (for ``encode`` or, a batch's at once, ``encode_many``) and its encoder.
+
+def spectrogram_arrays(spec: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+    return {"spectrogram": ("u8", spec)}
+
+
 def encode_spectrogram(spec: np.ndarray) -> bytes:
-    return encode({"spectrogram": ("u8", spec)})
+    return encode(spectrogram_arrays(spec))
 
 
 def encode_feature_maps(maps: dict[str, dict[str, np.ndarray]]) -> bytes:
@@ -222,7 +228,6 @@ def encode_feature_maps(maps: dict[str, dict[str, np.ndarray]]) -> bytes:
 
 
 def feature_map_arrays(maps: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[str, np.ndarray]]:
-    """The arrays of the feature-map blob, for ``encode`` or ``encode_many``."""
     arrays: dict[str, tuple[str, np.ndarray]] = {}
     for tap, parts in maps.items():
         arrays[f"{tap}/mean"] = ("u8", parts["mean"])
@@ -248,9 +253,17 @@ def read_feature_maps(blob: bytes) -> dict[str, dict[str, Any]]:
     return maps
 
 
+def envelope_arrays(envelope: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+    return {"envelope": ("u8", envelope)}
+
+
 def encode_envelope(envelope: np.ndarray) -> bytes:
-    return encode({"envelope": ("u8", envelope)})
+    return encode(envelope_arrays(envelope))
+
+
+def embedding_arrays(embedding: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+    return {"embedding": ("f16", embedding)}
 
 
 def encode_embedding(embedding: np.ndarray) -> bytes:
-    return encode({"embedding": ("f16", embedding)})
+    return encode(embedding_arrays(embedding))

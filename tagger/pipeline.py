@@ -48,10 +48,10 @@ def features_rows(results: list[TagResult]) -> list[dict[str, Any] | Exception]:
     """A batch's ``clip_features`` rows, each field encoded for all clips at once; a clip
     whose features cannot be encoded gets the error in its place."""
     fields = {
-        "spectrogram": codec.encode_many([{"spectrogram": ("u8", r.spectrogram)} for r in results]),
+        "spectrogram": codec.encode_many([codec.spectrogram_arrays(r.spectrogram) for r in results]),
         "feature_maps": codec.encode_many([codec.feature_map_arrays(r.feature_maps) for r in results]),
-        "waveform": codec.encode_many([{"envelope": ("u8", r.envelope)} for r in results]),
-        "embedding": codec.encode_many([{"embedding": ("f16", r.embedding)} for r in results]),
+        "waveform": codec.encode_many([codec.envelope_arrays(r.envelope) for r in results]),
+        "embedding": codec.encode_many([codec.embedding_arrays(r.embedding) for r in results]),
     }
     rows: list[dict[str, Any] | Exception] = []
     for j, result in enumerate(results):

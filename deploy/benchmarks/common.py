@@ -92,7 +92,12 @@ def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _stat_cpu_s(stat: str) -> float:
+    """User + system CPU seconds from the text of a /proc/PID/stat file."""
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -106,8 +111,7 @@ def processes_cpu_s(command: str) -> float:
         except OSError:
             continue  # it ended meanwhile
         if text[text.index("(") + 1 : text.rindex(")")] == command:
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += _stat_cpu_s(text)
     return total
 
 
