@@ -8,10 +8,12 @@ away) → one ``audio-tags`` event per tagged clip, the original message to
 moment it is read until all of that is durable, so a worker stopped, killed or failing at
 any instant re-reads what it had not finished, and the upsert keeps one result per clip.
 
-Decoding, the model and storing each run in their own single thread, never on the event
-loop (heartbeats keep flowing); while one batch is in the model the next decodes and the
-previous is stored. Batches finish out of order, so the consumer commits an offset only
-once every message before it is acknowledged and released (``_Consumer._new_offset``).
+Decoding, the model and storing never run on the event loop (heartbeats keep flowing):
+the runner does them, either in one process per core, each batch whole in one process
+(``tagger.stage_processes``, the CPU default), or on threads of this process, while one
+batch is in the model the next decoding and the previous being stored (``StageRunner``).
+Batches finish out of order, so the consumer commits an offset only once every message
+before it is acknowledged and released (``_Consumer._new_offset``).
 """
 
 from __future__ import annotations
@@ -32,14 +34,11 @@ except ImportError:  # older Faust acknowledges on the event loop only
     import threading
 
     ack_lock = threading.RLock()
-from sqlalchemy.orm import Session, sessionmaker
-
 from stream.batching import MicroBatcher
 from stream.messages import MESSAGE_OVERHEAD_BYTES, dlq_headers, encode_event, payload_from_message
 from tagger.config import Settings
-from tagger.inference import Tagger
 from tagger.records import Status
-from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
+from tagger.stages import BatchRunner, DatabaseUnavailable
 
 log = logging.getLogger("soundtag.worker")
 
@@ -145,7 +144,9 @@ class SoundtagApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
-def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Session]) -> SoundtagApp:
+def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
+    """The worker's app; ``runner`` tags and stores each batch (``StageRunner`` in this
+    process, or ``ProcessStageRunner`` in one process per core)."""
     app = SoundtagApp(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -165,8 +166,6 @@ def create_app(settings: Settings, tagger: Tagger, sessions: sessionmaker[Sessio
                       partitions=app.conf.topic_partitions)
     tags = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    runner = StageRunner(tagger, sessions, settings.max_duration_s, DatabaseWaiter(settings.db_retry_s))
-
     async def tag_batch(messages: list) -> None:
         try:
             records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)

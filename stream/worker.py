@@ -14,11 +14,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from faust import Worker
 
-from tagger.config import get_settings
-from tagger.startup import load_tagger, open_database
+from tagger.config import Settings, get_settings
+from tagger.device import PROCESS_MEMORY, available_memory, cpu_cores, resolve_device
+from tagger.stage_processes import ProcessStageRunner, StageJob, StageProcessError
+from tagger.stages import BatchRunner, DatabaseWaiter, StageRunner
+from tagger.startup import check_model, load_tagger, open_database
 
 STOP_GRACE_S = 8.0
 log = logging.getLogger("soundtag.worker")
@@ -97,19 +101,55 @@ def _wait_for_broker(bootstrap: str) -> bool:
             signal.signal(sig, handler)
 
 
+def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], None]]:
+    """What tags the worker's batches, a line saying where, and how to stop it."""
+    processes = worker_processes(settings)
+    if processes == 1:
+        tagger = load_tagger(settings)  # a missing model stops here, with a clear message
+        runner = StageRunner(tagger, open_database(settings), settings.max_duration_s,
+                             DatabaseWaiter(settings.db_retry_s))
+        return runner, f"model {tagger.version} on {tagger.device}", runner.close
+    check_model(settings)  # a missing model stops here, before any process starts
+    open_database(settings)  # the schema brought up to date once, here
+    job = StageJob(model_path=str(settings.model_path), database_url=settings.database_url, engine=settings.engine,
+                   batch_size=settings.batch_size, max_duration_s=settings.max_duration_s,
+                   db_retry_s=settings.db_retry_s, export_cache=str(settings.export_cache_dir))
+    pool = ProcessStageRunner(job, processes)
+    try:
+        version = pool.wait_ready()
+    except StageProcessError:
+        pool.close(wait=False)
+        raise
+    return pool, f"model {version} in {processes} processes on cpu", pool.close
+
+
+def worker_processes(settings: Settings) -> int:
+    """SOUNDTAG_WORKER_PROCESSES, or by default one per core on CPU as far as memory allows
+    (each holds about 450 MB), one on a GPU (processes sharing one were slower there)."""
+    if settings.worker_processes:
+        return settings.worker_processes
+    if settings.device == "cuda" or resolve_device(settings.device).type != "cpu":
+        return 1
+    return max(1, min(cpu_cores(), available_memory() // PROCESS_MEMORY))
+
+
 def run_worker(loglevel: str = "info") -> int:
     settings = get_settings()
-    tagger = load_tagger(settings)  # a missing model stops here, with a clear message
-    sessions = open_database(settings)
+    try:
+        runner, where, close = _stage_runner(settings)
+    except StageProcessError as exc:
+        print(f"soundtag worker: {exc}", file=sys.stderr, flush=True)
+        return 1
     from stream.app import create_app
 
-    app = create_app(settings, tagger, sessions)
+    app = create_app(settings, runner)
     logging.getLogger("soundtag").setLevel(loglevel.upper())
-    print(f"soundtag worker: model {tagger.version} on {tagger.device}, "
+    print(f"soundtag worker: {where}, "
           f"{settings.input_topic} → {settings.output_topic} (DLQ {settings.dlq_topic}) "
           f"via {settings.kafka_bootstrap}, batches of ≤{settings.max_batch}, {settings.pipeline_depth} in flight",
           file=sys.stderr, flush=True)
     if not _wait_for_broker(settings.kafka_bootstrap):
+        close()
         return 0  # stopped while waiting: nothing was taken, nothing to hand back
     worker = _StopWithinSeconds(app, loglevel=loglevel, quiet=True)
     try:
@@ -117,6 +157,7 @@ def run_worker(loglevel: str = "info") -> int:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    close()
     if app.gave_up:
         print(f"soundtag worker: stopped: {app.gave_up}", file=sys.stderr, flush=True)
         return 1

@@ -13,6 +13,21 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+PROCESS_MEMORY = 600 * 2**20  # what one tagging process may hold (about 450 MB measured), with room
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (Linux); elsewhere no limit from memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("SOUNDTAG_DEVICE=cuda but no CUDA device is available")

@@ -26,10 +26,10 @@ from tqdm import tqdm
 from tagger.audio import file_sha256
 from tagger.files import find_audio_files
 from tagger.inference import Tagger
-from tagger.pipeline import Decoded, Payload, decode_payloads, finish_records, run_model
+from tagger.pipeline import Decoded, Payload
 from tagger.records import ClipRecord, Status
 from tagger.repository import tagged_ids
-from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner, save_records
+from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner, tag_and_store
 
 READ_AHEAD = 2  # batches hashed and decoded ahead of the model
 
@@ -129,12 +129,7 @@ def ingest(
         else:
             for batch in plan(files, batch_size):
                 todo, skipped = still_to_tag(batch)
-                # The whole batch decoded first, then its log-mels (inside run_model): on one
-                # thread that costs less than each clip's log-mel right after its decoding.
-                tagged = run_model(tagger, decode_payloads(todo, max_duration_s))
-                records = finish_records(tagged)
-                save_records(sessions, records, waiter)  # one transaction: all of the batch or none
-                account(records, skipped)
+                account(tag_and_store(tagger, sessions, todo, max_duration_s, waiter), skipped)
     except KeyboardInterrupt:
         summary.interrupted = True  # committed batches stay; a re-run skips them
     except DatabaseUnavailable as exc:

@@ -33,12 +33,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tagger.device import cpu_cores, resolve_device
+from tagger.device import PROCESS_MEMORY, available_memory, cpu_cores, resolve_device
 from tagger.files import find_audio_files
 from tagger.ingest import IngestSummary, ingest
 
 FILES_PER_PROCESS = 256  # below this a second process's start-up costs about what it saves
-PROCESS_MEMORY = 600 * 2**20  # what one process may hold (about 450 MB measured), with room
 STOP_GRACE_S = 60.0  # after Ctrl-C, how long the processes get to finish the batch they store
 POLL_S = 0.5  # how often the parent looks at Ctrl-C while nothing arrives
 
@@ -65,19 +64,7 @@ def auto_processes(files: int, device: str = "cpu", database_url: str = "postgre
     one) and on SQLite (one writer at a time)."""
     if resolve_device(device).type != "cpu" or not _concurrent_writers(database_url):
         return 1
-    return max(1, min(cpu_cores(), files // FILES_PER_PROCESS, _available_memory() // PROCESS_MEMORY))
-
-
-def _available_memory() -> int:
-    """MemAvailable from /proc/meminfo (Linux); elsewhere no limit from memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 1 << 62
+    return max(1, min(cpu_cores(), files // FILES_PER_PROCESS, available_memory() // PROCESS_MEMORY))
 
 
 def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, progress: bool = True,

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -112,6 +112,26 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
             rec.top3, rec.features = [], None
             failed = ClipRecord(clip_id=rec.clip_id, source=rec.source[:2000], status=Status.FAILED, error=rec.error)
             waiter.run(functools.partial(write, [failed]), f"recording clip {rec.clip_id} as failed")
+
+
+class BatchRunner(Protocol):
+    """What tags and stores a batch for the stream worker: every payload comes back as
+    exactly one stored record; ``DatabaseUnavailable`` if the database stayed away."""
+
+    async def run(self, payloads: list[Payload]) -> list[ClipRecord]: ...
+
+
+def tag_and_store(tagger: Tagger, sessions: sessionmaker[Session], payloads: list[Payload],
+                  max_duration_s: float | None, waiter: DatabaseWaiter) -> list[ClipRecord]:
+    """One batch through every stage in turn on this thread: what a process that has a
+    core to itself runs (``soundtag ingest --processes``, the worker's stage processes).
+
+    The whole batch is decoded first, then its log-mels (inside ``run_model``): on one
+    thread that costs less than each clip's log-mel right after its decoding. One
+    transaction stores all of the batch or none."""
+    records = finish_records(run_model(tagger, decode_payloads(payloads, max_duration_s)))
+    save_records(sessions, records, waiter)
+    return records
 
 
 class StageRunner:

@@ -12,7 +12,8 @@ is not counted.
   (polled every 20 ms), p50 / p99; the worker's batch sizes (from its log) and its CPU per
   clip (process time from /proc) meanwhile;
 - the same throughput with SOUNDTAG_MAX_BATCH 1, 8 and 32;
-- the sustained throughput with two workers in the consumer group (one per core here).
+- the sustained throughput with two workers in the consumer group (each with half the
+  cores' stage processes).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from deploy.benchmarks.common import (
     model_windows,
     percentile,
     process_cpu_s,
+    process_tree_cpu_s,
     processes_cpu_s,
     real_clips,
     scratch_postgres,
@@ -45,6 +47,7 @@ from deploy.benchmarks.common import (
 )
 from deploy.dev_broker import start_broker
 from deploy.processes import free_port
+from tagger.device import cpu_cores
 
 PARTITIONS = 4
 
@@ -102,7 +105,7 @@ def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> No
 def _cpu_by_party(workers: list[subprocess.Popen], broker_pid: int | None) -> dict[str, float]:
     """CPU seconds so far of everything the stream runs on this machine: the workers, the
     broker, PostgreSQL's server and this process (the producer and the row watcher)."""
-    return {"workers": sum(process_cpu_s(proc.pid) for proc in workers),
+    return {"workers": sum(process_tree_cpu_s(proc.pid) for proc in workers),
             "broker": process_cpu_s(broker_pid) if broker_pid else 0.0,
             "postgresql": processes_cpu_s("postgres"),
             "producer_and_watcher": process_cpu_s(os.getpid())}
@@ -110,7 +113,9 @@ def _cpu_by_party(workers: list[subprocess.Popen], broker_pid: int | None) -> di
 
 def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes], max_batch: int,
                       latency_rate: float | None, work: Path, workers: int = 1, device: str = "cpu",
-                      broker_pid: int | None = None) -> dict:
+                      broker_pid: int | None = None, worker_processes: int = 0) -> dict:
+    """One configuration on a fresh topic and consumer group. ``worker_processes`` is each
+    worker's SOUNDTAG_WORKER_PROCESSES (0: its default, one stage process per core on CPU)."""
     run = uuid.uuid4().hex[:6]
     topic = f"audio-clips-{max_batch}-{run}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -119,7 +124,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
     env = {"SOUNDTAG_DATABASE_URL": db_url, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap,
            "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": device,
            "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic,
-           "SOUNDTAG_MAX_BATCH": str(max_batch)}
+           "SOUNDTAG_MAX_BATCH": str(max_batch), "SOUNDTAG_WORKER_PROCESSES": str(worker_processes)}
     log_paths = [work / f"worker-{max_batch}-{run}-{i}.log" for i in range(workers)]
     procs = _start_workers(env, log_paths)
     producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
@@ -152,7 +157,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
             lat_ids = [f"lat-{run}-{i}" for i in range(n)]
             watcher = RowWatcher(db_url, lat_ids)
             log_offsets = [p.stat().st_size for p in log_paths]
-            workers_cpu_before = sum(process_cpu_s(proc.pid) for proc in procs)
+            workers_cpu_before = sum(process_tree_cpu_s(proc.pid) for proc in procs)
             sent: dict[str, float] = {}
             start = time.time()
             for i, (cid, value) in enumerate(zip(lat_ids, clips[:n], strict=True)):
@@ -161,7 +166,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
                 _send(producer, topic, cid, value)
                 producer.flush()
             watcher.wait(600)
-            cpu_s = sum(process_cpu_s(proc.pid) for proc in procs) - workers_cpu_before
+            cpu_s = sum(process_tree_cpu_s(proc.pid) for proc in procs) - workers_cpu_before
             sizes = [float(b) for p, offset in zip(log_paths, log_offsets, strict=True)
                      for b in re.findall(r"batch of (\d+)", p.read_bytes()[offset:].decode())]
             lat = [watcher.seen[c] - sent[c] for c in lat_ids]
@@ -216,10 +221,10 @@ def run(quick: bool = False) -> dict:
             figures[f"max_batch_{mb}_clips_per_s"] = run_stream_config(bootstrap, url, model_path, few, mb, None,
                                                                        work)["clips_per_s"]
         figures["max_batch_32_clips_per_s"] = main["clips_per_s"]
-        # One worker per core, the way a deployment scales out (`--scale worker=N`); the
-        # partitions are shared between them.
+        # Two workers sharing the partitions, the way a deployment scales out (`--scale
+        # worker=N`), each with its share of the cores' stage processes.
         two = run_stream_config(bootstrap, url, model_path, clips, 32, None, work, workers=2,
-                                 broker_pid=broker_pid)
+                                 broker_pid=broker_pid, worker_processes=max(1, cpu_cores() // 2))
         figures.update({f"stream_2_workers_{k}": v for k, v in two.items()})
     figures["logs"] = str(work)
     return figures

@@ -8,8 +8,9 @@ pipeline can reach.
   twice; timed by the command's own summary (the file walk and the model loading count,
   its imports do not);
 - stream: the clips published to a real tansu broker, tagged by a `soundtag worker`
-  process (batches of 32), from the first send to the last row in PostgreSQL (the
-  consumer-group join is not counted); again with one worker per core in the group;
+  (batches of 32), from the first send to the last row in PostgreSQL (the consumer-group
+  join is not counted); the worker's stages in one process per core (its default) and on
+  threads of its own process (`SOUNDTAG_WORKER_PROCESSES=1`), taking turns twice;
 - per-file alternative: for each file, decode, run the model at batch 1 (eager PyTorch with
   its default threads, what a script gets), and write the
   original service's JSON answer (`POST /inference` shape: predictions, every layer's
@@ -25,8 +26,8 @@ pipeline can reach.
   the stage figures printed and the stream's bound are from the cheaper reading. The
   stream's bound adds what only the stream runs on these cores, measured during its run:
   the broker's CPU per clip and this process's (the producer, and the poll that watches
-  for the rows); the CPU of the worker process, the broker, PostgreSQL and this process
-  per clip are reported as they were measured.
+  for the rows); the CPU of the worker (with its stage processes), the broker, PostgreSQL
+  and this process per clip are reported as they were measured.
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -179,12 +180,15 @@ def run(quick: bool = False) -> dict[str, Any]:
             with scratch_postgres() as url:
                 stage_runs.append(stage_cpu(tagger, clips, url))
         stages = min(stage_runs, key=lambda run: sum(run.values()))
-        # The stream path: a real broker and a `soundtag worker` process (batches of 32).
+        # The stream path: a real broker and a `soundtag worker` (batches of 32), its stages
+        # in one process per core (the default) and on threads of its own process, taking turns.
+        streams: dict[str, list[dict[str, Any]]] = {"processes": [], "threads": []}
         with dev_broker(folder) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_versus") as url:
             values = [p.read_bytes() for p in clips]
-            stream = run_stream_config(bootstrap, url, model_path, values, 32, None, folder, broker_pid=broker_pid)
-            stream_workers = run_stream_config(bootstrap, url, model_path, values, 32, None, folder, workers=cores,
-                                              broker_pid=broker_pid)
+            for _ in range(1 if quick else 2):
+                for mode, worker_processes in (("processes", 0), ("threads", 1)):
+                    streams[mode].append(run_stream_config(bootstrap, url, model_path, values, 32, None, folder,
+                                                           broker_pid=broker_pid, worker_processes=worker_processes))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ingest_rate, in_processes = statistics.mean(rounds[1]), statistics.mean(rounds[cores])
@@ -195,7 +199,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     def efficiency(rates: list[float]) -> float:
         return statistics.mean(rate / b for rate, b in zip(rates, bounds, strict=True))
 
-    stream_only_s = (stream["cpu_ms_per_clip"]["broker"] + stream["cpu_ms_per_clip"]["producer_and_watcher"]) / 1000
+    stream_rate = statistics.mean(run["clips_per_s"] for run in streams["processes"])
+    threads_rate = statistics.mean(run["clips_per_s"] for run in streams["threads"])
+    stream_cpu = {party: round(statistics.mean(run["cpu_ms_per_clip"][party] for run in streams["processes"]), 2)
+                  for party in streams["processes"][0]["cpu_ms_per_clip"]}
+    stream_only_s = (stream_cpu["broker"] + stream_cpu["producer_and_watcher"]) / 1000
     stream_bound = cores / (sum(stages.values()) + stream_only_s)
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
@@ -203,18 +211,21 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ingest_real_time_factor": round(ingest_rate * audio_s / len(clips)),
         "per_file_clips_per_s": round(alt_rate, 1),
         "per_file_real_time_factor": round(alt_rate * audio_s / len(clips)),
-        "stream_clips_per_s": stream["clips_per_s"],
-        "stream_real_time_factor": round(stream["clips_per_s"] * audio_s / len(clips)),
+        "stream_clips_per_s": round(stream_rate, 1),
+        "stream_clips_per_s_rounds": [run["clips_per_s"] for run in streams["processes"]],
+        "stream_real_time_factor": round(stream_rate * audio_s / len(clips)),
         "ingest_to_per_file_ratio": round(ingest_rate / alt_rate, 2),
-        "stream_to_per_file_ratio": round(stream["clips_per_s"] / alt_rate, 2),
-        "stream_cpu_ms_per_clip": stream["cpu_ms_per_clip"],
-        "stream_cores_busy": stream["cores_busy"],
+        "stream_to_per_file_ratio": round(stream_rate / alt_rate, 2),
+        "stream_cpu_ms_per_clip": stream_cpu,
+        "stream_cores_busy_rounds": [run["cores_busy"] for run in streams["processes"]],
         "stream_bound_clips_per_s": round(stream_bound, 1),
-        "stream_efficiency": round(stream["clips_per_s"] / stream_bound, 2),
-        f"stream_{cores}_workers_clips_per_s": stream_workers["clips_per_s"],
-        f"stream_{cores}_workers_cpu_ms_per_clip": stream_workers["cpu_ms_per_clip"],
-        f"stream_{cores}_workers_real_time_factor": round(stream_workers["clips_per_s"] * audio_s / len(clips)),
-        f"stream_{cores}_workers_to_per_file_ratio": round(stream_workers["clips_per_s"] / alt_rate, 2),
+        "stream_efficiency": round(stream_rate / stream_bound, 2),
+        "stream_threads_clips_per_s": round(threads_rate, 1),
+        "stream_threads_clips_per_s_rounds": [run["clips_per_s"] for run in streams["threads"]],
+        "stream_threads_cpu_ms_per_clip_workers": round(statistics.mean(
+            run["cpu_ms_per_clip"]["workers"] for run in streams["threads"]), 2),
+        "stream_threads_cores_busy_rounds": [run["cores_busy"] for run in streams["threads"]],
+        "stream_threads_efficiency": round(threads_rate / stream_bound, 2),
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},
         "cpu_ms_per_clip_stages_sum_readings": [round(1000 * sum(run.values()), 2) for run in stage_runs],
         "bound_clips_per_s": round(bound, 1),

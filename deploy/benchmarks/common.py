@@ -95,6 +95,33 @@ def process_cpu_s(pid: int) -> float:
     return _stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds so far of a process and the processes it started that still run (a
+    worker's stage processes)."""
+    stats = _all_stats()
+    children: dict[int, list[int]] = {}
+    for child, text in stats.items():
+        children.setdefault(int(text.rsplit(")", 1)[1].split()[1]), []).append(child)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += _stat_cpu_s(stats[p])
+        todo.extend(children.get(p, []))
+    return total
+
+
+def _all_stats() -> dict[int, str]:
+    """Every process's /proc/PID/stat text, by pid."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(stat.parent.name)] = stat.read_text()
+        except OSError:
+            continue  # it ended meanwhile
+    return stats
+
+
 def _stat_cpu_s(stat: str) -> float:
     """User + system CPU seconds from the text of a /proc/PID/stat file."""
     fields = stat.rsplit(")", 1)[1].split()
@@ -104,15 +131,8 @@ def _stat_cpu_s(stat: str) -> float:
 def processes_cpu_s(command: str) -> float:
     """CPU seconds so far of every process whose command name is ``command`` (Linux /proc;
     PostgreSQL's server runs as many ``postgres`` processes)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # it ended meanwhile
-        if text[text.index("(") + 1 : text.rindex(")")] == command:
-            total += _stat_cpu_s(text)
-    return total
+    return sum(_stat_cpu_s(text) for text in _all_stats().values()
+               if text[text.index("(") + 1 : text.rindex(")")] == command)
 
 
 def percentile(values: list[float], q: float) -> float:

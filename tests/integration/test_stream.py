@@ -307,8 +307,10 @@ def test_sigkill_mid_stream_then_restart_leaves_exactly_one_result_per_clip(work
 
 
 def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, producer, stream_db, tmp_path):
+    """The second worker runs its stages on threads of its own process (what a GPU worker
+    does), the module's worker in one process per core (the CPU default)."""
     url = stream_db[1]
-    second = Worker(worker_env, tmp_path / "worker-b.log")
+    second = Worker({**worker_env, "SOUNDTAG_WORKER_PROCESSES": "1"}, tmp_path / "worker-b.log")
     try:
         second.wait_ready(timeout=300)
         time.sleep(5)  # the first worker's side of the rebalance logs nothing to wait for
@@ -319,6 +321,8 @@ def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, produ
         _wait_rows(url, ids, timeout=400)
         _assert_exactly_once(url, ids)
         assert second.batches() > 0, "the second worker got no partition"
+        assert "in 2 processes on cpu" in Path(worker.log_path).read_text()
+        assert "on cpu, " in second.log_path.read_text() and "processes" not in second.log_path.read_text()
         assert Path(worker.log_path).read_text().count("batch of ") > before_first, "the first worker got none"
     finally:
         second.stop()
@@ -334,7 +338,7 @@ def test_worker_consumer_uses_the_configured_fetch_wait_and_pipeline_depth():
     async def build():
         settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1",
                             fetch_max_wait_ms=123, pipeline_depth=3)
-        app = create_app(settings, tagger=None, sessions=None)
+        app = create_app(settings, runner=None)
         consumer = app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)
         try:
             return consumer._fetch_max_wait_ms, app.pipeline_depth
@@ -357,7 +361,7 @@ def test_worker_never_commits_past_a_message_another_actor_still_holds():
 
     async def offsets():
         settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1", pipeline_depth=2)
-        app = create_app(settings, tagger=None, sessions=None)
+        app = create_app(settings, runner=None)
         app.topics.add(app.topic(settings.input_topic))
         await app.topics._update_indices()  # what subscribing does when the worker starts
         consumer = app.consumer
@@ -392,7 +396,7 @@ async def _tracked_consumer(count: int, committed: int):
     from tagger.config import Settings
 
     settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1")
-    app = create_app(settings, tagger=None, sessions=None)
+    app = create_app(settings, runner=None)
     app.topics.add(app.topic(settings.input_topic))
     await app.topics._update_indices()
     consumer = app.consumer

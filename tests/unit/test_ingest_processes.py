@@ -32,7 +32,7 @@ def test_auto_processes_one_per_share_of_files_at_most_one_per_core(monkeypatch)
     assert auto_processes(2 * FILES_PER_PROCESS, "cpu") == 2
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu") == 2
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu", "sqlite:///x.db") == 1  # one writer at a time
-    monkeypatch.setattr("tagger.ingest_processes._available_memory", lambda: PROCESS_MEMORY * 3 // 2)
+    monkeypatch.setattr("tagger.ingest_processes.available_memory", lambda: PROCESS_MEMORY * 3 // 2)
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu") == 1  # memory for one only
 
 

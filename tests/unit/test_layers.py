@@ -15,7 +15,8 @@ LAYERS: list[set[str]] = [
     {"tagger.records", "tagger.audio", "tagger.config", "tagger.device", "tagger.codec", "tagger.files"},
     {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.engine", "tagger.inference", "tagger.pipeline"},
     {"tagger.tables", "tagger.repository", "tagger.db", "migrations"},  # the store
-    {"tagger.stages", "tagger.ingest", "tagger.ingest_processes", "tagger.startup"},  # wired to the store
+    # wired to the store
+    {"tagger.stages", "tagger.stage_processes", "tagger.ingest", "tagger.ingest_processes", "tagger.startup"},
     {"api", "stream", "training"},  # shells, each on its own
     {"deploy"},  # the composition root
 ]

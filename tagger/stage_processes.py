@@ -1,0 +1,193 @@
+"""The stage runner's work in one process per core: what the stream worker runs on CPU.
+
+``StageRunner`` overlaps the stages of consecutive batches on threads of one process, and
+handing work between those threads, and waiting, costs CPU of its own (figures in
+deploy/benchmarks/README.md). Here each batch goes whole to whichever of N processes is
+free, which runs decode, model, encoding and store in turn on one thread with one model
+thread (``tag_and_store``, as ``soundtag ingest --processes`` does), and answers with the
+batch's records, their encoded features left out: they are stored already.
+
+The processes are fresh interpreters (the worker's own process runs Faust's threads, so
+forking it is not safe), each with its own tagger and database sessions, started once.
+A process that dies takes only its batch with it: ``run`` raises, the caller does not
+acknowledge the batch. A process whose parent is gone sees its pipe close and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import multiprocessing as mp
+import signal
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from tagger.pipeline import Payload
+from tagger.records import ClipRecord
+from tagger.stages import DatabaseUnavailable
+
+START_TIMEOUT_S = 300.0  # importing torch and loading (or exporting) the model, on a busy machine
+
+
+class StageProcessError(RuntimeError):
+    """A stage process could not start, or died while it held a batch."""
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """What a process needs to build its own tagger and sessions (neither can be sent)."""
+
+    model_path: str
+    database_url: str
+    engine: str = "auto"
+    batch_size: int = 32
+    max_duration_s: float | None = None
+    db_retry_s: float = 120.0
+    export_cache: str | None = None
+
+
+class ProcessStageRunner:
+    """``run(payloads)`` like ``StageRunner.run``, each batch in one of ``processes`` processes."""
+
+    def __init__(self, job: StageJob, processes: int) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        ctx = mp.get_context("spawn")
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        for i in range(processes):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(job, theirs), name=f"soundtag-stages-{i}", daemon=True)
+            proc.start()
+            theirs.close()  # the process's end: it closes in the parent, so a dead process reads as EOF
+            self._conns.append(ours)
+            self._procs.append(proc)
+        self._threads = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="soundtag-stages")
+        self._idle = set(range(processes))  # processes free for a batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        self.version = ""
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> str:
+        """Block until every process has loaded the model; its version. Raises
+        ``StageProcessError`` with the process's own reason if one could not."""
+        versions = set()
+        for i, conn in enumerate(self._conns):
+            if not conn.poll(timeout_s):
+                raise StageProcessError(f"stage process {i} did not load the model within {timeout_s:.0f} s")
+            kind, value = self._receive(i)
+            if kind != "ready":
+                raise StageProcessError(f"stage process {i} could not start: {value}")
+            versions.add(value)
+        self.version = ", ".join(sorted(versions))
+        return self.version
+
+    async def run(self, payloads: list[Payload]) -> list[ClipRecord]:
+        """One batch through every stage in whichever process is free, without blocking the loop.
+
+        Raises ``DatabaseUnavailable`` as ``StageRunner`` does, and ``StageProcessError`` if
+        the process died holding the batch (its rows may be stored; re-tagging them is safe).
+        A batch whose caller is cancelled still finishes in its process, which is then free again."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # an asyncio queue belongs to one event loop
+            self._loop, self._free = loop, asyncio.Queue()
+            for i in sorted(self._idle):
+                self._free.put_nowait(i)
+        i = await self._free.get()
+        self._idle.discard(i)
+        future = self._threads.submit(self._call, i, payloads)
+        future.add_done_callback(functools.partial(self._finished, i, loop))
+        return await asyncio.wrap_future(future)
+
+    def _finished(self, i: int, loop: asyncio.AbstractEventLoop, future: Future[list[ClipRecord]]) -> None:
+        """On the thread that ran the batch: the process is free again unless it died (its
+        pipe may then hold half a message)."""
+        if not future.cancelled() and isinstance(future.exception(), StageProcessError):
+            return
+        try:
+            loop.call_soon_threadsafe(self._give_back, i, loop)
+        except RuntimeError:  # that loop is closed: the next one rebuilds its queue from _idle
+            self._idle.add(i)
+
+    def _give_back(self, i: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._idle.add(i)
+        if loop is self._loop:
+            self._free.put_nowait(i)
+
+    def _call(self, i: int, payloads: list[Payload]) -> list[ClipRecord]:
+        try:
+            self._conns[i].send(payloads)
+        except (OSError, ValueError) as exc:
+            raise StageProcessError(f"stage process {i} is gone ({self._exit(i)}): {exc}") from None
+        kind, value = self._receive(i)
+        if kind == "done":
+            return cast(list[ClipRecord], value)
+        if kind == "unavailable":
+            raise DatabaseUnavailable(value)
+        raise StageProcessError(f"stage process {i}: {value}")
+
+    def _receive(self, i: int) -> tuple[str, Any]:
+        try:
+            return cast(tuple[str, Any], self._conns[i].recv())
+        except (EOFError, OSError) as exc:
+            raise StageProcessError(f"stage process {i} died ({self._exit(i)}): {type(exc).__name__}") from None
+
+    def _exit(self, i: int) -> str:
+        self._procs[i].join(timeout=1.0)
+        code = self._procs[i].exitcode
+        if code is None:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def close(self, wait: bool = True) -> None:
+        """Close the pipes (each process exits once done with its batch); ``wait`` joins them,
+        otherwise they are terminated."""
+        for conn in self._conns:
+            conn.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        for proc in self._procs:
+            proc.join(timeout=10.0 if wait else 0.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
+def _serve(job: StageJob, conn: Any) -> None:
+    """A stage process's whole life: load, then tag and store batches until the pipe closes."""
+    # Ctrl-C in a terminal, or a service manager's SIGTERM, may reach the whole process
+    # group: the parent decides when to stop, and this process ends when its pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import torch
+
+        from tagger.db import session_factory
+        from tagger.inference import Tagger
+        from tagger.stages import DatabaseWaiter, tag_and_store
+
+        torch.set_num_threads(1)
+        tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
+                             threads=1, export_cache=job.export_cache)
+        sessions = session_factory(job.database_url)
+        waiter = DatabaseWaiter(job.db_retry_s)
+    except Exception as exc:  # broad on purpose: the parent reports it instead of waiting
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"[:2000]))
+        return
+    conn.send(("ready", tagger.version))
+    while True:
+        try:
+            payloads = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone or done
+        try:
+            records = tag_and_store(tagger, sessions, payloads, job.max_duration_s, waiter)
+            answer: tuple[str, Any] = ("done", [replace(r, features=None) for r in records])
+        except DatabaseUnavailable as exc:
+            answer = ("unavailable", str(exc))
+        except Exception as exc:  # broad on purpose: the batch fails, the parent decides
+            answer = ("failed", f"{type(exc).__name__}: {exc}"[:2000])
+        try:
+            conn.send(answer)
+        except (OSError, ValueError):
+            return

@@ -1,0 +1,121 @@
+"""The worker's stage processes: real processes, a real model file, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import psycopg
+import pytest
+
+from tagger import db
+from tagger.pipeline import Payload
+from tagger.records import Status
+from tagger.stage_processes import ProcessStageRunner, StageJob, StageProcessError
+from tagger.stages import DatabaseUnavailable
+from tests.helpers import PG_ADMIN_URL, audio_bytes, block_database
+
+
+@pytest.fixture(scope="module")
+def stages_db():
+    name, url = db.create_database(PG_ADMIN_URL, "soundtag_stages")
+    db.upgrade(url)
+    yield name, url
+    db.drop_database(PG_ADMIN_URL, name)
+
+
+@pytest.fixture(scope="module")
+def runner(stages_db, random_checkpoint, tmp_path_factory):
+    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], max_duration_s=60,
+                   db_retry_s=1.0, export_cache=str(tmp_path_factory.mktemp("onnx")))
+    pool = ProcessStageRunner(job, processes=2)
+    assert "untrained" in pool.wait_ready()
+    yield pool
+    pool.close()
+
+
+def _payloads(prefix: str, count: int, seconds: float = 1.0) -> list[Payload]:
+    return [Payload(data=audio_bytes("WAV", seconds=seconds, sr=16000, seed=i), source=f"test:{prefix}-{i}",
+                    clip_id=f"{prefix}-{i}") for i in range(count)]
+
+
+def _stored(url: str, prefix: str) -> dict[str, str]:
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        rows = conn.execute("SELECT id, status FROM clips WHERE id LIKE %s", (f"{prefix}-%",)).fetchall()
+    return dict(rows)
+
+
+def test_batches_in_both_processes_are_tagged_stored_and_answered_without_their_blobs(runner, stages_db):
+    async def two_batches():
+        return await asyncio.gather(runner.run(_payloads("a", 5)), runner.run(_payloads("b", 4)))
+
+    first, second = asyncio.run(two_batches())
+    records = first + second
+    assert [r.clip_id for r in records] == [f"a-{i}" for i in range(5)] + [f"b-{i}" for i in range(4)]
+    assert all(r.status == Status.TAGGED and len(r.top3) == 3 for r in records)
+    assert all(r.features is None for r in records)  # stored already; not sent back
+    assert _stored(stages_db[1], "a") == {f"a-{i}": "tagged" for i in range(5)}
+    assert len(_stored(stages_db[1], "b")) == 4
+
+
+def test_a_bad_clip_fails_alone_and_is_recorded(runner, stages_db):
+    bad = Payload(data=b"RIFF\x00\x00\x00\x00WAVEnot really", source="test:bad", clip_id="c-bad")
+    records = asyncio.run(runner.run([*_payloads("c", 2), bad]))
+    assert [r.status for r in records] == [Status.TAGGED, Status.TAGGED, Status.FAILED]
+    assert records[2].error
+    assert _stored(stages_db[1], "c") == {"c-0": "tagged", "c-1": "tagged", "c-bad": "failed"}
+
+
+def test_the_database_away_for_longer_than_the_retry_budget_raises_database_unavailable(runner, stages_db):
+    block_database(stages_db[0], True)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            asyncio.run(runner.run(_payloads("d", 2)))
+    finally:
+        block_database(stages_db[0], False)
+    records = asyncio.run(runner.run(_payloads("d", 2)))  # the same process serves on afterwards
+    assert all(r.status == Status.TAGGED for r in records)
+
+
+def test_a_process_that_does_not_start_says_why(stages_db, tmp_path):
+    job = StageJob(model_path=str(tmp_path / "missing.safetensors"), database_url=stages_db[1])
+    pool = ProcessStageRunner(job, processes=1)
+    try:
+        with pytest.raises(StageProcessError, match=r"could not start.*missing\.safetensors"):
+            pool.wait_ready()
+    finally:
+        pool.close(wait=False)
+
+
+def test_a_process_killed_holding_a_batch_fails_that_batch_and_the_other_serves_on(stages_db, random_checkpoint,
+                                                                                    tmp_path):
+    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
+    pool = ProcessStageRunner(job, processes=2)
+    try:
+        pool.wait_ready()
+
+        async def one_killed():
+            doomed = asyncio.ensure_future(pool.run(_payloads("e", 64, seconds=5.0)))  # a few seconds' work
+            await asyncio.sleep(0.5)  # the batch is in process 0 (the first free one)
+            os.kill(pool._procs[0].pid, signal.SIGKILL)
+            with pytest.raises(StageProcessError, match="killed by signal 9"):
+                await doomed
+            return await pool.run(_payloads("f", 2))  # only the living process is handed work
+
+        records = asyncio.run(one_killed())
+        assert all(r.status == Status.TAGGED for r in records)
+    finally:
+        pool.close()
+
+
+def test_processes_exit_when_their_parent_closes_the_pipes(stages_db, random_checkpoint, tmp_path):
+    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
+    pool = ProcessStageRunner(job, processes=2)
+    pool.wait_ready()
+    procs = list(pool._procs)
+    for conn in pool._conns:
+        conn.close()  # what a parent killed with SIGKILL leaves: the pipes closed
+    for proc in procs:
+        proc.join(timeout=10)
+        assert proc.exitcode == 0
