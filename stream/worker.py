@@ -113,7 +113,8 @@ def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], No
     open_database(settings)  # the schema brought up to date once, here
     job = StageJob(model_path=str(settings.model_path), database_url=settings.database_url, engine=settings.engine,
                    batch_size=settings.batch_size, max_duration_s=settings.max_duration_s,
-                   db_retry_s=settings.db_retry_s, export_cache=str(settings.export_cache_dir))
+                   db_retry_s=settings.db_retry_s, export_cache=str(settings.export_cache_dir),
+                   model_threads=settings.model_threads or max(1, cpu_cores() // processes))
     pool = ProcessStageRunner(job, processes)
     try:
         version = pool.wait_ready()
@@ -126,10 +127,12 @@ def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], No
 def worker_processes(settings: Settings) -> int:
     """SOUNDTAG_WORKER_PROCESSES, or by default one per core on CPU as far as memory allows
     (each holds about 450 MB), one on a GPU (processes sharing one were slower there)."""
-    if settings.worker_processes:
-        return settings.worker_processes
-    if settings.device == "cuda" or resolve_device(settings.device).type != "cpu":
-        return 1
+    on_cpu = settings.device != "cuda" and resolve_device(settings.device).type == "cpu"
+    if settings.worker_processes > 1 and not on_cpu:
+        raise StageProcessError("several stage processes run on CPU only: on a GPU one process feeds it "
+                                "(set SOUNDTAG_WORKER_PROCESSES=1 or 0, or SOUNDTAG_DEVICE=cpu)")
+    if settings.worker_processes or not on_cpu:
+        return settings.worker_processes or 1
     return max(1, min(cpu_cores(), available_memory() // PROCESS_MEMORY))
 
 

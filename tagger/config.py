@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     # Batches in flight per worker: while one is in the model, the next one decodes and
     # the one before it is stored, so the model waits for neither.
     pipeline_depth: int = Field(default=2, ge=1, le=8)
-    # Processes that tag and store the worker's batches; 0: one per core on CPU (as far as
-    # memory allows), one on a GPU. 1: the stages on threads of the worker's own process.
+    # Processes that tag and store the worker's batches, each batch whole in one of them;
+    # 0: one per core on CPU (as far as memory allows), one on a GPU. 1: the stages on
+    # threads of the worker's own process, batches overlapping.
     worker_processes: int = Field(default=0, ge=0, le=256)
     # Largest Kafka message (one clip's bytes plus headers) when the broker does not report
     # its topic's max.message.bytes; Kafka's own default. docker-compose.yml raises both.

@@ -3,9 +3,9 @@
 ``StageRunner`` overlaps the stages of consecutive batches on threads of one process, and
 handing work between those threads, and waiting, costs CPU of its own (figures in
 deploy/benchmarks/README.md). Here each batch goes whole to whichever of N processes is
-free, which runs decode, model, encoding and store in turn on one thread with one model
-thread (``tag_and_store``, as ``soundtag ingest --processes`` does), and answers with the
-batch's records, their encoded features left out: they are stored already.
+free, which runs decode, model, encoding and store in turn on one thread, the model on its
+share of the cores (``tag_and_store``, as ``soundtag ingest --processes`` does), and
+answers with the batch's records, their encoded features left out: they are stored already.
 
 The processes are fresh interpreters (the worker's own process runs Faust's threads, so
 forking it is not safe), each with its own tagger and database sessions, started once.
@@ -45,6 +45,7 @@ class StageJob:
     max_duration_s: float | None = None
     db_retry_s: float = 120.0
     export_cache: str | None = None
+    model_threads: int = 1  # each process's share of the cores
 
 
 class ProcessStageRunner:
@@ -166,9 +167,9 @@ def _serve(job: StageJob, conn: Any) -> None:
         from tagger.inference import Tagger
         from tagger.stages import DatabaseWaiter, tag_and_store
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(job.model_threads)
         tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
-                             threads=1, export_cache=job.export_cache)
+                             threads=job.model_threads, export_cache=job.export_cache)
         sessions = session_factory(job.database_url)
         waiter = DatabaseWaiter(job.db_retry_s)
     except Exception as exc:  # broad on purpose: the parent reports it instead of waiting
