@@ -126,7 +126,7 @@ class ProcessStageRunner:
             return cast(list[ClipRecord], value)
         if kind == "unavailable":
             raise DatabaseUnavailable(value)
-        raise StageProcessError(f"stage process {i}: {value}")
+        raise RuntimeError(f"stage process {i} failed on a batch: {value}")  # the process itself serves on
 
     def _receive(self, i: int) -> tuple[str, Any]:
         try:
@@ -142,15 +142,16 @@ class ProcessStageRunner:
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
     def close(self, wait: bool = True) -> None:
-        """Close the pipes (each process exits once done with its batch); ``wait`` joins them,
-        otherwise they are terminated."""
+        """Close the pipes (each process exits once done with its batch); ``wait`` gives them
+        10 s for that, otherwise they are killed at once (they ignore SIGTERM; an unfinished
+        batch was never acknowledged, and what it stored is stored again when it is re-read)."""
         for conn in self._conns:
             conn.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
         for proc in self._procs:
             proc.join(timeout=10.0 if wait else 0.0)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join()
 
 

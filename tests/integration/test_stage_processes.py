@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import psycopg
 import pytest
@@ -119,3 +120,15 @@ def test_processes_exit_when_their_parent_closes_the_pipes(stages_db, random_che
     for proc in procs:
         proc.join(timeout=10)
         assert proc.exitcode == 0
+
+
+def test_close_without_waiting_kills_a_busy_process_at_once(stages_db, random_checkpoint, tmp_path):
+    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
+    pool = ProcessStageRunner(job, processes=1)
+    pool.wait_ready()
+    pool._conns[0].send(_payloads("g", 64, seconds=5.0))  # a few seconds' work
+    time.sleep(0.5)
+    started = time.monotonic()
+    pool.close(wait=False)  # it ignores SIGTERM, as a process group's stop would send
+    assert time.monotonic() - started < 3
+    assert pool._procs[0].exitcode == -signal.SIGKILL
