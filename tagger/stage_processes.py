@@ -9,14 +9,16 @@ answers with the batch's records, their encoded features left out: they are stor
 
 The processes are fresh interpreters (the worker's own process runs Faust's threads, so
 forking it is not safe), each with its own tagger and database sessions, started once.
-A process that dies takes only its batch with it: ``run`` raises, the caller does not
-acknowledge the batch. A process whose parent is gone sees its pipe close and exits.
+A process that dies is replaced, and its batch is tagged again clip by clip, so a file
+that crashes a decoder is recorded as failed instead of stopping the worker (``run``). A
+process whose parent is gone sees its pipe close and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import multiprocessing as mp
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,11 +29,18 @@ from tagger.pipeline import Payload
 from tagger.records import ClipRecord
 from tagger.stages import DatabaseUnavailable
 
+log = logging.getLogger("soundtag.worker")
 START_TIMEOUT_S = 300.0  # importing torch and loading (or exporting) the model, on a busy machine
 
 
 class StageProcessError(RuntimeError):
-    """A stage process could not start, or died while it held a batch."""
+    """A stage process could not start (or start again after it died)."""
+
+
+class _ProcessDied(StageProcessError):
+    def __init__(self, i: int, how: str) -> None:
+        super().__init__(f"stage process {i} died ({how})")
+        self.how = how
 
 
 @dataclass(frozen=True)
@@ -54,42 +63,65 @@ class ProcessStageRunner:
     def __init__(self, job: StageJob, processes: int) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
-        ctx = mp.get_context("spawn")
-        self._conns: list[Any] = []
-        self._procs: list[Any] = []
+        self._job = job
+        self._conns: list[Any] = [None] * processes
+        self._procs: list[Any] = [None] * processes
         for i in range(processes):
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(job, theirs), name=f"soundtag-stages-{i}", daemon=True)
-            proc.start()
-            theirs.close()  # the process's end: it closes in the parent, so a dead process reads as EOF
-            self._conns.append(ours)
-            self._procs.append(proc)
+            self._start(i)
         self._threads = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="soundtag-stages")
         self._idle = set(range(processes))  # processes free for a batch
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free: asyncio.Queue[int] = asyncio.Queue()
         self.version = ""
 
+    def _start(self, i: int) -> None:
+        ctx = mp.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(self._job, theirs), name=f"soundtag-stages-{i}", daemon=True)
+        proc.start()
+        theirs.close()  # the process's end: it closes in the parent, so a dead process reads as EOF
+        self._conns[i], self._procs[i] = ours, proc
+
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> str:
         """Block until every process has loaded the model; its version. Raises
         ``StageProcessError`` with the process's own reason if one could not."""
-        versions = set()
-        for i, conn in enumerate(self._conns):
-            if not conn.poll(timeout_s):
-                raise StageProcessError(f"stage process {i} did not load the model within {timeout_s:.0f} s")
-            kind, value = self._receive(i)
-            if kind != "ready":
-                raise StageProcessError(f"stage process {i} could not start: {value}")
-            versions.add(value)
-        self.version = ", ".join(sorted(versions))
+        self.version = ", ".join(sorted({self._ready(i, timeout_s) for i in range(len(self._conns))}))
         return self.version
+
+    def _ready(self, i: int, timeout_s: float = START_TIMEOUT_S) -> str:
+        if not self._conns[i].poll(timeout_s):
+            raise StageProcessError(f"stage process {i} did not load the model within {timeout_s:.0f} s")
+        kind, value = self._receive(i)
+        if kind != "ready":
+            raise StageProcessError(f"stage process {i} could not start: {value}")
+        return cast(str, value)
 
     async def run(self, payloads: list[Payload]) -> list[ClipRecord]:
         """One batch through every stage in whichever process is free, without blocking the loop.
 
-        Raises ``DatabaseUnavailable`` as ``StageRunner`` does, and ``StageProcessError`` if
-        the process died holding the batch (its rows may be stored; re-tagging them is safe).
-        A batch whose caller is cancelled still finishes in its process, which is then free again."""
+        A process that dies holding the batch (a decoder crashing on a hostile file, the
+        kernel's OOM killer, a stray ``kill``) is replaced and the batch is tagged again clip
+        by clip (what it stored already is stored again: the upsert keeps one row); a clip on
+        which its process dies again is recorded as failed, saying so. Raises
+        ``DatabaseUnavailable`` as ``StageRunner`` does, and ``StageProcessError`` only when a
+        process cannot be replaced. A batch whose caller is cancelled still finishes in its
+        process, which is then free again."""
+        try:
+            return await self._run_in_one(payloads)
+        except _ProcessDied as exc:
+            log.error("%s holding a batch of %d; replaced it, tagging the batch clip by clip", exc, len(payloads))
+        return [record for p in payloads for record in await self._run_alone(p)]
+
+    async def _run_alone(self, payload: Payload) -> list[ClipRecord]:
+        try:
+            return await self._run_in_one([payload])
+        except _ProcessDied as exc:
+            log.error("%s on clip %s alone; recording it as failed", exc, payload.clip_id or payload.source)
+            why = f"the tagging process died on this clip ({exc.how}); nothing was tagged"
+        return await self._run_in_one([Payload(data=b"", source=payload.source, clip_id=payload.clip_id,
+                                               error=why, sha256=payload.sha256)])
+
+    async def _run_in_one(self, payloads: list[Payload]) -> list[ClipRecord]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # an asyncio queue belongs to one event loop
             self._loop, self._free = loop, asyncio.Queue()
@@ -102,9 +134,10 @@ class ProcessStageRunner:
         return await asyncio.wrap_future(future)
 
     def _finished(self, i: int, loop: asyncio.AbstractEventLoop, future: Future[list[ClipRecord]]) -> None:
-        """On the thread that ran the batch: the process is free again unless it died (its
-        pipe may then hold half a message)."""
-        if not future.cancelled() and isinstance(future.exception(), StageProcessError):
+        """On the thread that ran the batch: the process (or the one that replaced it) is free
+        again, unless it could not be replaced."""
+        failure = None if future.cancelled() else future.exception()
+        if isinstance(failure, StageProcessError) and not isinstance(failure, _ProcessDied):
             return
         try:
             loop.call_soon_threadsafe(self._give_back, i, loop)
@@ -118,10 +151,18 @@ class ProcessStageRunner:
 
     def _call(self, i: int, payloads: list[Payload]) -> list[ClipRecord]:
         try:
-            self._conns[i].send(payloads)
-        except (OSError, ValueError) as exc:
-            raise StageProcessError(f"stage process {i} is gone ({self._exit(i)}): {exc}") from None
-        kind, value = self._receive(i)
+            try:
+                self._conns[i].send(payloads)
+            except (OSError, ValueError):
+                raise _ProcessDied(i, self._exit(i)) from None
+            kind, value = self._receive(i)
+        except _ProcessDied:
+            self._conns[i].close()
+            if self._procs[i].is_alive():  # its pipe broke but it runs on: it cannot be told what to do
+                self._procs[i].kill()
+            self._start(i)
+            self._ready(i)  # raises StageProcessError if it cannot start again
+            raise
         if kind == "done":
             return cast(list[ClipRecord], value)
         if kind == "unavailable":
@@ -131,8 +172,8 @@ class ProcessStageRunner:
     def _receive(self, i: int) -> tuple[str, Any]:
         try:
             return cast(tuple[str, Any], self._conns[i].recv())
-        except (EOFError, OSError) as exc:
-            raise StageProcessError(f"stage process {i} died ({self._exit(i)}): {type(exc).__name__}") from None
+        except (EOFError, OSError):
+            raise _ProcessDied(i, self._exit(i)) from None
 
     def _exit(self, i: int) -> str:
         self._procs[i].join(timeout=1.0)

@@ -89,25 +89,38 @@ def test_a_process_that_does_not_start_says_why(stages_db, tmp_path):
         pool.close(wait=False)
 
 
-def test_a_process_killed_holding_a_batch_fails_that_batch_and_the_other_serves_on(stages_db, random_checkpoint,
-                                                                                    tmp_path):
-    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
-    pool = ProcessStageRunner(job, processes=2)
-    try:
-        pool.wait_ready()
+def test_a_process_killed_holding_a_batch_is_replaced_and_the_batch_tagged_clip_by_clip(runner, stages_db):
+    async def one_killed():
+        held = asyncio.ensure_future(runner.run(_payloads("e", 64, seconds=5.0)))  # a few seconds' work
+        await asyncio.sleep(0.5)
+        busy = next(i for i in range(2) if i not in runner._idle)
+        killed = runner._procs[busy].pid
+        os.kill(killed, signal.SIGKILL)
+        return await held, killed
 
-        async def one_killed():
-            doomed = asyncio.ensure_future(pool.run(_payloads("e", 64, seconds=5.0)))  # a few seconds' work
-            await asyncio.sleep(0.5)  # the batch is in process 0 (the first free one)
-            os.kill(pool._procs[0].pid, signal.SIGKILL)
-            with pytest.raises(StageProcessError, match="killed by signal 9"):
-                await doomed
-            return await pool.run(_payloads("f", 2))  # only the living process is handed work
+    records, killed = asyncio.run(one_killed())
+    assert [r.clip_id for r in records] == [f"e-{i}" for i in range(64)]
+    assert all(r.status == Status.TAGGED for r in records)
+    assert len(_stored(stages_db[1], "e")) == 64
+    assert killed not in {p.pid for p in runner._procs} and all(p.is_alive() for p in runner._procs)
 
-        records = asyncio.run(one_killed())
-        assert all(r.status == Status.TAGGED for r in records)
-    finally:
-        pool.close()
+
+class _KillsTheProcessThatReadsIt:
+    """A payload that ends the process unpickling it: what a decoder crashing on a file does."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_clip_its_process_dies_on_is_recorded_as_failed_and_the_rest_tagged(runner, stages_db):
+    good = _payloads("h", 3)
+    deadly = Payload(data=_KillsTheProcessThatReadsIt(), source="test:h-deadly", clip_id="h-deadly")  # type: ignore[arg-type]
+    records = asyncio.run(runner.run([good[0], deadly, *good[1:]]))
+    assert [r.clip_id for r in records] == ["h-0", "h-deadly", "h-1", "h-2"]
+    assert [r.status for r in records] == [Status.TAGGED, Status.FAILED, Status.TAGGED, Status.TAGGED]
+    assert records[1].error == "the tagging process died on this clip (exit code 3); nothing was tagged"
+    assert _stored(stages_db[1], "h") == {"h-0": "tagged", "h-deadly": "failed", "h-1": "tagged", "h-2": "tagged"}
+    assert all(p.is_alive() for p in runner._procs)
 
 
 def test_processes_exit_when_their_parent_closes_the_pipes(stages_db, random_checkpoint, tmp_path):

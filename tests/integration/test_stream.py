@@ -244,6 +244,37 @@ def test_database_outage_mid_stream_loses_nothing(worker, producer, stream_db):
     assert worker.proc.poll() is None
 
 
+def _stage_processes(worker_pid: int) -> list[int]:
+    """The worker's stage processes (its children that multiprocessing spawned to serve)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == worker_pid and b"spawn_main" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    return found
+
+
+def test_a_stage_process_killed_mid_stream_is_replaced_and_nothing_is_lost(worker, producer, stream_db):
+    url = stream_db[1]
+    before = _stage_processes(worker.proc.pid)
+    assert len(before) == 2, "the module's worker runs one stage process per core"
+    items = [(f"stagekill-{i}".encode(), _clip(5000 + i, seconds=5.0)) for i in range(200)]
+    _send(producer, items)
+    ids = [k.decode() for k, _ in items]
+    wait_until(lambda: _query(url, "SELECT count(*) FROM clips WHERE id = ANY(%s)", (ids,))[0][0] > 0, 120,
+               "the first clips to be stored")
+    os.kill(before[0], signal.SIGKILL)
+    _wait_rows(url, ids)
+    _assert_exactly_once(url, ids)
+    assert worker.proc.poll() is None, "the worker goes on"
+    after = _stage_processes(worker.proc.pid)
+    assert len(after) == 2 and before[0] not in after
+    assert "replaced it" in worker.log_path.read_text()
+
+
 def test_compressed_formats_and_odd_rates_are_published_and_tagged(worker, stream_db, broker, tmp_path):
     from stream.producer import publish
     from tagger.audio import sha256_hex
