@@ -31,6 +31,7 @@ from tagger.stages import DatabaseUnavailable
 
 log = logging.getLogger("soundtag.worker")
 START_TIMEOUT_S = 300.0  # importing torch and loading (or exporting) the model, on a busy machine
+DEATHS_IN_A_ROW_TO_STOP = 3  # clips in a row that each end their process: stop instead of failing them all
 
 
 class StageProcessError(RuntimeError):
@@ -72,6 +73,7 @@ class ProcessStageRunner:
         self._idle = set(range(processes))  # processes free for a batch
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free: asyncio.Queue[int] = asyncio.Queue()
+        self._deaths_in_a_row = 0  # clips that each killed their process, with no clip tagged between
         self.version = ""
 
     def _start(self, i: int) -> None:
@@ -103,19 +105,30 @@ class ProcessStageRunner:
         kernel's OOM killer, a stray ``kill``) is replaced and the batch is tagged again clip
         by clip (what it stored already is stored again: the upsert keeps one row); a clip on
         which its process dies again is recorded as failed, saying so. Raises
-        ``DatabaseUnavailable`` as ``StageRunner`` does, and ``StageProcessError`` only when a
-        process cannot be replaced. A batch whose caller is cancelled still finishes in its
-        process, which is then free again."""
+        ``DatabaseUnavailable`` as ``StageRunner`` does, and ``StageProcessError`` when a
+        process cannot be replaced or ``DEATHS_IN_A_ROW_TO_STOP`` clips in a row each end
+        theirs. A batch whose caller is cancelled still finishes in its process, which is
+        then free again."""
         try:
-            return await self._run_in_one(payloads)
+            records = await self._run_in_one(payloads)
+            self._deaths_in_a_row = 0
+            return records
         except _ProcessDied as exc:
             log.error("%s holding a batch of %d; replaced it, tagging the batch clip by clip", exc, len(payloads))
         return [record for p in payloads for record in await self._run_alone(p)]
 
     async def _run_alone(self, payload: Payload) -> list[ClipRecord]:
         try:
-            return await self._run_in_one([payload])
+            records = await self._run_in_one([payload])
+            self._deaths_in_a_row = 0
+            return records
         except _ProcessDied as exc:
+            self._deaths_in_a_row += 1
+            if self._deaths_in_a_row >= DEATHS_IN_A_ROW_TO_STOP:
+                # Clips that each kill their process, one after the other: more likely a broken
+                # install or machine than hostile files; failing every clip would bury that.
+                raise StageProcessError(f"stage processes died on {self._deaths_in_a_row} clips in a row, "
+                                        f"each alone (the last: {exc.how}); the fault is not the clips'") from None
             log.error("%s on clip %s alone; recording it as failed", exc, payload.clip_id or payload.source)
             why = f"the tagging process died on this clip ({exc.how}); nothing was tagged"
         return await self._run_in_one([Payload(data=b"", source=payload.source, clip_id=payload.clip_id,

@@ -123,6 +123,15 @@ def test_a_clip_its_process_dies_on_is_recorded_as_failed_and_the_rest_tagged(ru
     assert all(p.is_alive() for p in runner._procs)
 
 
+def test_clips_that_each_end_their_process_three_in_a_row_stop_instead_of_failing_every_clip(runner):
+    deadly = [Payload(data=_KillsTheProcessThatReadsIt(), source=f"test:k-{i}", clip_id=f"k-{i}")  # type: ignore[arg-type]
+              for i in range(3)]
+    with pytest.raises(StageProcessError, match="died on 3 clips in a row"):
+        asyncio.run(runner.run(deadly))
+    records = asyncio.run(runner.run(_payloads("m", 2)))  # replaced, and serving
+    assert all(r.status == Status.TAGGED for r in records)
+
+
 def test_processes_exit_when_their_parent_closes_the_pipes(stages_db, random_checkpoint, tmp_path):
     job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
     pool = ProcessStageRunner(job, processes=2)
