@@ -93,7 +93,10 @@ class ProcessStageRunner:
     def _ready(self, i: int, timeout_s: float = START_TIMEOUT_S) -> str:
         if not self._conns[i].poll(timeout_s):
             raise StageProcessError(f"stage process {i} did not load the model within {timeout_s:.0f} s")
-        kind, value = self._receive(i)
+        try:
+            kind, value = self._receive(i)
+        except _ProcessDied as exc:  # not one that can be replaced: it never started
+            raise StageProcessError(f"stage process {i} could not start: it died ({exc.how})") from None
         if kind != "ready":
             raise StageProcessError(f"stage process {i} could not start: {value}")
         return cast(str, value)
