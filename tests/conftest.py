@@ -10,16 +10,14 @@ import pytest
 
 from tagger import db
 from tagger.config import SHIPPED_MODEL_PATH
-from tests.helpers import PG_ADMIN_URL
+from tests.helpers import migrated_database
 
 
 @pytest.fixture(scope="session")
 def pg_url():
     """A fresh PostgreSQL database for the whole run, migrated, dropped at the end."""
-    name, url = db.create_database(PG_ADMIN_URL, "soundtag_test")
-    db.upgrade(url)
-    yield url
-    db.drop_database(PG_ADMIN_URL, name)
+    with migrated_database("soundtag_test") as (_, url):
+        yield url
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -30,10 +28,8 @@ def store_url(request, tmp_path):
         db.upgrade(url)
         yield url
         return
-    name, url = db.create_database(PG_ADMIN_URL, "soundtag_store")
-    db.upgrade(url)
-    yield url
-    db.drop_database(PG_ADMIN_URL, name)
+    with migrated_database("soundtag_store") as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,9 +14,22 @@ import numpy as np
 import psycopg
 import soundfile as sf
 
+from tagger import db
+
 REPO = Path(__file__).resolve().parents[1]  # the checkout
 PG_ADMIN_URL = os.environ.get("SOUNDTAG_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def migrated_database(prefix: str) -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database at the latest migration, dropped afterwards: (name, url)."""
+    name, url = db.create_database(PG_ADMIN_URL, prefix)
+    try:
+        db.upgrade(url)
+        yield name, url
+    finally:
+        db.drop_database(PG_ADMIN_URL, name)
 
 
 def make_tone(seconds: float = 1.0, sr: int = 44100, channels: int = 1, freq: float = 440.0,

@@ -10,20 +10,17 @@ import time
 import psycopg
 import pytest
 
-from tagger import db
 from tagger.pipeline import Payload
 from tagger.records import Status
 from tagger.stage_processes import ProcessStageRunner, StageJob, StageProcessError
 from tagger.stages import DatabaseUnavailable
-from tests.helpers import PG_ADMIN_URL, audio_bytes, block_database
+from tests.helpers import audio_bytes, block_database, migrated_database
 
 
 @pytest.fixture(scope="module")
 def stages_db():
-    name, url = db.create_database(PG_ADMIN_URL, "soundtag_stages")
-    db.upgrade(url)
-    yield name, url
-    db.drop_database(PG_ADMIN_URL, name)
+    with migrated_database("soundtag_stages") as database:
+        yield database
 
 
 @pytest.fixture(scope="module")

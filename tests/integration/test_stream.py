@@ -25,8 +25,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.dev_broker import start_broker
 from deploy.processes import free_port
-from tagger import db
-from tests.helpers import ENCODED_FORMATS, PG_ADMIN_URL, audio_bytes, block_database, encoded_bytes, wait_until
+from tests.helpers import ENCODED_FORMATS, audio_bytes, block_database, encoded_bytes, migrated_database, wait_until
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4
@@ -62,10 +61,8 @@ def broker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stream_db():
-    name, url = db.create_database(PG_ADMIN_URL, "soundtag_stream")
-    db.upgrade(url)
-    yield name, url
-    db.drop_database(PG_ADMIN_URL, name)
+    with migrated_database("soundtag_stream") as database:
+        yield database
 
 
 class Worker:
