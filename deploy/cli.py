@@ -16,16 +16,17 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tagger.ingest_processes import IngestJob, ingest_job
+    from tagger.ingest_processes import ingest_job
+    from tagger.stages import PipelineJob
     from tagger.startup import check_model, open_database
 
     settings = get_settings()
     check_model(settings)
     open_database(settings)  # the schema, before any process writes
-    job = IngestJob(model_path=str(settings.model_path), database_url=settings.database_url, device=settings.device,
-                    engine=settings.engine, batch_size=args.batch_size or settings.batch_size,
-                    max_duration_s=settings.max_duration_s, db_retry_s=settings.db_retry_s,
-                    model_threads=settings.model_threads, export_cache=str(settings.export_cache_dir))
+    job = PipelineJob(model_path=str(settings.model_path), database_url=settings.database_url, device=settings.device,
+                      engine=settings.engine, batch_size=args.batch_size or settings.batch_size,
+                      max_duration_s=settings.max_duration_s, db_retry_s=settings.db_retry_s,
+                      model_threads=settings.model_threads, export_cache=str(settings.export_cache_dir))
     try:
         # fork: this process has run no torch work and started no thread yet.
         summary = ingest_job(args.paths, job, processes=args.processes, progress=not args.quiet, fork=True)

@@ -20,8 +20,8 @@ from faust import Worker
 
 from tagger.config import Settings, get_settings
 from tagger.device import PROCESS_MEMORY, available_memory, cpu_cores, resolve_device
-from tagger.stage_processes import ProcessStageRunner, StageJob, StageProcessError
-from tagger.stages import BatchRunner, DatabaseWaiter, StageRunner
+from tagger.stage_processes import ProcessStageRunner, StageProcessError
+from tagger.stages import BatchRunner, DatabaseWaiter, PipelineJob, StageRunner
 from tagger.startup import check_model, load_tagger, open_database
 
 STOP_GRACE_S = 8.0
@@ -111,10 +111,10 @@ def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], No
         return runner, f"model {tagger.version} on {tagger.device}", runner.close
     check_model(settings)  # a missing model stops here, before any process starts
     open_database(settings)  # the schema brought up to date once, here
-    job = StageJob(model_path=str(settings.model_path), database_url=settings.database_url, engine=settings.engine,
-                   batch_size=settings.batch_size, max_duration_s=settings.max_duration_s,
-                   db_retry_s=settings.db_retry_s, export_cache=str(settings.export_cache_dir),
-                   model_threads=settings.model_threads or max(1, cpu_cores() // processes))
+    job = PipelineJob(model_path=str(settings.model_path), database_url=settings.database_url, device="cpu",
+                      engine=settings.engine, batch_size=settings.batch_size, max_duration_s=settings.max_duration_s,
+                      db_retry_s=settings.db_retry_s, model_threads=settings.model_threads,
+                      export_cache=str(settings.export_cache_dir))
     pool = ProcessStageRunner(job, processes)
     try:
         version = pool.wait_ready()

@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +35,11 @@ from tqdm import tqdm
 from tagger.device import PROCESS_MEMORY, available_memory, cpu_cores, resolve_device
 from tagger.files import find_audio_files
 from tagger.ingest import IngestSummary, ingest
+from tagger.stages import PipelineJob
 
 FILES_PER_PROCESS = 256  # below this a second process's start-up costs about what it saves
 STOP_GRACE_S = 60.0  # after Ctrl-C, how long the processes get to finish the batch they store
 POLL_S = 0.5  # how often the parent looks at Ctrl-C while nothing arrives
-
-
-@dataclass(frozen=True)
-class IngestJob:
-    """What a process needs to build its own pipeline (a tagger and sessions cannot be
-    sent to another process)."""
-
-    model_path: str
-    database_url: str
-    device: str = "auto"
-    engine: str = "auto"
-    batch_size: int = 32
-    max_duration_s: float | None = None
-    db_retry_s: float = 120.0
-    model_threads: int = 0  # 0: the process's share of the cores
-    export_cache: str | None = None  # where the model's ONNX export is kept between loads
 
 
 def auto_processes(files: int, device: str = "cpu", database_url: str = "postgresql://") -> int:
@@ -67,7 +51,7 @@ def auto_processes(files: int, device: str = "cpu", database_url: str = "postgre
     return max(1, min(cpu_cores(), files // FILES_PER_PROCESS, available_memory() // PROCESS_MEMORY))
 
 
-def ingest_job(paths: Iterable[str | Path], job: IngestJob, processes: int = 0, progress: bool = True,
+def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0, progress: bool = True,
                fork: bool = False) -> IngestSummary:
     """``soundtag ingest``: in this process, or in ``processes`` processes (0: ``auto_processes``).
 
@@ -177,23 +161,17 @@ def _start_method(fork: bool) -> str:
     return "spawn"
 
 
-def _ingest_with_own_pipeline(files: list[Path], job: IngestJob, device: str, threads: int | None, progress: bool,
+def _ingest_with_own_pipeline(files: list[Path], job: PipelineJob, device: str, threads: int | None, progress: bool,
                               overlap: bool = True, on_batch: Callable[[IngestSummary], None] | None = None,
                               batches: Callable[[list[Path], int], Iterator[list[Path]]] | None = None,
                               ) -> IngestSummary:
     """``ingest`` with a tagger and sessions of this process's own, as the job describes."""
-    from tagger.db import session_factory
-    from tagger.inference import Tagger
-    from tagger.stages import DatabaseWaiter
-
-    tagger = Tagger.load(job.model_path, device=device, batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
-                         threads=job.model_threads or threads, export_cache=job.export_cache)
-    return ingest(files, tagger, session_factory(job.database_url), batch_size=job.batch_size,
-                  max_duration_s=job.max_duration_s, waiter=DatabaseWaiter(job.db_retry_s), progress=progress,
-                  overlap=overlap, on_batch=on_batch, batches=batches)
+    tagger, sessions, waiter = job.open(device, threads)
+    return ingest(files, tagger, sessions, batch_size=job.batch_size, max_duration_s=job.max_duration_s,
+                  waiter=waiter, progress=progress, overlap=overlap, on_batch=on_batch, batches=batches)
 
 
-def _ingest_here(files: list[Path], not_audio: list[Path], job: IngestJob, progress: bool) -> IngestSummary:
+def _ingest_here(files: list[Path], not_audio: list[Path], job: PipelineJob, progress: bool) -> IngestSummary:
     summary = _ingest_with_own_pipeline(files, job, job.device, None, progress=progress)
     summary.not_audio = [str(p) for p in not_audio]
     return summary
@@ -219,7 +197,7 @@ def _claimed_batches(conn: Any, files: list[Path], batch_size: int) -> Iterator[
         yield files[k * batch_size : (k + 1) * batch_size]
 
 
-def _run_part(index: int, job: IngestJob, files: list[Path], threads: int, conn: Any) -> None:
+def _run_part(index: int, job: PipelineJob, files: list[Path], threads: int, conn: Any) -> None:
     """A process's whole life: its own tagger, sessions and pipeline, on the batches of
     ``files`` the parent hands it; progress and its summary go back through ``conn``."""
     parent = os.getppid()

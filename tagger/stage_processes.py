@@ -22,12 +22,13 @@ import logging
 import multiprocessing as mp
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, cast
 
+from tagger.device import cpu_cores
 from tagger.pipeline import Payload
 from tagger.records import ClipRecord
-from tagger.stages import DatabaseUnavailable
+from tagger.stages import DatabaseUnavailable, PipelineJob, tag_and_store
 
 log = logging.getLogger("soundtag.worker")
 START_TIMEOUT_S = 300.0  # importing torch and loading (or exporting) the model, on a busy machine
@@ -44,27 +45,14 @@ class _ProcessDied(StageProcessError):
         self.how = how
 
 
-@dataclass(frozen=True)
-class StageJob:
-    """What a process needs to build its own tagger and sessions (neither can be sent)."""
-
-    model_path: str
-    database_url: str
-    engine: str = "auto"
-    batch_size: int = 32
-    max_duration_s: float | None = None
-    db_retry_s: float = 120.0
-    export_cache: str | None = None
-    model_threads: int = 1  # each process's share of the cores
-
-
 class ProcessStageRunner:
     """``run(payloads)`` like ``StageRunner.run``, each batch in one of ``processes`` processes."""
 
-    def __init__(self, job: StageJob, processes: int) -> None:
+    def __init__(self, job: PipelineJob, processes: int) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
         self._job = job
+        self._threads_each = job.model_threads or max(1, cpu_cores() // processes)  # its share of the cores
         self._conns: list[Any] = [None] * processes
         self._procs: list[Any] = [None] * processes
         for i in range(processes):
@@ -79,7 +67,8 @@ class ProcessStageRunner:
     def _start(self, i: int) -> None:
         ctx = mp.get_context("spawn")
         ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(self._job, theirs), name=f"soundtag-stages-{i}", daemon=True)
+        proc = ctx.Process(target=_serve, args=(self._job, self._threads_each, theirs), name=f"soundtag-stages-{i}",
+                           daemon=True)
         proc.start()
         theirs.close()  # the process's end: it closes in the parent, so a dead process reads as EOF
         self._conns[i], self._procs[i] = ours, proc
@@ -212,7 +201,7 @@ class ProcessStageRunner:
                 proc.join()
 
 
-def _serve(job: StageJob, conn: Any) -> None:
+def _serve(job: PipelineJob, threads: int, conn: Any) -> None:
     """A stage process's whole life: load, then tag and store batches until the pipe closes."""
     # Ctrl-C in a terminal, or a service manager's SIGTERM, may reach the whole process
     # group: the parent decides when to stop, and this process ends when its pipe closes.
@@ -221,15 +210,8 @@ def _serve(job: StageJob, conn: Any) -> None:
     try:
         import torch
 
-        from tagger.db import session_factory
-        from tagger.inference import Tagger
-        from tagger.stages import DatabaseWaiter, tag_and_store
-
-        torch.set_num_threads(job.model_threads)
-        tagger = Tagger.load(job.model_path, device="cpu", batch_size=job.batch_size, engine=job.engine,  # type: ignore[arg-type]
-                             threads=job.model_threads, export_cache=job.export_cache)
-        sessions = session_factory(job.database_url)
-        waiter = DatabaseWaiter(job.db_retry_s)
+        torch.set_num_threads(threads)
+        tagger, sessions, waiter = job.open("cpu", threads)
     except Exception as exc:  # broad on purpose: the parent reports it instead of waiting
         conn.send(("failed", f"{type(exc).__name__}: {exc}"[:2000]))
         return

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tagger.audio import DecodedAudio
+from tagger.db import session_factory
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
@@ -112,6 +114,30 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
             rec.top3, rec.features = [], None
             failed = ClipRecord(clip_id=rec.clip_id, source=rec.source[:2000], status=Status.FAILED, error=rec.error)
             waiter.run(functools.partial(write, [failed]), f"recording clip {rec.clip_id} as failed")
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    """What a process needs to build its own pipeline (a tagger and sessions cannot be
+    sent to another process): ``soundtag ingest``'s processes and the worker's."""
+
+    model_path: str
+    database_url: str
+    device: str = "auto"
+    engine: str = "auto"
+    batch_size: int = 32
+    max_duration_s: float | None = None
+    db_retry_s: float = 120.0
+    model_threads: int = 0  # 0: the process's share of the cores
+    export_cache: str | None = None  # where the model's ONNX export is kept between loads
+
+    def open(self, device: str, threads: int | None) -> tuple[Tagger, sessionmaker[Session], DatabaseWaiter]:
+        """This process's tagger (on ``device``, with ``threads`` unless the job sets its
+        own), sessions and database waiter."""
+        tagger = Tagger.load(self.model_path, device=device, batch_size=self.batch_size,
+                             engine=self.engine,  # type: ignore[arg-type]
+                             threads=self.model_threads or threads, export_cache=self.export_cache)
+        return tagger, session_factory(self.database_url), DatabaseWaiter(self.db_retry_s)
 
 
 class BatchRunner(Protocol):

@@ -13,7 +13,8 @@ from sqlalchemy import func, select, text
 
 from tagger import db
 from tagger.ingest import ingest
-from tagger.ingest_processes import IngestJob, ingest_job
+from tagger.ingest_processes import ingest_job
+from tagger.stages import PipelineJob
 from tagger.tables import Clip, ClipFeatures, Tag
 from tests.helpers import ENCODED_FORMATS, PG_ADMIN_URL, audio_bytes, block_database, encoded_bytes
 
@@ -144,7 +145,7 @@ def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_u
 def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url, random_checkpoint):
     sessions = _fresh(pg_url)
     folder = _make_folder(tmp_path / "in", good=9)
-    job = IngestJob(model_path=str(random_checkpoint), database_url=pg_url, device="cpu", batch_size=4)
+    job = PipelineJob(model_path=str(random_checkpoint), database_url=pg_url, device="cpu", batch_size=4)
     summary = ingest_job([folder], job, processes=2, progress=False)
     running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
     assert summary.tagged == 9 + (1 if running_as_root else 0)

@@ -12,8 +12,8 @@ import pytest
 
 from tagger.pipeline import Payload
 from tagger.records import Status
-from tagger.stage_processes import ProcessStageRunner, StageJob, StageProcessError
-from tagger.stages import DatabaseUnavailable
+from tagger.stage_processes import ProcessStageRunner, StageProcessError
+from tagger.stages import DatabaseUnavailable, PipelineJob
 from tests.helpers import audio_bytes, block_database, migrated_database
 
 
@@ -25,7 +25,7 @@ def stages_db():
 
 @pytest.fixture(scope="module")
 def runner(stages_db, random_checkpoint, tmp_path_factory):
-    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], max_duration_s=60,
+    job = PipelineJob(model_path=str(random_checkpoint), database_url=stages_db[1], max_duration_s=60,
                    db_retry_s=1.0, export_cache=str(tmp_path_factory.mktemp("onnx")))
     pool = ProcessStageRunner(job, processes=2)
     assert "untrained" in pool.wait_ready()
@@ -77,7 +77,7 @@ def test_the_database_away_for_longer_than_the_retry_budget_raises_database_unav
 
 
 def test_a_process_that_does_not_start_says_why(stages_db, tmp_path):
-    job = StageJob(model_path=str(tmp_path / "missing.safetensors"), database_url=stages_db[1])
+    job = PipelineJob(model_path=str(tmp_path / "missing.safetensors"), database_url=stages_db[1])
     pool = ProcessStageRunner(job, processes=1)
     try:
         with pytest.raises(StageProcessError, match=r"could not start.*missing\.safetensors"):
@@ -130,7 +130,7 @@ def test_clips_that_each_end_their_process_three_in_a_row_stop_instead_of_failin
 
 
 def test_processes_exit_when_their_parent_closes_the_pipes(stages_db, random_checkpoint, tmp_path):
-    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
+    job = PipelineJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
     pool = ProcessStageRunner(job, processes=2)
     pool.wait_ready()
     procs = list(pool._procs)
@@ -142,7 +142,7 @@ def test_processes_exit_when_their_parent_closes_the_pipes(stages_db, random_che
 
 
 def test_close_without_waiting_kills_a_busy_process_at_once(stages_db, random_checkpoint, tmp_path):
-    job = StageJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
+    job = PipelineJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
     pool = ProcessStageRunner(job, processes=1)
     pool.wait_ready()
     pool._conns[0].send(_payloads("g", 64, seconds=5.0))  # a few seconds' work

@@ -9,11 +9,11 @@ import pytest
 from tagger.ingest_processes import (
     FILES_PER_PROCESS,
     PROCESS_MEMORY,
-    IngestJob,
     _claimed_batches,
     auto_processes,
     ingest_job,
 )
+from tagger.stages import PipelineJob
 
 
 def test_a_process_takes_the_batches_it_is_handed_until_told_to_stop():
@@ -37,7 +37,7 @@ def test_auto_processes_one_per_share_of_files_at_most_one_per_core(monkeypatch)
 
 
 def test_several_processes_on_sqlite_are_refused_with_the_way_out(tmp_path):
-    job = IngestJob(model_path="unused", database_url=f"sqlite:///{tmp_path / 'x.db'}", device="cpu")
+    job = PipelineJob(model_path="unused", database_url=f"sqlite:///{tmp_path / 'x.db'}", device="cpu")
     with pytest.raises(ValueError, match=r"PostgreSQL only.*leave --processes out"):
         ingest_job([tmp_path], job, processes=2, progress=False)
 
@@ -49,7 +49,7 @@ def test_one_batch_or_none_is_tagged_in_this_process(tmp_path, random_checkpoint
     monkeypatch.setattr("tagger.ingest_processes.mp.get_context", no_processes)
     (tmp_path / "notes.txt").write_text("not audio")
     # Nothing to tag: the database is never reached, so an unreachable one does.
-    job = IngestJob(model_path=str(random_checkpoint), database_url="postgresql://nobody@127.0.0.1:9/none",
+    job = PipelineJob(model_path=str(random_checkpoint), database_url="postgresql://nobody@127.0.0.1:9/none",
                     device="cpu")
     summary = ingest_job([tmp_path], job, processes=2, progress=False)
     assert (summary.tagged, summary.failed) == (0, 0) and summary.not_audio == [str(tmp_path / "notes.txt")]
