@@ -149,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--processes", type=_non_negative_int, default=0, metavar="N",
-                   help="pipelines in separate processes, each taking the next batch when free "
-                        "(CPU and PostgreSQL only; default 0: one per 256 files, at most one per core "
-                        "and per 0.6 GB of available memory; 1: in this process)")
+                   help="pipelines in separate processes, each taking the next batch when free; on a "
+                        "GPU, processes that decode for the one that owns it (PostgreSQL only; default 0: "
+                        "one per 256 files, at most one per core (but one, on a GPU) and per 0.6 GB of "
+                        "available memory; 1: in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from faust import Worker
 
 from tagger.config import Settings, get_settings
-from tagger.device import PROCESS_MEMORY, available_memory, cpu_cores, resolve_device
+from tagger.device import processes_that_fit, resolve_device
 from tagger.stage_processes import ProcessStageRunner, StageProcessError
 from tagger.stages import BatchRunner, DatabaseWaiter, PipelineJob, StageRunner
 from tagger.startup import check_model, load_tagger, open_database
@@ -104,11 +104,14 @@ def _wait_for_broker(bootstrap: str) -> bool:
 def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], None]]:
     """What tags the worker's batches, a line saying where, and how to stop it."""
     processes = worker_processes(settings)
-    if processes == 1:
+    if processes == 1 or not _on_cpu(settings):
         tagger = load_tagger(settings)  # a missing model stops here, with a clear message
+        decoders = processes if processes > 1 else 0  # on a GPU: processes that decode for this one
         runner = StageRunner(tagger, open_database(settings), settings.max_duration_s,
-                             DatabaseWaiter(settings.db_retry_s))
-        return runner, f"model {tagger.version} on {tagger.device}", runner.close
+                             DatabaseWaiter(settings.db_retry_s), decode_processes=decoders)
+        where = f"model {tagger.version} on {tagger.device}"
+        where += f", decoding in {decoders} processes" if decoders else ""
+        return runner, where, runner.close
     check_model(settings)  # a missing model stops here, before any process starts
     open_database(settings)  # the schema brought up to date once, here
     job = PipelineJob(model_path=str(settings.model_path), database_url=settings.database_url, device="cpu",
@@ -124,16 +127,15 @@ def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], No
     return pool, f"model {version} in {processes} processes on cpu", pool.close
 
 
+def _on_cpu(settings: Settings) -> bool:
+    return settings.device != "cuda" and resolve_device(settings.device).type == "cpu"
+
+
 def worker_processes(settings: Settings) -> int:
-    """SOUNDTAG_WORKER_PROCESSES, or by default one per core on CPU as far as memory allows
-    (each holds about 450 MB), one on a GPU (processes sharing one were slower there)."""
-    on_cpu = settings.device != "cuda" and resolve_device(settings.device).type == "cpu"
-    if settings.worker_processes > 1 and not on_cpu:
-        raise StageProcessError("several stage processes run on CPU only: on a GPU one process feeds it "
-                                "(set SOUNDTAG_WORKER_PROCESSES=1 or 0, or SOUNDTAG_DEVICE=cpu)")
-    if settings.worker_processes or not on_cpu:
-        return settings.worker_processes or 1
-    return max(1, min(cpu_cores(), available_memory() // PROCESS_MEMORY))
+    """SOUNDTAG_WORKER_PROCESSES, or by default one per core as far as memory allows (each
+    holds about 450 MB). On CPU each runs whole batches; on a GPU one process tags and the
+    others decode for it (processes that each own a GPU were slower than one)."""
+    return settings.worker_processes or processes_that_fit(gpu=not _on_cpu(settings))
 
 
 def run_worker(loglevel: str = "info") -> int:

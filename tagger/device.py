@@ -28,6 +28,12 @@ def available_memory() -> int:
     return 1 << 62
 
 
+def processes_that_fit(gpu: bool = False) -> int:
+    """Tagging processes this machine holds: one per core as available memory allows. With a
+    GPU one core is left to the process that owns it (the others decode for it)."""
+    return max(1, min(cpu_cores() - gpu, available_memory() // PROCESS_MEMORY))
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("SOUNDTAG_DEVICE=cuda but no CUDA device is available")
@@ -45,9 +51,16 @@ def _cpu_has_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision where the hardware runs it natively; None means plain fp32."""
+    """Mixed precision where the hardware runs it natively (training); None means plain fp32."""
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu" and _cpu_has_bf16():
         return torch.bfloat16
     return None
+
+
+def inference_dtype(device: torch.device) -> torch.dtype | None:
+    """What the torch forward pass runs in for serving and validation: as ``autocast_dtype``
+    but fp32 on CUDA, where the network is a fraction of a percent of a clip's time and fp16
+    changed the order within the top 3 of 2 clips in 400 (deploy/benchmarks/README.md)."""
+    return None if device.type == "cuda" else autocast_dtype(device)

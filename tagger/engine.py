@@ -1,8 +1,8 @@
 """Inference engines: what runs the network's forward pass for serving.
 
-- ``torch``: eager PyTorch, channels-last, at the device's mixed precision (bf16 on CPUs
-  with AVX-512 BF16, fp16 on CUDA). The only engine on a GPU, and the one training
-  validates with (``forward``).
+- ``torch``: eager PyTorch, channels-last, bf16 on CPUs with AVX-512 BF16 and full fp32
+  on CUDA (``inference_dtype``). The only engine on a GPU, and the one training validates
+  with (``forward``).
 - ``onnxruntime``: the same network exported to ONNX at load time and run by ONNX
   Runtime's CPU engine in fp32 (batch norm folded into the convolutions, blocked NCHWc
   layouts). On CPU its answers match eager fp32 to about 1e-5 and it needs less CPU per
@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, cast
 import torch
 
 from tagger import __version__
-from tagger.device import autocast_dtype, cpu_cores
+from tagger.device import cpu_cores, inference_dtype
 from tagger.features import N_MELS, WINDOW_FRAMES
 from tagger.network import FEATURE_TAPS
 
@@ -65,11 +65,11 @@ def intra_op_threads(threads: int) -> Iterator[None]:
 def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, with_features: bool = False,
             block_taps: dict[str, torch.Tensor] | None = None) -> Any:
     """The torch forward pass, for serving and for validation while training: channels-last,
-    at the device's mixed precision (bf16 on CPUs that have it, fp16 on CUDA)."""
+    in ``inference_dtype`` (bf16 on CPUs that have it, fp32 on CUDA)."""
     if device.type == "cuda" and x.device.type == "cpu":
         x = x.pin_memory()  # lets the copy overlap with the previous batch's compute
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    dtype = autocast_dtype(device)
+    dtype = inference_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return model(x, with_features=with_features, block_taps=block_taps)
 
@@ -85,7 +85,11 @@ class Engine(Protocol):
 class TorchEngine:
     def __init__(self, model: torch.nn.Module, device: torch.device, threads: int) -> None:
         self.model, self.device, self.threads = model, device, threads
-        dtype = autocast_dtype(device)
+        if device.type == "cuda":
+            # Full fp32 convolutions, not cuDNN's default TF32 (10-bit mantissa inputs): the
+            # CPU's answers, at a cost the GPU does not notice. Process-wide, as the flag is.
+            torch.backends.cudnn.allow_tf32 = False
+        dtype = inference_dtype(device)
         self.name = f"torch ({str(dtype).removeprefix('torch.') if dtype else 'fp32'})"
 
     def __call__(self, x: torch.Tensor, with_features: bool) -> Any:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from tagger.audio import file_sha256
+from tagger.decode_processes import DecodeProcessError
 from tagger.files import find_audio_files
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded, Payload
@@ -79,6 +80,7 @@ def ingest(
     overlap: bool = True,
     on_batch: Callable[[IngestSummary], None] | None = None,
     batches: Callable[[list[Path], int], Iterator[list[Path]]] | None = None,
+    decode_processes: int = 0,
 ) -> IngestSummary:
     """Tag the audio under ``paths`` in this process.
 
@@ -87,7 +89,9 @@ def ingest(
     costs less CPU per clip where other processes fill the other cores
     (``tagger.ingest_processes``). ``on_batch`` sees the running summary after every
     stored batch; ``batches`` picks which batches of the files to tag (default: all, in
-    order; a process of ``tagger.ingest_processes`` takes those its parent hands it)."""
+    order; a process of ``tagger.ingest_processes`` takes those its parent hands it);
+    ``decode_processes`` decodes in that many processes instead of on threads (with
+    ``overlap``; ``tagger.decode_processes``: for a process that owns a GPU)."""
     found = find_audio_files(paths)
     files = found.audio
     summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
@@ -124,7 +128,7 @@ def ingest(
 
     try:
         if overlap:
-            runner = StageRunner(tagger, sessions, max_duration_s, waiter)
+            runner = StageRunner(tagger, sessions, max_duration_s, waiter, decode_processes)
             _overlapped(plan(files, batch_size), still_to_tag, runner, account, summary)
         else:
             for batch in plan(files, batch_size):
@@ -132,7 +136,7 @@ def ingest(
                 account(tag_and_store(tagger, sessions, todo, max_duration_s, waiter), skipped)
     except KeyboardInterrupt:
         summary.interrupted = True  # committed batches stay; a re-run skips them
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, DecodeProcessError) as exc:
         summary.gave_up = str(exc)
     finally:
         bar.close()

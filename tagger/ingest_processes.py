@@ -13,7 +13,10 @@ point keeps what was stored and a re-run skips it, exactly as in one process.
 A process started by ``soundtag ingest`` is forked and only loads the model (a fraction of
 a second); elsewhere each is a fresh interpreter that also imports torch (about two
 seconds). ``auto_processes`` uses one per ``FILES_PER_PROCESS`` files, up to one per core
-and per ``PROCESS_MEMORY`` of available memory, on PostgreSQL and CPU.
+and per ``PROCESS_MEMORY`` of available memory, on PostgreSQL.
+
+On a GPU, processes that each own it take turns on it and were slower than one, so there
+one process tags and stores and the others only decode for it (``tagger.decode_processes``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tagger.device import PROCESS_MEMORY, available_memory, cpu_cores, resolve_device
+from tagger.device import cpu_cores, processes_that_fit, resolve_device
 from tagger.files import find_audio_files
 from tagger.ingest import IngestSummary, ingest
 from tagger.stages import PipelineJob
@@ -44,11 +47,11 @@ POLL_S = 0.5  # how often the parent looks at Ctrl-C while nothing arrives
 
 def auto_processes(files: int, device: str = "cpu", database_url: str = "postgresql://") -> int:
     """Processes for ``files`` files: one per FILES_PER_PROCESS, at most one per core and as
-    many as the available memory holds. One on a GPU (processes sharing it were slower than
-    one) and on SQLite (one writer at a time)."""
-    if resolve_device(device).type != "cpu" or not _concurrent_writers(database_url):
+    many as the available memory holds; one on SQLite (one writer at a time). On a GPU these
+    are decoding processes feeding the one process that owns it (``tagger.decode_processes``)."""
+    if not _concurrent_writers(database_url):
         return 1
-    return max(1, min(cpu_cores(), files // FILES_PER_PROCESS, available_memory() // PROCESS_MEMORY))
+    return max(1, min(processes_that_fit(gpu=resolve_device(device).type != "cpu"), files // FILES_PER_PROCESS))
 
 
 def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0, progress: bool = True,
@@ -65,10 +68,13 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
     found = find_audio_files(paths)
     processes = processes or auto_processes(len(found.audio), job.device, job.database_url)
     if processes > 1 and resolve_device(job.device).type != "cpu":
-        # Processes that share one GPU take turns on it and each runs its pipeline on one
-        # thread: measured slower than one process (deploy/benchmarks/README.md).
-        raise ValueError("ingest runs in several processes on CPU only: on a GPU one process is faster "
-                         "(leave --processes out, or set SOUNDTAG_DEVICE=cpu)")
+        # Processes that each own the GPU take turns on it, and were slower than one
+        # (deploy/benchmarks/README.md): there one process tags, the others decode for it.
+        summary = _ingest_with_own_pipeline(found.audio, job, job.device, None, progress=progress,
+                                            decode_processes=processes)
+        summary.not_audio = [str(p) for p in found.not_audio]
+        summary.seconds = time.perf_counter() - start
+        return summary
     if processes > 1 and not _concurrent_writers(job.database_url):
         raise ValueError("ingest runs in several processes on PostgreSQL only: SQLite takes one writer "
                          "at a time (leave --processes out)")
@@ -164,11 +170,12 @@ def _start_method(fork: bool) -> str:
 def _ingest_with_own_pipeline(files: list[Path], job: PipelineJob, device: str, threads: int | None, progress: bool,
                               overlap: bool = True, on_batch: Callable[[IngestSummary], None] | None = None,
                               batches: Callable[[list[Path], int], Iterator[list[Path]]] | None = None,
-                              ) -> IngestSummary:
+                              decode_processes: int = 0) -> IngestSummary:
     """``ingest`` with a tagger and sessions of this process's own, as the job describes."""
     tagger, sessions, waiter = job.open(device, threads)
     return ingest(files, tagger, sessions, batch_size=job.batch_size, max_duration_s=job.max_duration_s,
-                  waiter=waiter, progress=progress, overlap=overlap, on_batch=on_batch, batches=batches)
+                  waiter=waiter, progress=progress, overlap=overlap, on_batch=on_batch, batches=batches,
+                  decode_processes=decode_processes)
 
 
 def _ingest_here(files: list[Path], not_audio: list[Path], job: PipelineJob, progress: bool) -> IngestSummary:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tagger.audio import DecodedAudio
 from tagger.db import session_factory
+from tagger.decode_processes import DecodeProcesses
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
@@ -162,15 +163,21 @@ def tag_and_store(tagger: Tagger, sessions: sessionmaker[Session], payloads: lis
 
 class StageRunner:
     def __init__(self, tagger: Tagger, sessions: sessionmaker[Session], max_duration_s: float | None = None,
-                 waiter: DatabaseWaiter | None = None) -> None:
+                 waiter: DatabaseWaiter | None = None, decode_processes: int = 0) -> None:
+        """``decode_processes``: decode in that many processes instead of on this one's
+        threads (``tagger.decode_processes``: for a process that owns a GPU)."""
         self.tagger, self.sessions, self.max_duration_s = tagger, sessions, max_duration_s
         self.waiter = waiter or DatabaseWaiter()
+        self._decode_processes = DecodeProcesses(decode_processes) if decode_processes else None
         # Each stage thread starts with its PyTorch thread count set (it is per thread, and
         # a new thread gets one per core): decode threads run side by side, each clip's
         # log-mel on one core; the model thread uses the tagger's count; the store's few
         # tensor operations need one. An extra OpenMP thread would only spin, taking CPU
         # from the other stages.
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soundtag-decode",
+        # With decoding processes, two batches at a time: the next batch's clips are already
+        # queued there when one batch's last clips come back, so no process waits on the parent.
+        self._decoder = ThreadPoolExecutor(max_workers=2 if decode_processes else 1,
+                                           thread_name_prefix="soundtag-decode",
                                            initializer=torch.set_num_threads, initargs=(1,))
         # Clips of a batch decode (and get their log-mel) in parallel on as many threads
         # as there are cores: libsndfile, FFmpeg and torch release the GIL, so this stage
@@ -187,6 +194,10 @@ class StageRunner:
 
     # Each stage on its own thread; callers chain the futures to overlap batches.
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
+        if self._decode_processes is not None:
+            # The log-mel needs the tagger's device: the model thread computes it (``Tagger.tag``).
+            return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, None,
+                                        self._decode_processes.map)
         return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, self.tagger.features,
                                     self._clip_decoders.map)
 
@@ -214,3 +225,5 @@ class StageRunner:
     def close(self, wait: bool = True) -> None:
         for pool in (self._decoder, self._clip_decoders, self._model, self._storer):
             pool.shutdown(wait=wait, cancel_futures=True)
+        if self._decode_processes is not None:
+            self._decode_processes.close(wait)

@@ -16,7 +16,14 @@ from tagger.ingest import ingest
 from tagger.ingest_processes import ingest_job
 from tagger.stages import PipelineJob
 from tagger.tables import Clip, ClipFeatures, Tag
-from tests.helpers import ENCODED_FORMATS, PG_ADMIN_URL, audio_bytes, block_database, encoded_bytes
+from tests.helpers import (
+    ENCODED_FORMATS,
+    PG_ADMIN_URL,
+    audio_bytes,
+    block_database,
+    encoded_bytes,
+    migrated_database,
+)
 
 
 def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
@@ -159,6 +166,34 @@ def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url,
         assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
     again = ingest_job([folder], job, processes=2, progress=False)
     assert again.tagged == 0 and again.skipped == summary.tagged
+
+
+def test_ingest_decoding_in_processes_tags_and_records_like_threads(tmp_path, pg_url, random_tagger):
+    # What a GPU's ingest runs (one process tags, the others decode for it), here on CPU.
+    sessions = _fresh(pg_url)
+    folder = _make_folder(tmp_path / "in", good=9)
+    summary = ingest([folder], random_tagger, sessions, batch_size=4, progress=False, decode_processes=2)
+    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
+    assert summary.tagged == 9 + (1 if running_as_root else 0)
+    assert summary.failed == 4 + (0 if running_as_root else 1)
+    assert any("empty" in reason for _, reason in summary.failures)
+    assert not summary.interrupted and summary.gave_up is None
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
+        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
+        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
+        in_processes = _stored_answers(s)
+    with migrated_database("soundtag_ingest_threads") as (_, url):  # the same folder, decoded on threads
+        sessions = db.session_factory(url)
+        ingest([folder], random_tagger, sessions, batch_size=4, progress=False)
+        with sessions() as s:
+            assert _stored_answers(s) == in_processes
+
+
+def _stored_answers(session):
+    clips = session.execute(select(Clip.id, Clip.status, Clip.duration_s, Clip.error)).all()
+    tags = session.execute(select(Tag.clip_id, Tag.rank, Tag.label, Tag.confidence)).all()
+    return sorted(map(tuple, clips)), sorted((c, r, label, round(p, 5)) for c, r, label, p in tags)
 
 
 def test_missing_model_names_the_variable_and_the_command(tmp_path, pg_url):

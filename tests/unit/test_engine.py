@@ -23,7 +23,7 @@ def test_auto_is_onnxruntime_on_cpu_with_the_default_threads(random_tagger):
 def test_onnxruntime_answers_as_eager_fp32_torch(random_checkpoint, monkeypatch):
     # The reference is eager fp32 on every CPU: on one with AVX-512 BF16 the torch engine
     # would otherwise run bf16 autocast.
-    monkeypatch.setattr("tagger.engine.autocast_dtype", lambda device: None)
+    monkeypatch.setattr("tagger.engine.inference_dtype", lambda device: None)
     onnx = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime")
     eager = Tagger.load(random_checkpoint, device="cpu", engine="torch")
     assert eager.engine.name == "torch (fp32)"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tagger.device import PROCESS_MEMORY
 from tagger.ingest_processes import (
     FILES_PER_PROCESS,
-    PROCESS_MEMORY,
     _claimed_batches,
     auto_processes,
     ingest_job,
@@ -27,12 +27,12 @@ def test_a_process_takes_the_batches_it_is_handed_until_told_to_stop():
 
 
 def test_auto_processes_one_per_share_of_files_at_most_one_per_core(monkeypatch):
-    monkeypatch.setattr("tagger.ingest_processes.cpu_cores", lambda: 2)
+    monkeypatch.setattr("tagger.device.cpu_cores", lambda: 2)
     assert auto_processes(FILES_PER_PROCESS - 1, "cpu") == 1  # start-up would cost what it saves
     assert auto_processes(2 * FILES_PER_PROCESS, "cpu") == 2
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu") == 2
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu", "sqlite:///x.db") == 1  # one writer at a time
-    monkeypatch.setattr("tagger.ingest_processes.available_memory", lambda: PROCESS_MEMORY * 3 // 2)
+    monkeypatch.setattr("tagger.device.available_memory", lambda: PROCESS_MEMORY * 3 // 2)
     assert auto_processes(100 * FILES_PER_PROCESS, "cpu") == 1  # memory for one only
 
 

@@ -1,0 +1,72 @@
+"""Decoding in a pool of processes (what a GPU's process uses): real processes, real files."""
+
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tagger.decode_processes import DIED, DecodeProcessError, DecodeProcesses
+from tagger.pipeline import Payload, _decode_one, decode_payloads
+from tagger.records import Status
+from tests.helpers import audio_bytes
+
+decode_one = functools.partial(_decode_one, max_duration_s=60, featurize=None)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    decoders = DecodeProcesses(2)
+    yield decoders
+    decoders.close()
+
+
+def _payloads(prefix: str, count: int) -> list[Payload]:
+    return [Payload(data=audio_bytes("OGG", seconds=1.0, sr=22050, seed=i), source=f"test:{prefix}-{i}",
+                    clip_id=f"{prefix}-{i}") for i in range(count)]
+
+
+class _KillsTheProcessThatReadsIt:
+    """A payload that ends the process unpickling it: what a decoder crashing on a file does."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def _deadly(name: str) -> Payload:
+    return Payload(data=_KillsTheProcessThatReadsIt(), source=f"test:{name}", clip_id=name)  # type: ignore[arg-type]
+
+
+def test_a_batch_decodes_in_the_processes_as_it_does_here(pool):
+    payloads = [*_payloads("a", 9), Payload(data=b"", source="test:empty", clip_id="a-empty")]
+    there, here = decode_payloads(payloads, 60, None, pool.map), decode_payloads(payloads, 60)
+    assert [(r.clip_id, r.status, r.error, r.duration_s) for r in there.records] == \
+        [(r.clip_id, r.status, r.error, r.duration_s) for r in here.records]
+    assert [i for i, _ in there.audio] == list(range(9))
+    assert all((a.samples == b.samples).all() for (_, a), (_, b) in zip(there.audio, here.audio, strict=True))
+
+
+def test_a_clip_a_decoding_process_dies_on_fails_alone_and_the_pool_serves_on(pool):
+    good = _payloads("b", 3)
+    done = list(pool.map(decode_one, [good[0], _deadly("b-deadly"), *good[1:]]))
+    assert [d.record.clip_id for d in done] == ["b-0", "b-deadly", "b-1", "b-2"]
+    assert [d.audio is not None for d in done] == [True, False, True, True]
+    assert done[1].record.status == Status.FAILED and done[1].record.error == DIED
+    assert all(d.audio is not None for d in pool.map(decode_one, _payloads("c", 4)))
+
+
+def test_a_death_during_two_batches_in_flight_costs_each_only_its_own_clip(pool):
+    batches = [[*_payloads("f", 6), _deadly("f-deadly")], _payloads("g", 40)]
+    with ThreadPoolExecutor(2) as threads:
+        first, second = threads.map(lambda batch: list(pool.map(decode_one, batch)), batches)
+    assert [d.audio is not None for d in first] == [True] * 6 + [False]
+    assert first[-1].record.error == DIED
+    assert len(second) == 40 and all(d.audio is not None for d in second)
+
+
+def test_clips_that_each_end_a_decoding_process_three_in_a_row_stop_instead(pool):
+    with pytest.raises(DecodeProcessError, match="died on 3 clips in a row"):
+        list(pool.map(decode_one, [_deadly(f"d-{i}") for i in range(3)]))
+    assert all(d.audio is not None for d in pool.map(decode_one, _payloads("e", 2)))  # started again
