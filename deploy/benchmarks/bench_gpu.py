@@ -4,19 +4,20 @@ Meant for a machine with CUDA (`python -m deploy.benchmarks.run --clips DIR gpu`
 bare lent machine `bash deploy/benchmarks/gpu_machine.sh` sets everything up first).
 Without a GPU the same steps run on the CPU as a smoke run; the figures name the device.
 
-- answers: the GPU's top 3 (torch, fp16 autocast) against the CPU's (ONNX Runtime fp32,
-  what serving uses there) on the same clips, when ``run --reference DIR`` names a folder
-  of clips with the CPU's answers in ``reference.json``
+- precisions: the GPU's top 3 in fp32 (what serving runs there), TF32 and fp16 against the
+  CPU's (ONNX Runtime fp32) on the same clips, and the network's ms per clip in each, when
+  ``run --reference DIR`` names a folder of clips with the CPU's answers in ``reference.json``
   (``python -m deploy.benchmarks.bench_gpu reference DIR`` writes it on a CPU);
 - model: the forward pass with its feature-map taps, ms per clip at the GPU batch (128)
   and at 32, waiting for the device;
 - stages: wall ms per clip of each stage run one after the other on one thread, batches
   of 128, each including its device time (``bench_versus.stage_cpu`` with a wall clock);
-- ingest: the `soundtag ingest` command (one process: it refuses more on a GPU), twice, each
-  into a fresh PostgreSQL database, and how busy the GPU was meanwhile (NVML);
-- stream: `soundtag worker` processes on the GPU behind a real tansu broker, one worker at
-  batches of 32 and of 128 and four workers at 32; publish → row latency at half the
-  one-worker rate.
+- ingest: the `soundtag ingest` command with its decoding on threads (``--processes 1``) and
+  in processes that decode for the one that owns the GPU (the default), taking turns twice,
+  each into a fresh PostgreSQL database, and how busy the GPU was meanwhile (NVML);
+- stream: one `soundtag worker` on the GPU behind a real tansu broker, decoding on threads
+  (SOUNDTAG_WORKER_PROCESSES=1) and in processes (the default), batches of 32; publish →
+  row latency at half the default's rate.
 
 Each section's figures are printed as soon as it ends and kept in ``PARTIAL`` (a lent
 machine's command can run out of time), and a section that fails records its error
@@ -25,15 +26,17 @@ instead of stopping the others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import soundfile as sf
@@ -42,9 +45,11 @@ import torch
 from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
 from deploy.benchmarks.bench_versus import cli_ingest_rate, stage_cpu
 from deploy.benchmarks.common import cpu_name, model_windows, real_clips, scratch_postgres, time_model
+from tagger.audio import DecodedAudio
 from tagger.config import SHIPPED_MODEL_PATH
-from tagger.device import cpu_cores
+from tagger.device import cpu_cores, processes_that_fit
 from tagger.inference import Tagger
+from tagger.ingest_processes import auto_processes
 
 REFERENCE: Path | None = None  # `run --reference DIR`: clips and the CPU's answers to compare with
 PARTIAL = Path("test-output/benchmarks-gpu.partial.json")
@@ -55,22 +60,52 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def answers(tagger: Tagger, clips: list[Path], reference: dict[str, list[float]]) -> dict[str, Any]:
+def answers(tagger: Tagger, clips: list[DecodedAudio], names: list[str],
+            reference: dict[str, list[float]]) -> dict[str, Any]:
     """Top-3 agreement and the largest probability difference against the reference."""
-    from tagger.audio import decode_file
-
-    names = [p for p in clips if p.name in reference]
     same_top3 = same_top1 = 0
     max_diff = 0.0
-    for start in range(0, len(names), 64):
-        chunk = names[start : start + 64]
-        for p, result in zip(chunk, tagger.tag([decode_file(p) for p in chunk]), strict=True):
-            ref = np.asarray(reference[p.name], dtype=np.float32)
+    for start in range(0, len(clips), 64):
+        results = tagger.tag(clips[start : start + 64])
+        for name, result in zip(names[start : start + 64], results, strict=True):
+            ref = np.asarray(reference[name], dtype=np.float32)
             same_top3 += bool(np.array_equal(np.argsort(-ref)[:3], np.argsort(-result.probabilities)[:3]))
             same_top1 += int(np.argmax(ref) == np.argmax(result.probabilities))
             max_diff = max(max_diff, float(np.abs(ref - result.probabilities).max()))
-    return {"answers_compared": len(names), "answers_top3_identical": same_top3,
+    return {"answers_compared": len(clips), "answers_top3_identical": same_top3,
             "answers_top1_identical": same_top1, "answers_max_abs_prob_diff": round(max_diff, 5)}
+
+
+@contextlib.contextmanager
+def precision(dtype: torch.dtype | None, tf32: bool) -> Iterator[None]:
+    """The torch engine's forward pass in ``dtype`` (None: fp32), cuDNN's TF32 on or off."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    with mock.patch("tagger.engine.inference_dtype", lambda device: dtype):
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = before
+
+
+PRECISIONS = {"fp32": (None, False), "tf32": (None, True), "fp16": (torch.float16, True)}
+
+
+def precisions(tagger: Tagger, folder: Path, clips: list[Path]) -> dict[str, Any]:
+    """What serving's fp32 answers against the CPU's, and what TF32 and fp16 would: answers
+    and the network's ms per clip at the GPU batch, each."""
+    from tagger.audio import decode_file
+
+    reference = json.loads((folder / "reference.json").read_text())
+    names = sorted(reference)
+    decoded = [decode_file(folder / name) for name in names]
+    out: dict[str, Any] = {}
+    for name, (dtype, tf32) in PRECISIONS.items() if tagger.device.type == "cuda" else [("fp32", (None, False))]:
+        with precision(dtype, tf32):
+            out.update({f"{name}_{k}": v for k, v in answers(tagger, decoded, names, reference).items()})
+            out[f"{name}_model_ms_per_clip_batch{tagger.batch_size}_taps"] = round(
+                model_ms(tagger, clips, tagger.batch_size), 4)
+    return out
 
 
 def model_ms(tagger: Tagger, clips: list[Path], batch: int) -> float:
@@ -117,7 +152,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = SHIPPED_MODEL_PATH
     tagger = Tagger.load(model_path, device=device)
-    clips = real_clips(40 if quick else 2000)
+    clips = real_clips(40 if quick else 4000)
     audio_s = sum(sf.info(str(p)).duration for p in clips)
     figures: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run: no GPU here)",
@@ -140,14 +175,13 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     if REFERENCE is not None:
         reference = REFERENCE
-        section("answers", lambda: answers(tagger, sorted(reference.glob("*.ogg")),
-                                           json.loads((reference / "reference.json").read_text())))
+        section("precisions", lambda: precisions(tagger, reference, clips))
     section("model", lambda: {f"model_ms_per_clip_batch{b}_taps": round(model_ms(tagger, clips, b), 3)
                               for b in (tagger.batch_size, 32)})
 
     def stages() -> dict[str, Any]:
         with scratch_postgres() as url:
-            ms = stage_cpu(tagger, clips[:512], url, batch=tagger.batch_size, clock=time.perf_counter, sync=_sync)
+            ms = stage_cpu(tagger, clips[:256], url, batch=tagger.batch_size, clock=time.perf_counter, sync=_sync)
         out = {f"stage_wall_ms_per_clip_{k}": round(1000 * v, 3) for k, v in ms.items()}
         out["stage_wall_ms_per_clip_sum"] = round(1000 * sum(ms.values()), 2)
         return out
@@ -155,34 +189,41 @@ def run(quick: bool = False) -> dict[str, Any]:
     section("stages", stages)
 
     def ingest() -> dict[str, Any]:
-        rates, busy_percent = [], []
-        for _ in range(2):  # one process: the command refuses more on a GPU
-            with scratch_postgres() as url, Utilization() as busy:
-                rates.append(cli_ingest_rate(clips, url, model_path, 1, device=device))
-            busy_percent.append(busy.mean)
-            print(f"ingest: {rates[-1]:.1f} clips/s", flush=True)
-        return {"ingest_clips_per_s_rounds": [round(r, 1) for r in rates],
-                "ingest_real_time_factor": round(float(np.mean(rates)) * audio_s / len(clips)),
-                "ingest_gpu_busy_percent_rounds": busy_percent}
+        # --processes 1: one process, decoding on its threads; 0 (the default): on a GPU one
+        # process tags, the others decode for it. Taking turns, each into a fresh database.
+        out: dict[str, Any] = {"ingest_decode_processes": auto_processes(len(clips), device)}
+        for _ in range(2):
+            for name, processes in (("threads", 1), ("decode_processes", 0)):
+                with scratch_postgres() as url, Utilization() as busy:
+                    rate = cli_ingest_rate(clips, url, model_path, processes, device=device)
+                out.setdefault(f"ingest_{name}_clips_per_s_rounds", []).append(round(rate, 1))
+                out.setdefault(f"ingest_{name}_gpu_busy_percent_rounds", []).append(busy.mean)
+                print(f"ingest, {name}: {rate:.1f} clips/s", flush=True)
+        for name in ("threads", "decode_processes"):
+            out[f"ingest_{name}_real_time_factor"] = round(
+                float(np.mean(out[f"ingest_{name}_clips_per_s_rounds"])) * audio_s / len(clips))
+        return out
 
     section("ingest", ingest)
 
     def stream() -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        values = [p.read_bytes() for p in clips]
+        # One worker, its batches decoded on threads (SOUNDTAG_WORKER_PROCESSES=1) and in
+        # processes (0, the default on a GPU); then publish → row at half the default's rate.
+        out: dict[str, Any] = {"stream_decode_processes": processes_that_fit(gpu=device == "cuda")}
+        values = [p.read_bytes() for p in clips[: 40 if quick else 2000]]
         work = Path(tempfile.mkdtemp(prefix="soundtag-bench-gpu-"))
-        configs = ((1, 32), (1, 128)) if quick else ((1, 32), (1, 128), (4, 32))
         with dev_broker(work) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_gpu") as url:
-            for workers, batch in configs:
+            for name, processes in (("threads", 1), ("decode_processes", 0)):
                 with Utilization() as busy:
-                    got = run_stream_config(bootstrap, url, model_path, values, batch, None, work,
-                                            workers=workers, device=device, broker_pid=broker_pid)
-                key = f"stream_{workers}_workers_batch{batch}"
+                    got = run_stream_config(bootstrap, url, model_path, values, 32, None, work, device=device,
+                                            broker_pid=broker_pid, worker_processes=processes)
+                key = f"stream_{name}"
                 out[f"{key}_clips_per_s"] = got["clips_per_s"]
                 out[f"{key}_real_time_factor"] = round(got["clips_per_s"] * audio_s / len(clips))
+                out[f"{key}_cpu_ms_per_clip"] = got["cpu_ms_per_clip"]
                 out[f"{key}_gpu_busy_percent"] = busy.mean
                 print(f"{key}: {got['clips_per_s']} clips/s", flush=True)
-            rate = out["stream_1_workers_batch32_clips_per_s"]
+            rate = out["stream_decode_processes_clips_per_s"]
             lat = run_stream_config(bootstrap, url, model_path, values[: 100 if quick else 1000], 32, rate / 2,
                                     work, device=device)
             out.update({f"stream_{k}": v for k, v in lat.items() if k.startswith("latency")})
@@ -254,7 +295,7 @@ def write_reference(folder: Path, clips: list[Path]) -> None:
     for start in range(0, len(clips), 32):
         chunk = clips[start : start + 32]
         for p, result in zip(chunk, tagger.tag([decode_file(p) for p in chunk]), strict=True):
-            probs[p.name] = [round(float(x), 6) for x in result.probabilities]
+            probs[p.name] = [float(x) for x in result.probabilities]  # unrounded: rounding makes ties
     folder.mkdir(parents=True, exist_ok=True)
     for p in clips:
         if p.parent.resolve() != folder.resolve():

