@@ -4,8 +4,9 @@ On a GPU the network costs next to nothing and one process is bound by its CPU s
 which Python's GIL keeps on about one core however many decoding threads it runs
 (deploy/benchmarks/README.md). Processes that each own the GPU took turns on it and were
 slower still. So there the stage runner sends each batch's clips to a pool of decoding
-processes (fresh interpreters: the parent runs CUDA and threads, which a fork does not
-survive) and keeps the log-mel, the network, the encoding and the store for itself.
+processes and keeps the log-mel, the network, the encoding and the store for itself. The
+processes are forked from a server process started fresh (the parent runs CUDA and
+threads, which a fork of it would not survive).
 
 Only payloads go out and decoded samples come back. A decoding process that dies (a
 decoder crashing on a hostile file, the OOM killer) breaks the pool: it is started again
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
+from multiprocessing.context import BaseContext
 from typing import TypeVar
 
 from tagger.pipeline import Payload
@@ -43,6 +45,17 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _context() -> BaseContext:
+    """Processes forked from a fresh server process that has imported the decoder once (a
+    fresh interpreter each would import torch again: seconds of CPU per process); where
+    there is no forkserver, fresh interpreters."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["tagger.pipeline"])
+    return ctx
+
+
 class DecodeProcesses:
     """``map(decode_one, payloads)`` in ``processes`` processes, surviving their deaths.
 
@@ -58,7 +71,7 @@ class DecodeProcesses:
         self._deaths_in_a_row = 0
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"), initializer=_ignore_interrupts)
+        return ProcessPoolExecutor(self.processes, mp_context=_context(), initializer=_ignore_interrupts)
 
     def _restart(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -87,19 +87,27 @@ class _Decoded:
 
 
 def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None,
-                    featurize: Featurize | None = None, map_fn: MapFn = map) -> Decoded:
+                    featurize: Featurize | None = None, map_fn: MapFn = map,
+                    decode_elsewhere: MapFn | None = None) -> Decoded:
     """Decode every payload (and compute its features with ``featurize``, if given).
 
     ``map_fn`` runs the per-payload work: ``map`` here, a thread pool's ``map`` in the
-    stage runner (decoders and the log-mel release the GIL)."""
-    one = functools.partial(_decode_one, max_duration_s=max_duration_s, featurize=featurize)
-    done = list(map_fn(one, payloads))
+    stage runner (decoders and the log-mel release the GIL). ``decode_elsewhere`` decodes
+    instead (a pool of processes, which get only the decoding: it needs no tagger), and
+    the features are then computed here, on this thread."""
+    if decode_elsewhere is None:
+        one = functools.partial(_decode_one, max_duration_s=max_duration_s, featurize=featurize)
+        done = list(map_fn(one, payloads))
+    else:
+        done = list(decode_elsewhere(functools.partial(_decode_one, max_duration_s=max_duration_s), payloads))
+        if featurize is not None:
+            done = [_with_features(d, featurize) for d in done]
     audio = [(i, d.audio) for i, d in enumerate(done) if d.audio is not None]
     features = [d.features for d in done if d.audio is not None and d.features is not None]
     return Decoded([d.record for d in done], audio, features if len(features) == len(audio) else None)
 
 
-def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize | None) -> _Decoded:
+def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize | None = None) -> _Decoded:
     data = p.data if isinstance(p.data, (bytes, bytearray, memoryview)) else b""
     sha = p.sha256 or (sha256_hex(bytes(data)) if data else None)
     clip_id, problem = p.clip_id, p.error
@@ -129,13 +137,19 @@ def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize |
         return _Decoded(rec)
     rec.sample_rate, rec.channels = decoded.sample_rate, decoded.channels
     rec.duration_s = round(decoded.duration_s, 4)
+    return _with_features(_Decoded(rec, decoded), featurize) if featurize is not None else _Decoded(rec, decoded)
+
+
+def _with_features(d: _Decoded, featurize: Featurize) -> _Decoded:
+    if d.audio is None:
+        return d
     try:
-        features = featurize(decoded) if featurize is not None else None
+        d.features = featurize(d.audio)
     except Exception as exc:  # broad on purpose: as above
-        log.exception("computing the features of %s failed", p.source)
-        rec.error = f"computing features failed: {type(exc).__name__}: {exc}"[:2000]
-        return _Decoded(rec)
-    return _Decoded(rec, decoded, features)
+        log.exception("computing the features of %s failed", d.record.source)
+        d.record.error = f"computing features failed: {type(exc).__name__}: {exc}"[:2000]
+        return _Decoded(d.record)
+    return d
 
 
 @dataclass

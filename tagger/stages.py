@@ -195,9 +195,10 @@ class StageRunner:
     # Each stage on its own thread; callers chain the futures to overlap batches.
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
         if self._decode_processes is not None:
-            # The log-mel needs the tagger's device: the model thread computes it (``Tagger.tag``).
-            return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, None,
-                                        self._decode_processes.map)
+            # The processes decode; the log-mel (on the tagger's device) is computed here, on
+            # this stage's thread, as the clips come back.
+            return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, self.tagger.features,
+                                        decode_elsewhere=self._decode_processes.map)
         return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, self.tagger.features,
                                     self._clip_decoders.map)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -159,7 +160,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         "cpu": cpu_name(), "cores": cpu_cores(), "torch": torch.__version__, "engine": tagger.engine.name,
         "model_batch": tagger.batch_size, "clips": len(clips), "audio_seconds": round(audio_s, 1)}
 
+    only = set(filter(None, os.environ.get("BENCH_GPU_SECTIONS", "").split(",")))  # a rerun: these alone
+
     def section(name: str, work: Callable[[], dict[str, Any]]) -> None:
+        if only and name not in only:
+            return
         t0 = time.perf_counter()
         try:
             got = work()
@@ -191,15 +196,19 @@ def run(quick: bool = False) -> dict[str, Any]:
     def ingest() -> dict[str, Any]:
         # --processes 1: one process, decoding on its threads; 0 (the default): on a GPU one
         # process tags, the others decode for it. Taking turns, each into a fresh database.
+        # 4 with SOUNDTAG_GPU_INGEST=pipelines: four processes that each own the GPU, each
+        # with its stages on threads.
         out: dict[str, Any] = {"ingest_decode_processes": auto_processes(len(clips), device)}
+        configs: tuple[tuple[str, int, dict[str, str]], ...] = (("threads", 1, {}), ("decode_processes", 0, {}),
+                   ("4_pipelines", 4, {"SOUNDTAG_GPU_INGEST": "pipelines"}))
         for _ in range(2):
-            for name, processes in (("threads", 1), ("decode_processes", 0)):
-                with scratch_postgres() as url, Utilization() as busy:
+            for name, processes, env in configs:
+                with scratch_postgres() as url, Utilization() as busy, mock.patch.dict(os.environ, env):
                     rate = cli_ingest_rate(clips, url, model_path, processes, device=device)
                 out.setdefault(f"ingest_{name}_clips_per_s_rounds", []).append(round(rate, 1))
                 out.setdefault(f"ingest_{name}_gpu_busy_percent_rounds", []).append(busy.mean)
                 print(f"ingest, {name}: {rate:.1f} clips/s", flush=True)
-        for name in ("threads", "decode_processes"):
+        for name, _, _ in configs:
             out[f"ingest_{name}_real_time_factor"] = round(
                 float(np.mean(out[f"ingest_{name}_clips_per_s_rounds"])) * audio_s / len(clips))
         return out
