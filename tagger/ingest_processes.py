@@ -67,10 +67,10 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
     start = time.perf_counter()
     found = find_audio_files(paths)
     processes = processes or auto_processes(len(found.audio), job.device, job.database_url)
-    on_gpu = resolve_device(job.device).type != "cpu"
-    if processes > 1 and on_gpu and os.environ.get("SOUNDTAG_GPU_INGEST") != "pipelines":
-        # Processes that each own the GPU take turns on it, and were slower than one
-        # (deploy/benchmarks/README.md): there one process tags, the others decode for it.
+    if processes > 1 and resolve_device(job.device).type != "cpu":
+        # Processes that each own the GPU take turns on it and were slower than one, at any
+        # count tried (deploy/benchmarks/README.md): there one process tags, the others
+        # decode for it.
         summary = _ingest_with_own_pipeline(found.audio, job, job.device, None, progress=progress,
                                             decode_processes=processes)
         summary.not_audio = [str(p) for p in found.not_audio]
@@ -88,12 +88,12 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
     summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
     count = min(processes, batches)
     threads = max(1, cpu_cores() // count)
-    ctx: Any = mp.get_context(_start_method(fork and not on_gpu))
+    ctx: Any = mp.get_context(_start_method(fork))
     # One pipe per process: a process killed halfway through a message breaks only its own.
     pipes = [ctx.Pipe() for _ in range(count)]
     # One OpenMP thread per process: more only spin against the other processes.
     with _environment(OMP_NUM_THREADS=str(job.model_threads or threads)):
-        workers = [ctx.Process(target=_run_part, args=(i, job, files, threads, pipes[i][1], on_gpu),
+        workers = [ctx.Process(target=_run_part, args=(i, job, files, threads, pipes[i][1]),
                                name=f"soundtag-ingest-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
@@ -205,7 +205,7 @@ def _claimed_batches(conn: Any, files: list[Path], batch_size: int) -> Iterator[
         yield files[k * batch_size : (k + 1) * batch_size]
 
 
-def _run_part(index: int, job: PipelineJob, files: list[Path], threads: int, conn: Any, on_gpu: bool = False) -> None:
+def _run_part(index: int, job: PipelineJob, files: list[Path], threads: int, conn: Any) -> None:
     """A process's whole life: its own tagger, sessions and pipeline, on the batches of
     ``files`` the parent hands it; progress and its summary go back through ``conn``."""
     parent = os.getppid()
@@ -223,8 +223,7 @@ def _run_part(index: int, job: PipelineJob, files: list[Path], threads: int, con
             if stop or os.getppid() != parent:  # asked to stop, or the parent is gone
                 raise KeyboardInterrupt
 
-        result = _ingest_with_own_pipeline(files, job, job.device if on_gpu else "cpu", threads, progress=False,
-                                           overlap=on_gpu,
+        result = _ingest_with_own_pipeline(files, job, "cpu", threads, progress=False, overlap=False,
                                            on_batch=report,
                                            batches=lambda all_files, size: _claimed_batches(conn, all_files, size))
     except KeyboardInterrupt:

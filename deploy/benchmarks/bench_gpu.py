@@ -19,6 +19,9 @@ Without a GPU the same steps run on the CPU as a smoke run; the figures name the
   (SOUNDTAG_WORKER_PROCESSES=1) and in processes (the default), batches of 32; publish →
   row latency at half the default's rate.
 
+``BENCH_GPU_SECTIONS=ingest,stream`` (names, comma-separated) runs those sections alone:
+a second run on a lent machine's remaining minutes.
+
 Each section's figures are printed as soon as it ends and kept in ``PARTIAL`` (a lent
 machine's command can run out of time), and a section that fails records its error
 instead of stopping the others.
@@ -196,19 +199,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     def ingest() -> dict[str, Any]:
         # --processes 1: one process, decoding on its threads; 0 (the default): on a GPU one
         # process tags, the others decode for it. Taking turns, each into a fresh database.
-        # 4 with SOUNDTAG_GPU_INGEST=pipelines: four processes that each own the GPU, each
-        # with its stages on threads.
         out: dict[str, Any] = {"ingest_decode_processes": auto_processes(len(clips), device)}
-        configs: tuple[tuple[str, int, dict[str, str]], ...] = (("threads", 1, {}), ("decode_processes", 0, {}),
-                   ("4_pipelines", 4, {"SOUNDTAG_GPU_INGEST": "pipelines"}))
+        configs = (("threads", 1), ("decode_processes", 0))
         for _ in range(2):
-            for name, processes, env in configs:
-                with scratch_postgres() as url, Utilization() as busy, mock.patch.dict(os.environ, env):
+            for name, processes in configs:
+                with scratch_postgres() as url, Utilization() as busy:
                     rate = cli_ingest_rate(clips, url, model_path, processes, device=device)
                 out.setdefault(f"ingest_{name}_clips_per_s_rounds", []).append(round(rate, 1))
                 out.setdefault(f"ingest_{name}_gpu_busy_percent_rounds", []).append(busy.mean)
                 print(f"ingest, {name}: {rate:.1f} clips/s", flush=True)
-        for name, _, _ in configs:
+        for name, _ in configs:
             out[f"ingest_{name}_real_time_factor"] = round(
                 float(np.mean(out[f"ingest_{name}_clips_per_s_rounds"])) * audio_s / len(clips))
         return out
