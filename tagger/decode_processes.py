@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import select
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,9 +43,35 @@ class DecodeProcessError(RuntimeError):
     """Decoding processes died on several clips in a row."""
 
 
-def _ignore_interrupts() -> None:
+def _start_decoder(parent: int) -> None:
     # Ctrl-C in a terminal reaches every process of the group; the parent decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), name="soundtag-parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this process once the one it decodes for is gone, even by SIGKILL: it would
+    otherwise wait for work forever (its parent is the forkserver, which outlives it too)."""
+    try:
+        watch = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # no pidfd (not Linux 5.3+): look once a second
+        while _alive(parent):
+            time.sleep(1.0)
+        os._exit(0)
+    select.select([watch], [], [])  # readable once the process has exited
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _context() -> BaseContext:
@@ -71,7 +100,8 @@ class DecodeProcesses:
         self._deaths_in_a_row = 0
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.processes, mp_context=_context(), initializer=_ignore_interrupts)
+        return ProcessPoolExecutor(self.processes, mp_context=_context(), initializer=_start_decoder,
+                                   initargs=(os.getpid(),))
 
     def _restart(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

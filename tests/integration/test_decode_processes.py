@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +75,33 @@ def test_clips_that_each_end_a_decoding_process_three_in_a_row_stop_instead(pool
     with pytest.raises(DecodeProcessError, match="died on 3 clips in a row"):
         list(pool.map(decode_one, [_deadly(f"d-{i}") for i in range(3)]))
     assert all(d.audio is not None for d in pool.map(decode_one, _payloads("e", 2)))  # started again
+
+
+ORPHAN_SCRIPT = """
+import functools, os, signal
+from tagger.decode_processes import DecodeProcesses
+from tagger.pipeline import Payload, _decode_one
+
+if __name__ == "__main__":
+    pool = DecodeProcesses(2)
+    payloads = [Payload(data=open(os.environ["CLIP"], "rb").read(), source="t", clip_id=f"c{i}") for i in range(4)]
+    list(pool.map(functools.partial(_decode_one, max_duration_s=60), payloads))
+    print(*[p.pid for p in pool._pool._processes.values()], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_decoding_processes_exit_when_their_parent_is_killed(tmp_path):
+    clip = tmp_path / "clip.ogg"
+    clip.write_bytes(audio_bytes("OGG", seconds=1.0, sr=22050))
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_SCRIPT)
+    env = {**os.environ, "CLIP": str(clip), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    decoders = [int(pid) for pid in done.stdout.split()]
+    assert len(decoders) == 2
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in decoders) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in decoders)
