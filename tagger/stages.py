@@ -196,7 +196,7 @@ class StageRunner:
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
         if self._decode_processes is not None:
             # The processes decode; the log-mel (on the tagger's device) is computed here, on
-            # this stage's thread, as the clips come back.
+            # this stage's thread, once the batch is back.
             return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, self.tagger.features,
                                         decode_elsewhere=self._decode_processes.map)
         return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, self.tagger.features,
