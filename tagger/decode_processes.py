@@ -98,6 +98,7 @@ class DecodeProcesses:
         self._pool = self._start()
         self._alone = threading.Lock()  # held while a batch goes clip by clip
         self._deaths_in_a_row = 0
+        self._closed = False
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.processes, mp_context=_context(), initializer=_start_decoder,
@@ -115,6 +116,8 @@ class DecodeProcesses:
         try:
             done = list(pool.map(decode_one, payloads, chunksize=chunk))
         except (BrokenProcessPool, CancelledError, RuntimeError):  # RuntimeError: shut down by another batch's restart
+            if self._closed:  # shut down by ``close``: no pool is started again
+                raise DecodeProcessError("decoding stopped: the decoding processes were closed") from None
             log.error("a decoding process died during a batch of %d clips; decoding them one by one", len(payloads))
             with self._alone:
                 if self._pool is pool:  # not started again by another batch already
@@ -139,4 +142,6 @@ class DecodeProcesses:
         return result
 
     def close(self, wait: bool = True) -> None:
+        """Stop the processes; a batch still decoding raises ``DecodeProcessError``."""
+        self._closed = True
         self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -77,6 +77,17 @@ def test_clips_that_each_end_a_decoding_process_three_in_a_row_stop_instead(pool
     assert all(d.audio is not None for d in pool.map(decode_one, _payloads("e", 2)))  # started again
 
 
+def test_closing_while_a_batch_decodes_stops_it_and_starts_nothing_again():
+    decoders = DecodeProcesses(2)
+    with ThreadPoolExecutor(1) as thread:
+        batch = thread.submit(lambda: list(decoders.map(decode_one, _payloads("z", 200))))
+        time.sleep(1.0)  # the batch is under way
+        decoders.close()
+        with pytest.raises(DecodeProcessError, match="closed"):
+            batch.result(timeout=60)
+    assert decoders._pool._processes is None or not any(p.is_alive() for p in decoders._pool._processes.values())
+
+
 ORPHAN_SCRIPT = """
 import functools, os, signal
 from tagger.decode_processes import DecodeProcesses
