@@ -37,6 +37,7 @@ log = logging.getLogger("soundtag.decode")
 T = TypeVar("T")
 DEATHS_IN_A_ROW_TO_STOP = 3
 DIED = "the decoding process died on this clip; nothing was tagged"
+CLOSED = "decoding stopped: the decoding processes were closed"
 
 
 class DecodeProcessError(RuntimeError):
@@ -106,6 +107,8 @@ class DecodeProcesses:
 
     def _restart(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._closed:  # shut down by ``close``: no pool is started again
+            raise DecodeProcessError(CLOSED)
         self._pool = self._start()
 
     def map(self, decode_one: Callable[[Payload], T], payloads: list[Payload]) -> Iterable[T]:
@@ -116,8 +119,8 @@ class DecodeProcesses:
         try:
             done = list(pool.map(decode_one, payloads, chunksize=chunk))
         except (BrokenProcessPool, CancelledError, RuntimeError):  # RuntimeError: shut down by another batch's restart
-            if self._closed:  # shut down by ``close``: no pool is started again
-                raise DecodeProcessError("decoding stopped: the decoding processes were closed") from None
+            if self._closed:
+                raise DecodeProcessError(CLOSED) from None
             log.error("a decoding process died during a batch of %d clips; decoding them one by one", len(payloads))
             with self._alone:
                 if self._pool is pool:  # not started again by another batch already
