@@ -88,6 +88,28 @@ def test_closing_while_a_batch_decodes_stops_it_and_starts_nothing_again():
     assert decoders._pool._processes is None or not any(p.is_alive() for p in decoders._pool._processes.values())
 
 
+def test_a_gpu_workers_runner_decodes_in_processes_and_tags_and_stores(monkeypatch, random_checkpoint, tmp_path):
+    # The worker's wiring where it owns a GPU, on this CPU: its own process tags and stores,
+    # SOUNDTAG_WORKER_PROCESSES processes decode for it.
+    import asyncio
+
+    from stream import worker
+    from tagger.config import Settings
+    from tests.helpers import migrated_database
+
+    monkeypatch.setattr(worker, "_on_cpu", lambda settings: False)
+    with migrated_database("soundtag_gpu_wiring") as (_, url):
+        settings = Settings(device="cpu", worker_processes=2, database_url=url, model_path=random_checkpoint,
+                            allow_untrained=True, cache_dir=tmp_path)
+        runner, where, close = worker._stage_runner(settings)
+        try:
+            assert where.endswith("on cpu, decoding in 2 processes"), where
+            records = asyncio.run(runner.run(_payloads("w", 5)))
+        finally:
+            close()
+    assert [r.status for r in records] == [Status.TAGGED] * 5 and all(len(r.top3) == 3 for r in records)
+
+
 ORPHAN_SCRIPT = """
 import functools, os, signal
 from tagger.decode_processes import DecodeProcesses
