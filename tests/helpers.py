@@ -94,3 +94,10 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+class KillsTheProcessThatReadsIt:
+    """A payload that ends the process unpickling it: what a decoder crashing on a file does."""
+
+    def __reduce__(self):
+        return os._exit, (3,)

@@ -16,7 +16,7 @@ import pytest
 from tagger.decode_processes import DIED, DecodeProcessError, DecodeProcesses
 from tagger.pipeline import Payload, _decode_one, decode_payloads
 from tagger.records import Status
-from tests.helpers import audio_bytes
+from tests.helpers import KillsTheProcessThatReadsIt, audio_bytes
 
 decode_one = functools.partial(_decode_one, max_duration_s=60, featurize=None)
 
@@ -33,15 +33,8 @@ def _payloads(prefix: str, count: int) -> list[Payload]:
                     clip_id=f"{prefix}-{i}") for i in range(count)]
 
 
-class _KillsTheProcessThatReadsIt:
-    """A payload that ends the process unpickling it: what a decoder crashing on a file does."""
-
-    def __reduce__(self):
-        return os._exit, (3,)
-
-
 def _deadly(name: str) -> Payload:
-    return Payload(data=_KillsTheProcessThatReadsIt(), source=f"test:{name}", clip_id=name)  # type: ignore[arg-type]
+    return Payload(data=KillsTheProcessThatReadsIt(), source=f"test:{name}", clip_id=name)  # type: ignore[arg-type]
 
 
 def test_a_batch_decodes_in_the_processes_as_it_does_here(pool):

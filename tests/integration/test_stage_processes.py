@@ -14,7 +14,7 @@ from tagger.pipeline import Payload
 from tagger.records import Status
 from tagger.stage_processes import ProcessStageRunner, StageProcessError
 from tagger.stages import DatabaseUnavailable, PipelineJob
-from tests.helpers import audio_bytes, block_database, migrated_database
+from tests.helpers import KillsTheProcessThatReadsIt, audio_bytes, block_database, migrated_database
 
 
 @pytest.fixture(scope="module")
@@ -102,16 +102,9 @@ def test_a_process_killed_holding_a_batch_is_replaced_and_the_batch_tagged_clip_
     assert killed not in {p.pid for p in runner._procs} and all(p.is_alive() for p in runner._procs)
 
 
-class _KillsTheProcessThatReadsIt:
-    """A payload that ends the process unpickling it: what a decoder crashing on a file does."""
-
-    def __reduce__(self):
-        return os._exit, (3,)
-
-
 def test_a_clip_its_process_dies_on_is_recorded_as_failed_and_the_rest_tagged(runner, stages_db):
     good = _payloads("h", 3)
-    deadly = Payload(data=_KillsTheProcessThatReadsIt(), source="test:h-deadly", clip_id="h-deadly")  # type: ignore[arg-type]
+    deadly = Payload(data=KillsTheProcessThatReadsIt(), source="test:h-deadly", clip_id="h-deadly")  # type: ignore[arg-type]
     records = asyncio.run(runner.run([good[0], deadly, *good[1:]]))
     assert [r.clip_id for r in records] == ["h-0", "h-deadly", "h-1", "h-2"]
     assert [r.status for r in records] == [Status.TAGGED, Status.FAILED, Status.TAGGED, Status.TAGGED]
@@ -121,7 +114,7 @@ def test_a_clip_its_process_dies_on_is_recorded_as_failed_and_the_rest_tagged(ru
 
 
 def test_clips_that_each_end_their_process_three_in_a_row_stop_instead_of_failing_every_clip(runner):
-    deadly = [Payload(data=_KillsTheProcessThatReadsIt(), source=f"test:k-{i}", clip_id=f"k-{i}")  # type: ignore[arg-type]
+    deadly = [Payload(data=KillsTheProcessThatReadsIt(), source=f"test:k-{i}", clip_id=f"k-{i}")  # type: ignore[arg-type]
               for i in range(3)]
     with pytest.raises(StageProcessError, match="died on 3 clips in a row"):
         asyncio.run(runner.run(deadly))
