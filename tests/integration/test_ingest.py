@@ -45,6 +45,20 @@ def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
     return root
 
 
+def _assert_folder_tagged_and_stored(summary, sessions) -> None:
+    """What a run over ``_make_folder(good=9)`` reports and stores: the good clips tagged, the
+    bad ones failed with their reasons, three tags and one features row per tagged clip."""
+    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
+    assert summary.tagged == 9 + (1 if running_as_root else 0)
+    assert summary.failed == 4 + (0 if running_as_root else 1)
+    assert any("empty" in reason for _, reason in summary.failures)
+    assert not summary.interrupted and summary.gave_up is None
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
+        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
+        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
+
+
 def _fresh(pg_url):
     engine = db.get_engine(pg_url)
     with engine.begin() as conn:
@@ -56,15 +70,8 @@ def test_ingest_tags_good_files_and_records_bad_ones(tmp_path, pg_url, random_ta
     sessions = _fresh(pg_url)
     folder = _make_folder(tmp_path / "in", good=9)
     summary = ingest([folder], random_tagger, sessions, batch_size=4, progress=False)
-    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
-    assert summary.tagged == 9 + (1 if running_as_root else 0)
-    assert summary.failed == 4 + (0 if running_as_root else 1)
-    reasons = dict(summary.failures)
-    assert any("empty" in r for r in reasons.values())
+    _assert_folder_tagged_and_stored(summary, sessions)
     with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
-        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
-        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
         failed = s.scalars(select(Clip).where(Clip.status == "failed")).all()
         assert all(c.error and c.source.startswith(str(folder.resolve())) for c in failed)
     again = ingest([folder], random_tagger, sessions, batch_size=4, progress=False)
@@ -154,16 +161,8 @@ def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url,
     folder = _make_folder(tmp_path / "in", good=9)
     job = PipelineJob(model_path=str(random_checkpoint), database_url=pg_url, device="cpu", batch_size=4)
     summary = ingest_job([folder], job, processes=2, progress=False)
-    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
-    assert summary.tagged == 9 + (1 if running_as_root else 0)
-    assert summary.failed == 4 + (0 if running_as_root else 1)
     assert summary.not_audio == [str(folder / "readme.txt")]
-    assert any("empty" in reason for _, reason in summary.failures)
-    assert not summary.interrupted and summary.gave_up is None
-    with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
-        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
-        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
+    _assert_folder_tagged_and_stored(summary, sessions)
     again = ingest_job([folder], job, processes=2, progress=False)
     assert again.tagged == 0 and again.skipped == summary.tagged
 
@@ -173,15 +172,8 @@ def test_ingest_decoding_in_processes_tags_and_records_like_threads(tmp_path, pg
     sessions = _fresh(pg_url)
     folder = _make_folder(tmp_path / "in", good=9)
     summary = ingest([folder], random_tagger, sessions, batch_size=4, progress=False, decode_processes=2)
-    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
-    assert summary.tagged == 9 + (1 if running_as_root else 0)
-    assert summary.failed == 4 + (0 if running_as_root else 1)
-    assert any("empty" in reason for _, reason in summary.failures)
-    assert not summary.interrupted and summary.gave_up is None
+    _assert_folder_tagged_and_stored(summary, sessions)
     with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
-        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
-        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
         in_processes = _stored_answers(s)
     with migrated_database("soundtag_ingest_threads") as (_, url):  # the same folder, decoded on threads
         sessions = db.session_factory(url)
