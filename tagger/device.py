@@ -62,5 +62,5 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def inference_dtype(device: torch.device) -> torch.dtype | None:
     """What the torch forward pass runs in for serving and validation: as ``autocast_dtype``
     but fp32 on CUDA, where the network is a fraction of a percent of a clip's time and fp16
-    changed the order within the top 3 of 2 clips in 400 (deploy/benchmarks/README.md)."""
+    changed the top 3 of 1 clip in 400 against the CPU's (deploy/benchmarks/README.md)."""
     return None if device.type == "cuda" else autocast_dtype(device)
