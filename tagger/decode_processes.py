@@ -35,7 +35,7 @@ from tagger.pipeline import Payload
 
 log = logging.getLogger("soundtag.decode")
 T = TypeVar("T")
-DEATHS_IN_A_ROW_TO_STOP = 3
+DEATHS_IN_A_ROW_TO_STOP = 3  # clips in a row that each end their process: stop instead of failing them all
 DIED = "the decoding process died on this clip; nothing was tagged"
 CLOSED = "decoding stopped: the decoding processes were closed"
 

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, cast
 
+from tagger.decode_processes import DEATHS_IN_A_ROW_TO_STOP
 from tagger.device import cpu_cores
 from tagger.pipeline import Payload
 from tagger.records import ClipRecord
@@ -32,7 +33,6 @@ from tagger.stages import DatabaseUnavailable, PipelineJob, tag_and_store
 
 log = logging.getLogger("soundtag.worker")
 START_TIMEOUT_S = 300.0  # importing torch and loading (or exporting) the model, on a busy machine
-DEATHS_IN_A_ROW_TO_STOP = 3  # clips in a row that each end their process: stop instead of failing them all
 
 
 class StageProcessError(RuntimeError):
