@@ -4,10 +4,11 @@ In one process the stages run on their own threads so that they fill the cores, 
 handing over between threads and the waiting cost CPU of their own: on two cores about a
 fifth of the machine (figures in deploy/benchmarks/README.md). Here each process takes
 the next batch the parent hands out whenever it is free (none waits on a slower one,
-whatever the files' lengths) and runs it through decode, model, encoding and store in
-turn on a single thread, with one model thread; the other processes fill the other
-cores. Only batch numbers, progress counts and the summaries cross between processes,
-so nothing is pickled per clip. Each process commits its own batches, so a stop at any
+whatever the files' lengths; near the end the batches shrink, so that they finish
+together) and runs it through decode, model, encoding and store in turn on a single
+thread, with one model thread; the other processes fill the other cores. Only each
+batch's first and last index, progress counts and the summaries cross between
+processes, so nothing is pickled per clip. Each process commits its own batches, so a stop at any
 point keeps what was stored and a re-run skips it, exactly as in one process.
 
 A process started by ``soundtag ingest`` is forked and only loads the model (a fraction of
@@ -43,6 +44,7 @@ from tagger.stages import PipelineJob
 FILES_PER_PROCESS = 256  # below this a second process's start-up costs about what it saves
 STOP_GRACE_S = 60.0  # after Ctrl-C, how long the processes get to finish the batch they store
 POLL_S = 0.5  # how often the parent looks at Ctrl-C while nothing arrives
+MIN_TAIL_BATCH = 4  # the smallest batch handed out near the end
 
 
 def auto_processes(files: int, device: str = "cpu", database_url: str = "postgresql://") -> int:
@@ -103,7 +105,7 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
     bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
     counts: dict[int, tuple[int, int, int]] = {}
     results: dict[int, IngestSummary] = {}
-    handed_out = 0
+    handed_out = 0  # files handed out so far, in order
     stop_by: float | None = None
     with _interrupts_counted() as interrupts:
         try:
@@ -120,8 +122,11 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
                         kind, payload = conn.recv()
                         if kind == "next":
                             # Batches go to whichever process is free: none waits on a slower one.
-                            answer = handed_out if stop_by is None and handed_out < batches else None
-                            handed_out += answer is not None
+                            answer = None
+                            if stop_by is None and handed_out < len(files):
+                                size = tail_batch_size(len(files) - handed_out, count, job.batch_size)
+                                answer = (handed_out, handed_out + size)
+                                handed_out += size
                             conn.send(answer)
                             continue
                     except (EOFError, OSError, pickle.UnpicklingError):
@@ -195,14 +200,21 @@ def _lost(index: int, exitcode: int | None, counts: tuple[int, int, int] | None,
                          gave_up=f"ingest process {index} exited with code {exitcode} before it finished")
 
 
-def _claimed_batches(conn: Any, files: list[Path], batch_size: int) -> Iterator[list[Path]]:
+def tail_batch_size(remaining: int, processes: int, batch_size: int) -> int:
+    """How many of the ``remaining`` files the next batch takes: ``batch_size`` until the
+    end is near, then smaller batches (down to ``MIN_TAIL_BATCH``), so that the processes
+    finish together instead of some waiting out another's last full batch."""
+    return max(1, min(remaining, batch_size, max(MIN_TAIL_BATCH, -(-remaining // (2 * processes)))))
+
+
+def _claimed_batches(conn: Any, files: list[Path]) -> Iterator[list[Path]]:
     """In a process: the batches the parent hands it, one at a time, until it says stop."""
     while True:
         conn.send(("next", None))
-        k = conn.recv()
-        if k is None:
+        span = conn.recv()
+        if span is None:
             return
-        yield files[k * batch_size : (k + 1) * batch_size]
+        yield files[span[0] : span[1]]
 
 
 def _run_part(index: int, job: PipelineJob, files: list[Path], threads: int, conn: Any) -> None:
@@ -225,7 +237,7 @@ def _run_part(index: int, job: PipelineJob, files: list[Path], threads: int, con
 
         result = _ingest_with_own_pipeline(files, job, "cpu", threads, progress=False, overlap=False,
                                            on_batch=report,
-                                           batches=lambda all_files, size: _claimed_batches(conn, all_files, size))
+                                           batches=lambda all_files, size: _claimed_batches(conn, all_files))
     except KeyboardInterrupt:
         result = IngestSummary(interrupted=True)
     except Exception as exc:  # broad on purpose: the parent reports it instead of waiting forever

@@ -9,21 +9,38 @@ import pytest
 from tagger.device import PROCESS_MEMORY
 from tagger.ingest_processes import (
     FILES_PER_PROCESS,
+    MIN_TAIL_BATCH,
     _claimed_batches,
     auto_processes,
     ingest_job,
+    tail_batch_size,
 )
 from tagger.stages import PipelineJob
 
 
 def test_a_process_takes_the_batches_it_is_handed_until_told_to_stop():
     parent, child = multiprocessing.Pipe()
-    for answer in (0, 3, None):  # what the parent answers to its next three requests
+    for answer in ((0, 3), (9, 10), None):  # what the parent answers to its next three requests
         parent.send(answer)
     files = [Path(f"f{i:02d}") for i in range(10)]
-    taken = [[p.name for p in b] for b in _claimed_batches(child, files, batch_size=3)]
+    taken = [[p.name for p in b] for b in _claimed_batches(child, files)]
     assert taken == [["f00", "f01", "f02"], ["f09"]]
     assert [parent.recv() for _ in range(3)] == [("next", None)] * 3
+
+
+@pytest.mark.parametrize(("files", "processes"), [(1000, 2), (1000, 16), (33, 2), (5, 4), (4097, 3)])
+def test_batches_are_full_until_the_end_is_near_then_shrink_so_the_processes_finish_together(files, processes):
+    sizes, remaining = [], files
+    while remaining:
+        sizes.append(tail_batch_size(remaining, processes, 32))
+        remaining -= sizes[-1]
+    assert sum(sizes) == files and all(1 <= n <= 32 for n in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # never larger again once they shrink
+    full = [n for n in sizes if n == 32]
+    if files >= 4 * processes * 32:
+        assert len(full) >= len(sizes) - 16  # only the last few shrink
+    # what a process can still be busy with while the others have nothing left: one small batch
+    assert sizes[-1] <= MIN_TAIL_BATCH
 
 
 def test_auto_processes_one_per_share_of_files_at_most_one_per_core(monkeypatch):
