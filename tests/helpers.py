@@ -96,6 +96,25 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
         time.sleep(interval)
 
 
+def _after(seconds: float, value: object) -> object:
+    time.sleep(seconds)
+    return value
+
+
+class TakesSecondsToRead(bytes):
+    """Audio bytes whose unpickling takes ``seconds``: keeps the process that reads them busy."""
+
+    seconds = 0.0
+
+    def __new__(cls, data: bytes, seconds: float) -> TakesSecondsToRead:
+        made = super().__new__(cls, data)
+        made.seconds = seconds
+        return made
+
+    def __reduce__(self):
+        return _after, (self.seconds, bytes(self))
+
+
 class KillsTheProcessThatReadsIt:
     """A payload that ends the process unpickling it: what a decoder crashing on a file does."""
 
