@@ -8,8 +8,8 @@ whatever the files' lengths; near the end the batches shrink, so that they finis
 together) and runs it through decode, model, encoding and store in turn on a single
 thread, with one model thread; the other processes fill the other cores. Only each
 batch's first and last index, progress counts and the summaries cross between
-processes, so nothing is pickled per clip. Each process commits its own batches, so a stop at any
-point keeps what was stored and a re-run skips it, exactly as in one process.
+processes, so nothing is pickled per clip. Each process commits its own batches, so a
+stop at any point keeps what was stored and a re-run skips it, exactly as in one process.
 
 A process started by ``soundtag ingest`` is forked and only loads the model (a fraction of
 a second); elsewhere each is a fresh interpreter that also imports torch (about two

@@ -7,6 +7,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,6 +16,7 @@ import psycopg
 import soundfile as sf
 
 from tagger import db
+from tagger.pipeline import Payload
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout
 PG_ADMIN_URL = os.environ.get("SOUNDTAG_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -113,6 +115,12 @@ class TakesSecondsToRead(bytes):
 
     def __reduce__(self):
         return _after, (self.seconds, bytes(self))
+
+
+def slow_to_read(payload: Payload, seconds: float) -> Payload:
+    """``payload`` with bytes that take ``seconds`` to arrive in the process that reads them:
+    it is busy with its batch then, however fast the machine decodes the rest."""
+    return replace(payload, data=TakesSecondsToRead(payload.data, seconds))
 
 
 class KillsTheProcessThatReadsIt:

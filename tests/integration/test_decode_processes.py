@@ -16,7 +16,7 @@ import pytest
 from tagger.decode_processes import DIED, DecodeProcessError, DecodeProcesses
 from tagger.pipeline import Payload, _decode_one, decode_payloads
 from tagger.records import Status
-from tests.helpers import KillsTheProcessThatReadsIt, TakesSecondsToRead, audio_bytes
+from tests.helpers import KillsTheProcessThatReadsIt, audio_bytes, slow_to_read
 
 decode_one = functools.partial(_decode_one, max_duration_s=60, featurize=None)
 
@@ -72,10 +72,7 @@ def test_clips_that_each_end_a_decoding_process_three_in_a_row_stop_instead(pool
 
 def test_closing_while_a_batch_decodes_stops_it_and_starts_nothing_again():
     decoders = DecodeProcesses(2)
-    # Each process first reads a clip that takes 2 s to arrive: the batch is still under way
-    # at the close however fast the machine decodes the rest.
-    slow = [Payload(data=TakesSecondsToRead(audio_bytes("OGG", seconds=1.0, sr=22050, seed=i), 2.0),
-                    source=f"test:slow-{i}", clip_id=f"slow-{i}") for i in range(2)]
+    slow = [slow_to_read(p, 2.0) for p in _payloads("slow", 2)]  # one per process: under way at the close
     with ThreadPoolExecutor(1) as thread:
         batch = thread.submit(lambda: list(decoders.map(decode_one, slow + _payloads("z", 200))))
         time.sleep(0.5)  # the batch is under way

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from dataclasses import replace
 
 import psycopg
 import pytest
@@ -17,10 +16,10 @@ from tagger.stage_processes import ProcessStageRunner, StageProcessError
 from tagger.stages import DatabaseUnavailable, PipelineJob
 from tests.helpers import (
     KillsTheProcessThatReadsIt,
-    TakesSecondsToRead,
     audio_bytes,
     block_database,
     migrated_database,
+    slow_to_read,
 )
 
 
@@ -96,8 +95,7 @@ def test_a_process_that_does_not_start_says_why(stages_db, tmp_path):
 def test_a_process_killed_holding_a_batch_is_replaced_and_the_batch_tagged_clip_by_clip(runner, stages_db):
     async def one_killed():
         batch = _payloads("e", 64, seconds=5.0)
-        # Busy for 3 s however fast the machine: the batch's first clip takes that long to arrive.
-        batch[0] = replace(batch[0], data=TakesSecondsToRead(batch[0].data, 3.0))
+        batch[0] = slow_to_read(batch[0], 3.0)  # busy for 3 s at least
         held = asyncio.ensure_future(runner.run(batch))
         await asyncio.sleep(0.5)
         busy = next(i for i in range(2) if i not in runner._idle)
@@ -148,10 +146,9 @@ def test_close_without_waiting_kills_a_busy_process_at_once(stages_db, random_ch
     job = PipelineJob(model_path=str(random_checkpoint), database_url=stages_db[1], export_cache=str(tmp_path))
     pool = ProcessStageRunner(job, processes=1)
     pool.wait_ready()
-    # Busy for 10 s however fast the machine: the batch's first clip takes that long to arrive.
-    slow = Payload(data=TakesSecondsToRead(audio_bytes("WAV", seconds=1.0, sr=16000, seed=0), 10.0),
-                   source="test:g-slow", clip_id="g-slow")
-    pool._conns[0].send([slow, *_payloads("g", 8)])
+    batch = _payloads("g", 8)
+    batch[0] = slow_to_read(batch[0], 10.0)  # busy for 10 s at least
+    pool._conns[0].send(batch)
     time.sleep(0.5)
     started = time.monotonic()
     pool.close(wait=False)  # it ignores SIGTERM, as a process group's stop would send
