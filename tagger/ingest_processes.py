@@ -23,6 +23,7 @@ one process tags and stores and the others only decode for it (``tagger.decode_p
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -91,6 +92,8 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
     count = min(processes, batches)
     threads = max(1, cpu_cores() // count)
     ctx: Any = mp.get_context(_start_method(fork))
+    if ctx.get_start_method() == "fork":
+        gc.freeze()  # a forked process's collections then leave the pages it shares with this one alone
     # One pipe per process: a process killed halfway through a message breaks only its own.
     pipes = [ctx.Pipe() for _ in range(count)]
     # One OpenMP thread per process: more only spin against the other processes.
