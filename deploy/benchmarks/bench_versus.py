@@ -21,13 +21,14 @@ pipeline can reach.
   the database write, each on one thread as the pipeline runs them; the two database
   stages with the PostgreSQL server process's CPU for them (it runs on the same cores).
   The bound is cores ÷ their sum (clips/s if every core did only this work). The stages
-  are timed right after each round of ingest runs, and a round's efficiency is its ingest
-  rate ÷ the bound timed after it (this VM's speed drifts by 15-30 % within minutes);
-  the stage figures printed and the stream's bound are from the cheaper reading. The
-  stream's bound adds what only the stream runs on these cores, measured during its run:
-  the broker's CPU per clip and this process's (the producer, and the poll that watches
-  for the rows); the CPU of the worker (with its stage processes), the broker, PostgreSQL
-  and this process per clip are reported as they were measured.
+  are timed right after each round of ingest runs and each round of stream runs, and a
+  round's efficiency is its rate ÷ the bound timed after it (this VM's speed drifts by
+  15-30 % within minutes); the stage figures printed are from the cheapest reading after
+  the ingest rounds. The stream's bound adds what only the stream runs on these cores,
+  measured during its run: the broker's CPU per clip and this process's (the producer,
+  and the poll that watches for the rows); the CPU of the worker (with its stage
+  processes), the broker, PostgreSQL and this process per clip are reported as they
+  were measured.
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -183,12 +184,15 @@ def run(quick: bool = False) -> dict[str, Any]:
         # The stream path: a real broker and a `soundtag worker` (batches of 32), its stages
         # in one process per core (the default) and on threads of its own process, taking turns.
         streams: dict[str, list[dict[str, Any]]] = {"processes": [], "threads": []}
+        stream_stage_runs = []
         with dev_broker(folder) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_versus") as url:
             values = [p.read_bytes() for p in clips]
             for _ in range(1 if quick else 2):
                 for mode, worker_processes in (("processes", 0), ("threads", 1)):
                     streams[mode].append(run_stream_config(bootstrap, url, model_path, values, 32, None, folder,
                                                            broker_pid=broker_pid, worker_processes=worker_processes))
+                with scratch_postgres() as stages_url:  # as for ingest: the stages right after each round
+                    stream_stage_runs.append(stage_cpu(tagger, clips, stages_url))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ingest_rate, in_processes = statistics.mean(rounds[1]), statistics.mean(rounds[cores])
@@ -203,8 +207,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     threads_rate = statistics.mean(run["clips_per_s"] for run in streams["threads"])
     stream_cpu = {party: round(statistics.mean(run["cpu_ms_per_clip"][party] for run in streams["processes"]), 2)
                   for party in streams["processes"][0]["cpu_ms_per_clip"]}
-    stream_only_s = (stream_cpu["broker"] + stream_cpu["producer_and_watcher"]) / 1000
-    stream_bound = cores / (sum(stages.values()) + stream_only_s)
+
+    def stream_bounds(mode: str) -> list[float]:
+        """Each round's bound: the stages timed after it, plus the broker and the publisher
+        as measured during it (what only the stream runs on these cores)."""
+        return [cores / (sum(stage_run.values()) + (run["cpu_ms_per_clip"]["broker"]
+                                                    + run["cpu_ms_per_clip"]["producer_and_watcher"]) / 1000)
+                for run, stage_run in zip(streams[mode], stream_stage_runs, strict=True)]
+
+    def stream_efficiency(mode: str) -> list[float]:
+        return [run["clips_per_s"] / b for run, b in zip(streams[mode], stream_bounds(mode), strict=True)]
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
         "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds[1]],
@@ -218,14 +230,17 @@ def run(quick: bool = False) -> dict[str, Any]:
         "stream_to_per_file_ratio": round(stream_rate / alt_rate, 2),
         "stream_cpu_ms_per_clip": stream_cpu,
         "stream_cores_busy_rounds": [run["cores_busy"] for run in streams["processes"]],
-        "stream_bound_clips_per_s": round(stream_bound, 1),
-        "stream_efficiency": round(stream_rate / stream_bound, 2),
+        "stream_bound_clips_per_s": round(statistics.mean(stream_bounds("processes")), 1),
+        "stream_efficiency": round(statistics.mean(stream_efficiency("processes")), 2),
+        "stream_efficiency_rounds": [round(e, 2) for e in stream_efficiency("processes")],
         "stream_threads_clips_per_s": round(threads_rate, 1),
         "stream_threads_clips_per_s_rounds": [run["clips_per_s"] for run in streams["threads"]],
         "stream_threads_cpu_ms_per_clip_workers": round(statistics.mean(
             run["cpu_ms_per_clip"]["workers"] for run in streams["threads"]), 2),
         "stream_threads_cores_busy_rounds": [run["cores_busy"] for run in streams["threads"]],
-        "stream_threads_efficiency": round(threads_rate / stream_bound, 2),
+        "stream_threads_efficiency": round(statistics.mean(stream_efficiency("threads")), 2),
+        "cpu_ms_per_clip_stages_sum_after_stream_rounds": [round(1000 * sum(run.values()), 2)
+                                                            for run in stream_stage_runs],
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},
         "cpu_ms_per_clip_stages_sum_readings": [round(1000 * sum(run.values()), 2) for run in stage_runs],
         "bound_clips_per_s": round(bound, 1),
