@@ -208,15 +208,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     stream_cpu = {party: round(statistics.mean(run["cpu_ms_per_clip"][party] for run in streams["processes"]), 2)
                   for party in streams["processes"][0]["cpu_ms_per_clip"]}
 
-    def stream_bounds(mode: str) -> list[float]:
-        """Each round's bound: the stages timed after it, plus the broker and the publisher
-        as measured during it (what only the stream runs on these cores)."""
-        return [cores / (sum(stage_run.values()) + (run["cpu_ms_per_clip"]["broker"]
-                                                    + run["cpu_ms_per_clip"]["producer_and_watcher"]) / 1000)
-                for run, stage_run in zip(streams[mode], stream_stage_runs, strict=True)]
+    # Each stream round's bound: the stages timed after it, plus the broker and the publisher
+    # as measured during it (what only the stream runs on these cores); its efficiency.
+    def stream_only_s(run: dict[str, Any]) -> float:
+        return (run["cpu_ms_per_clip"]["broker"] + run["cpu_ms_per_clip"]["producer_and_watcher"]) / 1000
 
-    def stream_efficiency(mode: str) -> list[float]:
-        return [run["clips_per_s"] / b for run, b in zip(streams[mode], stream_bounds(mode), strict=True)]
+    stream_bounds = {mode: [cores / (sum(stage_run.values()) + stream_only_s(run))
+                            for run, stage_run in zip(runs, stream_stage_runs, strict=True)]
+                     for mode, runs in streams.items()}
+    stream_efficiency = {mode: [run["clips_per_s"] / b for run, b in zip(runs, stream_bounds[mode], strict=True)]
+                         for mode, runs in streams.items()}
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
         "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds[1]],
@@ -230,15 +231,15 @@ def run(quick: bool = False) -> dict[str, Any]:
         "stream_to_per_file_ratio": round(stream_rate / alt_rate, 2),
         "stream_cpu_ms_per_clip": stream_cpu,
         "stream_cores_busy_rounds": [run["cores_busy"] for run in streams["processes"]],
-        "stream_bound_clips_per_s": round(statistics.mean(stream_bounds("processes")), 1),
-        "stream_efficiency": round(statistics.mean(stream_efficiency("processes")), 2),
-        "stream_efficiency_rounds": [round(e, 2) for e in stream_efficiency("processes")],
+        "stream_bound_clips_per_s": round(statistics.mean(stream_bounds["processes"]), 1),
+        "stream_efficiency": round(statistics.mean(stream_efficiency["processes"]), 2),
+        "stream_efficiency_rounds": [round(e, 2) for e in stream_efficiency["processes"]],
         "stream_threads_clips_per_s": round(threads_rate, 1),
         "stream_threads_clips_per_s_rounds": [run["clips_per_s"] for run in streams["threads"]],
         "stream_threads_cpu_ms_per_clip_workers": round(statistics.mean(
             run["cpu_ms_per_clip"]["workers"] for run in streams["threads"]), 2),
         "stream_threads_cores_busy_rounds": [run["cores_busy"] for run in streams["threads"]],
-        "stream_threads_efficiency": round(statistics.mean(stream_efficiency("threads")), 2),
+        "stream_threads_efficiency": round(statistics.mean(stream_efficiency["threads"]), 2),
         "cpu_ms_per_clip_stages_sum_after_stream_rounds": [round(1000 * sum(run.values()), 2)
                                                             for run in stream_stage_runs],
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},
