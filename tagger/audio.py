@@ -44,13 +44,24 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedAudio:
-    samples: np.ndarray  # mono float32 at SAMPLE_RATE
+    samples: np.ndarray  # mono float32 at SAMPLE_RATE; empty once ``without_samples``
     sample_rate: int  # of the original file
     channels: int  # of the original file
+    length: int = -1  # samples, when ``samples`` was left behind; -1: ``len(samples)``
+    envelope: np.ndarray | None = None  # (2, points) min/max, when computed where the clip was decoded
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.samples) if self.length < 0 else self.length
 
     @property
     def duration_s(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
+        return self.num_samples / SAMPLE_RATE
+
+    def without_samples(self, envelope: np.ndarray) -> DecodedAudio:
+        """The clip as a decoding process sends it back once its log-mel is computed there:
+        its length and waveform envelope, not its samples (``tagger.decode_processes``)."""
+        return DecodedAudio(np.zeros(0, np.float32), self.sample_rate, self.channels, len(self.samples), envelope)
 
 
 def sha256_hex(data: bytes) -> str:

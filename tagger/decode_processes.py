@@ -4,11 +4,14 @@ On a GPU the network costs next to nothing and one process is bound by its CPU s
 which Python's GIL keeps on about one core however many decoding threads it runs
 (deploy/benchmarks/README.md). Processes that each own the GPU took turns on it and were
 slower still. So there the stage runner sends each batch's clips to a pool of decoding
-processes and keeps the log-mel, the network, the encoding and the store for itself. The
-processes are forked from a server process started fresh (the parent runs CUDA and
-threads, which a fork of it would not survive).
+processes, which also compute each clip's log-mel and waveform envelope on their own core
+(``tagger.pipeline.decode_for_model``), and keeps the network, the encoding and the store
+for itself. The processes are forked from a server process started fresh (the parent runs
+CUDA and threads, which a fork of it would not survive).
 
-Only payloads go out and decoded samples come back. A decoding process that dies (a
+Only payloads go out; log-mels, envelopes and lengths come back, not samples (a 5 s
+clip's are 8× its log-mel, and receiving them was the largest piece of the one process's
+own work, deploy/benchmarks/README.md). A decoding process that dies (a
 decoder crashing on a hostile file, the OOM killer) breaks the pool: it is started again
 and the batch decoded clip by clip, so the clip it dies on again is recorded as failed and
 the others are decoded; several such clips in a row stop instead (a broken install, not a
@@ -31,6 +34,8 @@ from dataclasses import replace
 from multiprocessing.context import BaseContext
 from typing import TypeVar
 
+import torch
+
 from tagger.pipeline import Payload
 
 log = logging.getLogger("soundtag.decode")
@@ -47,6 +52,7 @@ class DecodeProcessError(RuntimeError):
 def _start_decoder(parent: int) -> None:
     # Ctrl-C in a terminal reaches every process of the group; the parent decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)  # each process computes its clips' log-mels on its own core
     threading.Thread(target=_exit_with, args=(parent,), name="soundtag-parent-watch", daemon=True).start()
 
 

@@ -137,6 +137,12 @@ def _long_log_mel(x: torch.Tensor) -> torch.Tensor:
     return _to_db(torch.cat(parts, dim=-1)).unsqueeze(1)
 
 
+def clip_log_mel(samples: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(1, 1, n_mels, frames): the log-mel of what the model sees of a clip (``window_input``),
+    computed on ``device``."""
+    return log_mel(window_input(torch.from_numpy(samples)).to(device))
+
+
 def window_input(samples: torch.Tensor) -> torch.Tensor:
     """The waveform the model sees for a clip: one filled window, or the clip itself.
 

@@ -29,8 +29,7 @@ from tagger.features import (
     WINDOW_FRAMES,
     WINDOW_SAMPLES,
     WINDOW_SECONDS,
-    log_mel,
-    window_input,
+    clip_log_mel,
     window_starts,
 )
 
@@ -120,7 +119,9 @@ class Tagger:
 
         One clip at a time, on the calling thread: the pipeline runs it on its decode
         threads, in parallel, next to the decoding."""
-        return log_mel(window_input(torch.from_numpy(clip.samples)).to(self.device))
+        if clip.length >= 0:
+            raise ValueError("the clip came without its samples; its features were computed where it was decoded")
+        return clip_log_mel(clip.samples, self.device)
 
     def _tag_single_windows(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
                             chosen: list[int]) -> dict[int, TagResult]:
@@ -187,10 +188,10 @@ class Tagger:
             probabilities=np.asarray(probs, dtype=np.float32),
             # What the model saw, over the clip's real length: a short clip's repeated fill
             # is not drawn as if it were data.
-            spectrogram=spec[0, 0, :, : 1 + len(clip.samples) // HOP_LENGTH].float().cpu().numpy(),
+            spectrogram=spec[0, 0, :, : 1 + clip.num_samples // HOP_LENGTH].float().cpu().numpy(),
             feature_maps=feats,
             embedding=embedding.float().cpu().numpy(),
-            envelope=waveform_envelope(clip.samples),
+            envelope=clip.envelope if clip.envelope is not None else waveform_envelope(clip.samples),
         )
 
 

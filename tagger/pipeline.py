@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tagger import codec
 from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, file_sha256, sha256_hex
-from tagger.inference import Tagger, TagResult
+from tagger.features import clip_log_mel
+from tagger.inference import Tagger, TagResult, waveform_envelope
 from tagger.records import CLIP_ID_MAX, ClipRecord, Status, clip_id_problem
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ MapFn = Callable[[Callable[[Payload], "_Decoded"], list[Payload]], Iterable["_De
 class _Decoded:
     record: ClipRecord
     audio: DecodedAudio | None = None
-    features: torch.Tensor | None = None
+    features: torch.Tensor | np.ndarray | None = None  # numpy while crossing from a decoding process
 
 
 def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None,
@@ -92,19 +94,34 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
     """Decode every payload (and compute its features with ``featurize``, if given).
 
     ``map_fn`` runs the per-payload work: ``map`` here, a thread pool's ``map`` in the
-    stage runner (decoders and the log-mel release the GIL). ``decode_elsewhere`` decodes
-    instead (a pool of processes, which get only the decoding: it needs no tagger), and
-    the features are then computed here, on this thread."""
+    stage runner (decoders and the log-mel release the GIL). ``decode_elsewhere`` runs
+    ``decode_for_model`` instead (a pool of processes: they need no tagger), which
+    computes the features there, on the CPU, and sends back no samples."""
     if decode_elsewhere is None:
         one = functools.partial(_decode_one, max_duration_s=max_duration_s, featurize=featurize)
         done = list(map_fn(one, payloads))
     else:
-        done = list(decode_elsewhere(functools.partial(_decode_one, max_duration_s=max_duration_s), payloads))
-        if featurize is not None:
-            done = [_with_features(d, featurize) for d in done]
+        done = list(decode_elsewhere(functools.partial(decode_for_model, max_duration_s=max_duration_s), payloads))
     audio = [(i, d.audio) for i, d in enumerate(done) if d.audio is not None]
-    features = [d.features for d in done if d.audio is not None and d.features is not None]
+    features = [torch.as_tensor(d.features) for d in done if d.audio is not None and d.features is not None]
     return Decoded([d.record for d in done], audio, features if len(features) == len(audio) else None)
+
+
+def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
+    """A payload decoded in a decoding process (``tagger.decode_processes``), with all that
+    the tagging process needs of it computed there, on the CPU: its log-mel and waveform
+    envelope. The samples stay behind: a 5 s clip's are 8× its log-mel, and receiving them
+    was the largest piece of the tagging process's own work. The log-mel crosses as a
+    numpy array (torch would pass each tensor through shared memory: a file per clip)."""
+    d = _decode_one(p, max_duration_s, featurize=_cpu_log_mel)
+    if d.audio is not None and isinstance(d.features, torch.Tensor):
+        d.audio = d.audio.without_samples(waveform_envelope(d.audio.samples))
+        d.features = d.features.numpy()
+    return d
+
+
+def _cpu_log_mel(audio: DecodedAudio) -> torch.Tensor:
+    return clip_log_mel(audio.samples)
 
 
 def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize | None = None) -> _Decoded:

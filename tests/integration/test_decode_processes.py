@@ -11,7 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from tagger.decode_processes import DIED, DecodeProcessError, DecodeProcesses
 from tagger.pipeline import Payload, _decode_one, decode_payloads
@@ -44,6 +46,29 @@ def test_a_batch_decodes_in_the_processes_as_it_does_here(pool):
         [(r.clip_id, r.status, r.error, r.duration_s) for r in here.records]
     assert [i for i, _ in there.audio] == list(range(9))
     assert all((a.samples == b.samples).all() for (_, a), (_, b) in zip(there.audio, here.audio, strict=True))
+
+
+def test_clips_decoded_elsewhere_come_back_as_features_without_samples_and_tag_the_same(pool, random_checkpoint):
+    from tagger.inference import Tagger
+
+    tagger = Tagger.load(random_checkpoint, device="cpu", engine="torch")
+    payloads = [*_payloads("h", 3), Payload(data=audio_bytes("FLAC", seconds=12.0, seed=7), source="test:long",
+                                            clip_id="h-long"), Payload(data=b"RIFF junk", source="test:junk")]
+    there = decode_payloads(payloads, 60, decode_elsewhere=pool.map)
+    here = decode_payloads(payloads, 60, tagger.features)
+    assert [(r.clip_id, r.status, r.error, r.duration_s) for r in there.records] == \
+        [(r.clip_id, r.status, r.error, r.duration_s) for r in here.records]
+    assert [i for i, _ in there.audio] == [i for i, _ in here.audio] == [0, 1, 2, 3]
+    assert all(len(a.samples) == 0 and a.num_samples == len(b.samples) and a.duration_s == b.duration_s
+               for (_, a), (_, b) in zip(there.audio, here.audio, strict=True))
+    assert there.features is not None and here.features is not None
+    assert all(torch.equal(a, b) for a, b in zip(there.features, here.features, strict=True))
+    for a, b in zip(tagger.tag([a for _, a in there.audio], there.features),
+                    tagger.tag([a for _, a in here.audio], here.features), strict=True):
+        assert a.top3 == b.top3 and a.timeline == b.timeline
+        assert np.array_equal(a.spectrogram, b.spectrogram) and np.array_equal(a.envelope, b.envelope)
+    with pytest.raises(ValueError, match="without its samples"):
+        tagger.features(there.audio[0][1])
 
 
 def test_a_clip_a_decoding_process_dies_on_fails_alone_and_the_pool_serves_on(pool):
