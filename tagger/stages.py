@@ -16,7 +16,6 @@ import asyncio
 import functools
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -169,15 +168,6 @@ def tag_and_store(tagger: Tagger, sessions: sessionmaker[Session], payloads: lis
     return records
 
 
-def _samples_back(payloads, max_duration_s, featurize, map_fn):  # type: ignore[no-untyped-def]
-    from tagger.pipeline import _decode_one, _with_features
-    done = list(map_fn(functools.partial(_decode_one, max_duration_s=max_duration_s), payloads))
-    done = [_with_features(d, featurize) for d in done]
-    audio = [(i, d.audio) for i, d in enumerate(done) if d.audio is not None]
-    features = [d.features for d in done if d.audio is not None and d.features is not None]
-    return Decoded([d.record for d in done], audio, features if len(features) == len(audio) else None)
-
-
 class StageRunner:
     def __init__(self, tagger: Tagger, sessions: sessionmaker[Session], max_duration_s: float | None = None,
                  waiter: DatabaseWaiter | None = None, decode_processes: int = 0) -> None:
@@ -212,9 +202,6 @@ class StageRunner:
     # Each stage on its own thread; callers chain the futures to overlap batches.
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
         if self._decode_processes is not None:
-            if os.environ.get("SOUNDTAG_EXPERIMENT_SAMPLES_BACK"):  # experiment: the way before, for one GPU run
-                return self._decoder.submit(_samples_back, payloads, self.max_duration_s, self.tagger.features,
-                                            self._decode_processes.map)
             # The processes decode and compute the log-mels; this stage's thread only receives them.
             return self._decoder.submit(decode_payloads, payloads, self.max_duration_s,
                                         decode_elsewhere=self._decode_processes.map)

@@ -200,12 +200,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         # --processes 1: one process, decoding on its threads; 0 (the default): on a GPU one
         # process tags, the others decode for it. Taking turns, each into a fresh database.
         out: dict[str, Any] = {"ingest_decode_processes": auto_processes(len(clips), device)}
-        configs = (("threads", 1), ("decode_processes_samples_back", 0), ("decode_processes", 0))
-        for round_ in range(2):
+        configs = (("threads", 1), ("decode_processes", 0))
+        for _ in range(2):
             for name, processes in configs:
-                if name == "threads" and round_:
-                    continue
-                with scratch_postgres() as url, Utilization() as busy, _experiment(name):
+                with scratch_postgres() as url, Utilization() as busy:
                     rate = cli_ingest_rate(clips, url, model_path, processes, device=device)
                 out.setdefault(f"ingest_{name}_clips_per_s_rounds", []).append(round(rate, 1))
                 out.setdefault(f"ingest_{name}_gpu_busy_percent_rounds", []).append(busy.mean)
@@ -224,8 +222,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         values = [p.read_bytes() for p in clips[: 40 if quick else 2000]]
         work = Path(tempfile.mkdtemp(prefix="soundtag-bench-gpu-"))
         with dev_broker(work) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_gpu") as url:
-            for name, processes in (("decode_processes_samples_back", 0), ("decode_processes", 0)):
-                with Utilization() as busy, _experiment(name):
+            for name, processes in (("threads", 1), ("decode_processes", 0)):
+                with Utilization() as busy:
                     got = run_stream_config(bootstrap, url, model_path, values, 32, None, work, device=device,
                                             broker_pid=broker_pid, worker_processes=processes)
                 key = f"stream_{name}"
@@ -243,17 +241,6 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     section("stream", stream)
     return figures
-
-
-@contextlib.contextmanager
-def _experiment(name: str) -> Iterator[None]:
-    """The way before (decoding processes sending back samples, the log-mel on the GPU), for one A/B run."""
-    if name.endswith("samples_back"):
-        os.environ["SOUNDTAG_EXPERIMENT_SAMPLES_BACK"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop("SOUNDTAG_EXPERIMENT_SAMPLES_BACK", None)
 
 
 def decode_threads(clips: list[Path], device: str) -> dict[str, Any]:
