@@ -114,9 +114,15 @@ def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
     was the largest piece of the tagging process's own work. The log-mel crosses as a
     numpy array (torch would pass each tensor through shared memory: a file per clip)."""
     d = _decode_one(p, max_duration_s, featurize=_cpu_log_mel)
-    if d.audio is not None and isinstance(d.features, torch.Tensor):
+    if d.audio is None or not isinstance(d.features, torch.Tensor):
+        return d
+    try:
         d.audio = d.audio.without_samples(waveform_envelope(d.audio.samples))
-        d.features = d.features.numpy()
+    except Exception as exc:  # broad on purpose: an unforeseen fault fails this clip, not the batch
+        log.exception("computing the waveform envelope of %s failed", p.source)
+        d.record.error = f"computing features failed: {type(exc).__name__}: {exc}"[:2000]
+        return _Decoded(d.record)
+    d.features = d.features.numpy()
     return d
 
 

@@ -120,7 +120,8 @@ def _rerun_finishes(folder: Path, env: dict, sessions, stored: int, total: int) 
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoint, processes):
     sessions = _fresh(pg_url)
-    folder = _many_clips(tmp_path / "many", 240)
+    # Enough clips that the run cannot end before the signal reaches it: 240 took 2.5 s here.
+    folder = _many_clips(tmp_path / "many", 480)
     env = _cli_env(pg_url, random_checkpoint)
     proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8",
                              "--processes", processes],
@@ -131,9 +132,9 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
     assert proc.returncode == 130, err
     assert "interrupted" in out and "Traceback" not in err
     n = _assert_whole(sessions)
-    assert 16 <= n < 240
+    assert 16 <= n < 480
     assert f"interrupted: {n} tagged" in out  # the count covers every process's committed batches
-    _rerun_finishes(folder, env, sessions, stored=n, total=240)
+    _rerun_finishes(folder, env, sessions, stored=n, total=480)
 
 
 def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_url, random_checkpoint):

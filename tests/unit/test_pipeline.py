@@ -67,3 +67,19 @@ def test_features_that_cannot_be_stored_fail_only_that_clip(random_tagger):
     assert [r.status for r in records] == [Status.TAGGED, Status.FAILED, Status.TAGGED]
     assert "storing features failed: CodecError" in records[1].error and records[1].features is None
     assert records[0].features and records[2].features
+
+
+def test_a_clip_whose_summary_cannot_be_made_where_it_was_decoded_fails_alone(monkeypatch):
+    # What a decoding process runs (``decode_for_model``), here in this process: a fault in
+    # the envelope it computes for one clip fails that clip, not the batch (fault injection).
+    from tagger import pipeline
+
+    real = pipeline.waveform_envelope
+    monkeypatch.setattr(pipeline, "waveform_envelope",
+                        lambda s: real(s) if len(s) != 2 * 44100 else 1 / 0)
+    payloads = [Payload(data=audio_bytes("WAV", seconds, seed=s), source=str(s))
+                for s, seconds in enumerate((1.0, 2.0, 3.0))]
+    decoded = decode_payloads(payloads, decode_elsewhere=map)
+    assert [r.status for r in decoded.records] == [Status.FAILED] * 3  # none tagged yet
+    assert [i for i, _ in decoded.audio] == [0, 2] and decoded.features is not None and len(decoded.features) == 2
+    assert "computing features failed: ZeroDivisionError" in decoded.records[1].error
