@@ -4,7 +4,8 @@ Meant for a machine with CUDA (`python -m deploy.benchmarks.run --clips DIR gpu`
 bare lent machine `bash deploy/benchmarks/gpu_machine.sh` sets everything up first).
 Without a GPU the same steps run on the CPU as a smoke run; the figures name the device.
 
-- precisions: the GPU's top 3 in fp32 (what serving runs there), TF32 and fp16 against the
+- precisions: the GPU's top 3 in fp32 (what serving runs there, with the log-mel on the GPU
+  and, as ``served_fp32``, from the CPU as the decoding processes send it), TF32 and fp16 against the
   CPU's (ONNX Runtime fp32) on the same clips, and the network's ms per clip in each, when
   ``run --reference DIR`` names a folder of clips with the CPU's answers in ``reference.json``
   (``python -m deploy.benchmarks.bench_gpu reference DIR`` writes it on a CPU);
@@ -52,6 +53,7 @@ from deploy.benchmarks.common import cpu_name, model_windows, real_clips, scratc
 from tagger.audio import DecodedAudio
 from tagger.config import SHIPPED_MODEL_PATH
 from tagger.device import cpu_cores, processes_that_fit
+from tagger.features import clip_log_mel
 from tagger.inference import Tagger
 from tagger.ingest_processes import auto_processes
 
@@ -65,12 +67,15 @@ def _sync() -> None:
 
 
 def answers(tagger: Tagger, clips: list[DecodedAudio], names: list[str],
-            reference: dict[str, list[float]]) -> dict[str, Any]:
-    """Top-3 agreement and the largest probability difference against the reference."""
+            reference: dict[str, list[float]], cpu_log_mel: bool = False) -> dict[str, Any]:
+    """Top-3 agreement and the largest probability difference against the reference.
+    ``cpu_log_mel``: the network fed log-mels computed on the CPU, as the decoding processes
+    compute them for the worker and ingest; otherwise on the tagger's device."""
     same_top3 = same_top1 = 0
     max_diff = 0.0
     for start in range(0, len(clips), 64):
-        results = tagger.tag(clips[start : start + 64])
+        chunk = clips[start : start + 64]
+        results = tagger.tag(chunk, [clip_log_mel(c.samples) for c in chunk] if cpu_log_mel else None)
         for name, result in zip(names[start : start + 64], results, strict=True):
             ref = np.asarray(reference[name], dtype=np.float32)
             same_top3 += bool(np.array_equal(np.argsort(-ref)[:3], np.argsort(-result.probabilities)[:3]))
@@ -97,7 +102,8 @@ PRECISIONS = {"fp32": (None, False), "tf32": (None, True), "fp16": (torch.float1
 
 def precisions(tagger: Tagger, folder: Path, clips: list[Path]) -> dict[str, Any]:
     """What serving's fp32 answers against the CPU's, and what TF32 and fp16 would: answers
-    and the network's ms per clip at the GPU batch, each."""
+    and the network's ms per clip at the GPU batch, each (the log-mel on the GPU); and
+    ``served_fp32``: the worker's and ingest's path, log-mels from the CPU into fp32."""
     from tagger.audio import decode_file
 
     reference = json.loads((folder / "reference.json").read_text())
@@ -109,6 +115,8 @@ def precisions(tagger: Tagger, folder: Path, clips: list[Path]) -> dict[str, Any
             out.update({f"{name}_{k}": v for k, v in answers(tagger, decoded, names, reference).items()})
             out[f"{name}_model_ms_per_clip_batch{tagger.batch_size}_taps"] = round(
                 model_ms(tagger, clips, tagger.batch_size), 4)
+    with precision(None, False):
+        out.update({f"served_fp32_{k}": v for k, v in answers(tagger, decoded, names, reference, True).items()})
     return out
 
 
