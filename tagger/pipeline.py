@@ -119,9 +119,7 @@ def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
     try:
         d.audio = d.audio.without_samples(waveform_envelope(d.audio.samples))
     except Exception as exc:  # broad on purpose: an unforeseen fault fails this clip, not the batch
-        log.exception("computing the waveform envelope of %s failed", p.source)
-        d.record.error = f"computing features failed: {type(exc).__name__}: {exc}"[:2000]
-        return _Decoded(d.record)
+        return _features_failed(d.record, "the waveform envelope", exc)
     d.features = d.features.numpy()
     return d
 
@@ -169,10 +167,15 @@ def _with_features(d: _Decoded, featurize: Featurize) -> _Decoded:
     try:
         d.features = featurize(d.audio)
     except Exception as exc:  # broad on purpose: as above
-        log.exception("computing the features of %s failed", d.record.source)
-        d.record.error = f"computing features failed: {type(exc).__name__}: {exc}"[:2000]
-        return _Decoded(d.record)
+        return _features_failed(d.record, "the features", exc)
     return d
+
+
+def _features_failed(rec: ClipRecord, what: str, exc: Exception) -> _Decoded:
+    """The clip alone fails, saying why: an unforeseen fault computing what the model needs of it."""
+    log.exception("computing %s of %s failed", what, rec.source)
+    rec.error = f"computing features failed: {type(exc).__name__}: {exc}"[:2000]
+    return _Decoded(rec)
 
 
 @dataclass
