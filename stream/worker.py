@@ -29,6 +29,13 @@ log = logging.getLogger("soundtag.worker")
 
 
 class _StopWithinSeconds(Worker):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Faust's terminal spinner, kept at --loglevel warning or above, sets the root logger
+        # to DEBUG so that every record turns it: aiokafka and Faust then build a record for
+        # each debug call, per message. A service has no terminal to spin in.
+        self.spinner = None
+
     def on_setup_root_logger(self, logger, level) -> None:
         super().on_setup_root_logger(logger, level)
         collapser = RepeatedLogCollapser()
