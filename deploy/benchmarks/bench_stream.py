@@ -202,6 +202,45 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
                 proc.kill()
 
 
+def consume_only_cpu_ms(bootstrap: str, clips: list[bytes], work: Path, max_batch: int = 32) -> float:
+    """CPU ms per message of the stream's consume stage timed alone: ``clips`` published to
+    a fresh topic, then consumed by a worker whose runner answers at once
+    (``deploy.benchmarks.consume_only``), in batches of ``max_batch`` as under load."""
+    run = uuid.uuid4().hex[:6]
+    topic = f"audio-clips-consume-{run}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
+    try:
+        for i, value in enumerate(clips):
+            _send(producer, topic, f"consume-{run}-{i}", value)
+        producer.flush()
+    finally:
+        producer.close()
+    report, log_path = work / f"consume-{run}.txt", work / f"consume-{run}.log"
+    env = {**os.environ, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap, "SOUNDTAG_INPUT_TOPIC": topic,
+           "SOUNDTAG_OUTPUT_TOPIC": f"audio-tags-consume-{run}", "SOUNDTAG_CONSUMER_GROUP": f"consume-{run}",
+           "SOUNDTAG_MAX_BATCH": str(max_batch), "SOUNDTAG_BATCH_WITHIN_S": "0.05"}
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.benchmarks.consume_only", str(len(clips)), str(report)],
+                            env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while not report.exists():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the consume-only worker did not finish:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        time.sleep(0.1)  # the report is written in one call; let it land
+        answered, cpu_s = report.read_text().split()
+        return 1000 * float(cpu_s) / int(answered)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @contextmanager
 def dev_broker(work: Path) -> Iterator[tuple[str, int]]:
     """A tansu broker on a free port for the benchmark's lifetime: its bootstrap address and pid."""

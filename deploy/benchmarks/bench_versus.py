@@ -28,7 +28,10 @@ pipeline can reach.
   measured during its run: the broker's CPU per clip and this process's (the producer,
   and the poll that watches for the rows); the CPU of the worker (with its stage
   processes), the broker, PostgreSQL and this process per clip are reported as they
-  were measured.
+  were measured. The worker's own process also consumes: after each stream round that
+  stage is timed alone (``deploy.benchmarks.consume_only``: the worker's Faust app with a
+  runner that answers at once, the same clips, batches of 32), and the efficiency is given
+  a second time with it counted as one more stage.
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -54,7 +57,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.original_response import inference_response
-from deploy.benchmarks.bench_stream import dev_broker, run_stream_config
+from deploy.benchmarks.bench_stream import consume_only_cpu_ms, dev_broker, run_stream_config
 from deploy.benchmarks.common import cpu_name, load_tagger, process_cpu_s, real_clips, scratch_postgres
 from tagger.audio import decode_file
 from tagger.db import session_factory
@@ -185,6 +188,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         # in one process per core (the default) and on threads of its own process, taking turns.
         streams: dict[str, list[dict[str, Any]]] = {"processes": [], "threads": []}
         stream_stage_runs = []
+        consume_ms: list[float] = []  # the worker's consume stage alone, after each round
         with dev_broker(folder) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_versus") as url:
             values = [p.read_bytes() for p in clips]
             for _ in range(1 if quick else 2):
@@ -193,6 +197,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                                                            broker_pid=broker_pid, worker_processes=worker_processes))
                 with scratch_postgres() as stages_url:  # as for ingest: the stages right after each round
                     stream_stage_runs.append(stage_cpu(tagger, clips, stages_url))
+                consume_ms.append(consume_only_cpu_ms(bootstrap, values, folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ingest_rate, in_processes = statistics.mean(rounds[1]), statistics.mean(rounds[cores])
@@ -218,6 +223,11 @@ def run(quick: bool = False) -> dict[str, Any]:
                      for mode, runs in streams.items()}
     stream_efficiency = {mode: [run["clips_per_s"] / b for run, b in zip(runs, stream_bounds[mode], strict=True)]
                          for mode, runs in streams.items()}
+    # The same with the worker's consume stage (Faust fetching and handing over each
+    # message, its events and commits) timed alone and counted as one more stage.
+    consume_bounds = [cores / (sum(stage_run.values()) + stream_only_s(run) + ms / 1000)
+                      for run, stage_run, ms in zip(streams["processes"], stream_stage_runs, consume_ms, strict=True)]
+    consume_efficiency = [run["clips_per_s"] / b for run, b in zip(streams["processes"], consume_bounds, strict=True)]
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
         "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds[1]],
@@ -234,6 +244,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         "stream_bound_clips_per_s": round(statistics.mean(stream_bounds["processes"]), 1),
         "stream_efficiency": round(statistics.mean(stream_efficiency["processes"]), 2),
         "stream_efficiency_rounds": [round(e, 2) for e in stream_efficiency["processes"]],
+        "stream_consume_stage_cpu_ms_per_clip_readings": [round(ms, 3) for ms in consume_ms],
+        "stream_efficiency_with_consume_stage": round(statistics.mean(consume_efficiency), 2),
+        "stream_efficiency_with_consume_stage_rounds": [round(e, 2) for e in consume_efficiency],
         "stream_threads_clips_per_s": round(threads_rate, 1),
         "stream_threads_clips_per_s_rounds": [run["clips_per_s"] for run in streams["threads"]],
         "stream_threads_cpu_ms_per_clip_workers": round(statistics.mean(
