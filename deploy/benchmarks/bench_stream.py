@@ -46,7 +46,7 @@ from deploy.benchmarks.common import (
     time_model,
 )
 from deploy.dev_broker import start_broker
-from deploy.processes import free_port
+from deploy.processes import free_port, stop
 from tagger.device import cpu_cores
 
 PARTITIONS = 4
@@ -222,23 +222,19 @@ def consume_only_cpu_ms(bootstrap: str, clips: list[bytes], work: Path, max_batc
     env = {**os.environ, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap, "SOUNDTAG_INPUT_TOPIC": topic,
            "SOUNDTAG_OUTPUT_TOPIC": f"audio-tags-consume-{run}", "SOUNDTAG_CONSUMER_GROUP": f"consume-{run}",
            "SOUNDTAG_MAX_BATCH": str(max_batch), "SOUNDTAG_BATCH_WITHIN_S": "0.05"}
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.benchmarks.consume_only", str(len(clips)), str(report)],
-                            env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.benchmarks.consume_only", str(len(clips)), str(report)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
-        while not report.exists():
+        while not report.exists():  # written whole, by a rename
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the consume-only worker did not finish:\n{log_path.read_text()[-2000:]}")
             time.sleep(0.2)
-        time.sleep(0.1)  # the report is written in one call; let it land
         answered, cpu_s = report.read_text().split()
         return 1000 * float(cpu_s) / int(answered)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, grace_s=30)
 
 
 @contextmanager
