@@ -1,4 +1,5 @@
-"""What many tests use: audio makers, a database outage, waiting for a condition."""
+"""What many tests use: audio makers, a database outage, waiting for a condition, a folder of
+good and bad files for ingest."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from typing import TypeVar
 import numpy as np
 import psycopg
 import soundfile as sf
+from sqlalchemy import func, select
 
 from tagger import db
 from tagger.pipeline import Payload
+from tagger.tables import Clip, ClipFeatures, Tag
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout
 PG_ADMIN_URL = os.environ.get("SOUNDTAG_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -128,3 +131,39 @@ class KillsTheProcessThatReadsIt:
 
     def __reduce__(self):
         return os._exit, (3,)
+
+
+def make_mixed_folder(root: Path, good: int, bad: bool = True) -> Path:
+    """``good`` clips in three formats, four sample rates and three folder levels; with ``bad``
+    also an empty file, random bytes, text posing as WAV, a truncated WAV, an unreadable
+    (chmod 0) FLAC and a .txt file that a folder walk leaves out."""
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i in range(good):
+        fmt, ext = [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg")][i % 3]
+        folder = [root, root / "sub", root / "sub" / "deeper"][i % 3]
+        sr = [8000, 22050, 44100, 48000][i % 4]
+        (folder / f"clip{i}.{ext}").write_bytes(audio_bytes(fmt, seconds=1.0 + (i % 4), sr=sr, seed=i))
+    if bad:
+        (root / "empty.wav").write_bytes(b"")
+        (root / "noise.wav").write_bytes(os.urandom(3000))
+        (root / "notes.wav").write_text("this is a text file renamed .wav\n")
+        (root / "sub" / "truncated.wav").write_bytes(audio_bytes("WAV", 1.0)[:40])
+        locked = root / "sub" / "locked.flac"
+        locked.write_bytes(audio_bytes("FLAC", 1.0, seed=99))
+        locked.chmod(0)
+        (root / "readme.txt").write_text("not audio, not picked up from a folder walk")
+    return root
+
+
+def assert_mixed_folder_tagged_and_stored(summary, sessions) -> None:
+    """What a run over ``make_mixed_folder(good=9)`` reports and stores: the good clips tagged,
+    the bad ones failed with their reasons, three tags and one features row per tagged clip."""
+    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
+    assert summary.tagged == 9 + (1 if running_as_root else 0)
+    assert summary.failed == 4 + (0 if running_as_root else 1)
+    assert any("empty" in reason for _, reason in summary.failures)
+    assert not summary.interrupted and summary.gave_up is None
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
+        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
+        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged

@@ -19,44 +19,13 @@ from tagger.tables import Clip, ClipFeatures, Tag
 from tests.helpers import (
     ENCODED_FORMATS,
     PG_ADMIN_URL,
+    assert_mixed_folder_tagged_and_stored,
     audio_bytes,
     block_database,
     encoded_bytes,
+    make_mixed_folder,
     migrated_database,
 )
-
-
-def _make_folder(root: Path, good: int, bad: bool = True) -> Path:
-    (root / "sub" / "deeper").mkdir(parents=True)
-    for i in range(good):
-        fmt, ext = [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg")][i % 3]
-        folder = [root, root / "sub", root / "sub" / "deeper"][i % 3]
-        sr = [8000, 22050, 44100, 48000][i % 4]
-        (folder / f"clip{i}.{ext}").write_bytes(audio_bytes(fmt, seconds=1.0 + (i % 4), sr=sr, seed=i))
-    if bad:
-        (root / "empty.wav").write_bytes(b"")
-        (root / "noise.wav").write_bytes(os.urandom(3000))
-        (root / "notes.wav").write_text("this is a text file renamed .wav\n")
-        (root / "sub" / "truncated.wav").write_bytes(audio_bytes("WAV", 1.0)[:40])
-        locked = root / "sub" / "locked.flac"
-        locked.write_bytes(audio_bytes("FLAC", 1.0, seed=99))
-        locked.chmod(0)
-        (root / "readme.txt").write_text("not audio, not picked up from a folder walk")
-    return root
-
-
-def _assert_folder_tagged_and_stored(summary, sessions) -> None:
-    """What a run over ``_make_folder(good=9)`` reports and stores: the good clips tagged, the
-    bad ones failed with their reasons, three tags and one features row per tagged clip."""
-    running_as_root = os.geteuid() == 0  # root reads a chmod-0 file anyway
-    assert summary.tagged == 9 + (1 if running_as_root else 0)
-    assert summary.failed == 4 + (0 if running_as_root else 1)
-    assert any("empty" in reason for _, reason in summary.failures)
-    assert not summary.interrupted and summary.gave_up is None
-    with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Clip)) == summary.tagged + summary.failed
-        assert s.scalar(select(func.count()).select_from(Tag)) == 3 * summary.tagged
-        assert s.scalar(select(func.count()).select_from(ClipFeatures)) == summary.tagged
 
 
 def _fresh(pg_url):
@@ -68,9 +37,9 @@ def _fresh(pg_url):
 
 def test_ingest_tags_good_files_and_records_bad_ones(tmp_path, pg_url, random_tagger):
     sessions = _fresh(pg_url)
-    folder = _make_folder(tmp_path / "in", good=9)
+    folder = make_mixed_folder(tmp_path / "in", good=9)
     summary = ingest([folder], random_tagger, sessions, batch_size=4, progress=False)
-    _assert_folder_tagged_and_stored(summary, sessions)
+    assert_mixed_folder_tagged_and_stored(summary, sessions)
     with sessions() as s:
         failed = s.scalars(select(Clip).where(Clip.status == "failed")).all()
         assert all(c.error and c.source.startswith(str(folder.resolve())) for c in failed)
@@ -159,11 +128,11 @@ def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_u
 
 def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url, random_checkpoint):
     sessions = _fresh(pg_url)
-    folder = _make_folder(tmp_path / "in", good=9)
+    folder = make_mixed_folder(tmp_path / "in", good=9)
     job = PipelineJob(model_path=str(random_checkpoint), database_url=pg_url, device="cpu", batch_size=4)
     summary = ingest_job([folder], job, processes=2, progress=False)
     assert summary.not_audio == [str(folder / "readme.txt")]
-    _assert_folder_tagged_and_stored(summary, sessions)
+    assert_mixed_folder_tagged_and_stored(summary, sessions)
     again = ingest_job([folder], job, processes=2, progress=False)
     assert again.tagged == 0 and again.skipped == summary.tagged
 
@@ -171,9 +140,9 @@ def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url,
 def test_ingest_decoding_in_processes_tags_and_records_like_threads(tmp_path, pg_url, random_tagger):
     # What a GPU's ingest runs (one process tags, the others decode for it), here on CPU.
     sessions = _fresh(pg_url)
-    folder = _make_folder(tmp_path / "in", good=9)
+    folder = make_mixed_folder(tmp_path / "in", good=9)
     summary = ingest([folder], random_tagger, sessions, batch_size=4, progress=False, decode_processes=2)
-    _assert_folder_tagged_and_stored(summary, sessions)
+    assert_mixed_folder_tagged_and_stored(summary, sessions)
     with sessions() as s:
         in_processes = _stored_answers(s)
     with migrated_database("soundtag_ingest_threads") as (_, url):  # the same folder, decoded on threads

@@ -21,8 +21,13 @@ from tagger.pipeline import Payload
 from tagger.records import Status
 from tagger.stages import PipelineJob
 from tagger.tables import Clip, Tag
-from tests.helpers import KillsTheProcessThatReadsIt, audio_bytes, migrated_database
-from tests.integration.test_ingest import _assert_folder_tagged_and_stored, _make_folder
+from tests.helpers import (
+    KillsTheProcessThatReadsIt,
+    assert_mixed_folder_tagged_and_stored,
+    audio_bytes,
+    make_mixed_folder,
+    migrated_database,
+)
 
 ACCELERATOR = os.environ.get("SOUNDTAG_TEST_ACCELERATOR", "cuda")
 pytestmark = pytest.mark.skipif(ACCELERATOR == "cuda" and not torch.cuda.is_available(),
@@ -39,13 +44,13 @@ def _answers(url: str) -> tuple[list[tuple], dict[tuple[str, int], tuple[str, fl
 
 
 def test_ingest_on_the_accelerator_stores_what_the_cpu_stores(tmp_path, shipped_model_path):
-    folder = _make_folder(tmp_path / "in", good=9)
+    folder = make_mixed_folder(tmp_path / "in", good=9)
     with migrated_database("soundtag_gpu_ingest") as (_, on_gpu), \
             migrated_database("soundtag_cpu_ingest") as (_, on_cpu):
         # Three processes: on a GPU one tags and stores, two decode and compute log-mels for it.
         job = PipelineJob(model_path=str(shipped_model_path), database_url=on_gpu, device=ACCELERATOR, batch_size=4)
         summary = ingest_job([folder], job, processes=3, progress=False)
-        _assert_folder_tagged_and_stored(summary, db.session_factory(on_gpu))
+        assert_mixed_folder_tagged_and_stored(summary, db.session_factory(on_gpu))
         cpu_job = PipelineJob(model_path=str(shipped_model_path), database_url=on_cpu, device="cpu", batch_size=4)
         ingest_job([folder], cpu_job, processes=1, progress=False)
         (gpu_clips, gpu_tags), (cpu_clips, cpu_tags) = _answers(on_gpu), _answers(on_cpu)
