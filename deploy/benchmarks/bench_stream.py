@@ -110,6 +110,17 @@ def _start_workers(env: dict, log_paths: list[Path]) -> list[subprocess.Popen]:
     return procs
 
 
+def _create_topic(bootstrap: str, topic: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    admin.close()
+
+
+def _producer(bootstrap: str) -> KafkaProducer:
+    """The benchmark's publisher: room for a whole clip per message, batches of what 5 ms brings."""
+    return KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
+
+
 def _send(producer: KafkaProducer, topic: str, clip_id: str, value: bytes) -> None:
     producer.send(topic, key=clip_id.encode(), value=value,
                   headers=[("content-type", b"audio/ogg"), ("source", b"benchmark"),
@@ -132,16 +143,14 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
     worker's SOUNDTAG_WORKER_PROCESSES (0: its default, one stage process per core on CPU)."""
     run = uuid.uuid4().hex[:6]
     topic = f"audio-clips-{max_batch}-{run}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    admin.close()
+    _create_topic(bootstrap, topic)
     env = {"SOUNDTAG_DATABASE_URL": db_url, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap,
            "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": device,
            "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic,
            "SOUNDTAG_MAX_BATCH": str(max_batch), "SOUNDTAG_WORKER_PROCESSES": str(worker_processes)}
     log_paths = [work / f"worker-{max_batch}-{run}-{i}.log" for i in range(workers)]
     procs = _start_workers(env, log_paths)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
+    producer = _producer(bootstrap)
     try:
         warm = [f"warm-{run}-{i}" for i in range(4 * PARTITIONS)]  # keys that reach every partition
         watcher = RowWatcher(db_url, warm)
@@ -208,10 +217,8 @@ def consume_only_cpu_ms(bootstrap: str, clips: list[bytes], work: Path, max_batc
     (``deploy.benchmarks.consume_only``), in batches of ``max_batch`` as under load."""
     run = uuid.uuid4().hex[:6]
     topic = f"audio-clips-consume-{run}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    admin.close()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000, linger_ms=5)
+    _create_topic(bootstrap, topic)
+    producer = _producer(bootstrap)
     try:
         for i, value in enumerate(clips):
             _send(producer, topic, f"consume-{run}-{i}", value)
