@@ -126,10 +126,12 @@ def _quantize_u8(arrays: list[tuple[Key, np.ndarray]], bits: int
     out: dict[Key, tuple[np.ndarray, float, float]] = {}
     failed: dict[int, str] = {}
     for shape, group in by_shape.items():
-        x = np.stack([arr for _, arr in group]).astype(np.float64)
+        x = np.stack([arr for _, arr in group])
         flat = x.reshape(len(group), -1)
+        # The extremes in the arrays' own type (float32 → float64 is exact, so these are
+        # the float64 values); NaN and ±inf show up in them.
         if flat.shape[1]:
-            lo, hi = flat.min(axis=1), flat.max(axis=1)  # NaN and ±inf show up in these
+            lo, hi = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
         else:
             lo = hi = np.zeros(len(group))
         finite = np.isfinite(lo) & np.isfinite(hi)
@@ -137,21 +139,24 @@ def _quantize_u8(arrays: list[tuple[Key, np.ndarray]], bits: int
             for j in np.flatnonzero(~finite):
                 item, name = group[j][0]
                 failed.setdefault(item, f"{name}: non-finite values cannot be stored")
+            x = x.astype(np.float64)
             x[~finite], lo[~finite], hi[~finite] = 0.0, 0.0, 0.0  # quantised, then dropped
         scale = (hi - lo) / levels
         scale[scale == 0] = 1.0
         expand = (slice(None), *([None] * len(shape)))
-        # In place: a batch's stacked arrays are large, and every temporary the size of
-        # the stack costs a pass over fresh memory; without this, quantising the batch at
-        # once was no cheaper than clip by clip.
-        x -= lo[expand]
+        # Each step one pass over the stack, in place after the first (the conversion to
+        # float64 and the subtraction are one): a batch's stacked arrays are large, and
+        # every temporary the size of the stack costs a pass over fresh memory.
+        x = np.subtract(x, lo[expand], dtype=np.float64)
         x /= scale[expand]
-        np.rint(x, out=x)
-        np.clip(x, 0, levels, out=x)
-        q = x.astype(np.uint8)
+        # No clip to [0, levels]: every value is ≥ its array's lo, so x - lo ≥ 0 exactly,
+        # and (x - lo) / scale exceeds levels by rounding only, which rint takes back.
+        q = np.rint(x, out=x).astype(np.uint8)
         if len(shape) >= 2:
-            # uint8 arithmetic wraps modulo 256, and 2^bits divides 256.
-            q = np.diff(q, axis=DELTA_AXIS, prepend=np.uint8(0)) & np.uint8(levels)
+            # Each row's difference from the row before it; uint8 arithmetic wraps modulo
+            # 256, and 2^bits divides 256.
+            q[..., 1:, :] -= q[..., :-1, :].copy()
+            q &= np.uint8(levels)
         out.update({key: (q[j], float(lo[j]), float(hi[j])) for j, (key, _) in enumerate(group)})
     return out, failed
 
