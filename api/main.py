@@ -17,11 +17,11 @@ from api.metrics import MetricsMiddleware
 from api.routes import clips, original, system
 from api.text import control_character_problem
 from tagger import __version__
-from tagger.checkpoint import CheckpointError, ModelNotFoundError
 from tagger.config import Settings, get_settings
+from tagger.errors import CheckpointError, ModelNotFoundError, UntrainedModelError
 from tagger.inference import Tagger
 from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
-from tagger.startup import UntrainedModelError, load_tagger, open_database
+from tagger.startup import load_tagger, open_database
 
 log = logging.getLogger("soundtag.api")
 STATIC_DIR = Path(__file__).resolve().parent / "static"

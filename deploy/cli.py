@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from tagger.checkpoint import CheckpointError, ModelNotFoundError
 from tagger.config import database_label, get_settings
+from tagger.errors import CheckpointError, ModelNotFoundError, UntrainedModelError
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -226,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
-
-    from tagger.startup import UntrainedModelError
 
     try:
         get_settings()

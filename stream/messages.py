@@ -12,8 +12,7 @@ import json
 from datetime import UTC, datetime
 
 from tagger.audio import sniff_format
-from tagger.pipeline import Payload
-from tagger.records import ClipRecord
+from tagger.records import ClipRecord, Payload
 
 MESSAGE_OVERHEAD_BYTES = 64 * 1024  # key and headers on top of a clip's bytes, with room to spare
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "aiff": "audio/aiff",

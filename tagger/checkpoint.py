@@ -18,17 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, safe_open, save_file
 
+from tagger.errors import CheckpointError, ModelNotFoundError
 from tagger.features import PREPROCESSING
 from tagger.network import AudioCNN
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
-
-
-class CheckpointError(ValueError):
-    pass
-
 
 MISSING_MODEL_HELP = (
     "no trained model at {path}. Point SOUNDTAG_MODEL_PATH at a checkpoint "

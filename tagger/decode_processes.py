@@ -36,7 +36,7 @@ from typing import TypeVar
 
 import torch
 
-from tagger.pipeline import Payload
+from tagger.records import Payload
 
 log = logging.getLogger("soundtag.decode")
 T = TypeVar("T")

@@ -27,8 +27,8 @@ from tagger.audio import file_sha256
 from tagger.decode_processes import DecodeProcessError
 from tagger.files import find_audio_files
 from tagger.inference import Tagger
-from tagger.pipeline import Decoded, Payload
-from tagger.records import ClipRecord, Status
+from tagger.pipeline import Decoded
+from tagger.records import ClipRecord, Payload, Status
 from tagger.repository import tagged_ids
 from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner, tag_and_store
 

@@ -13,7 +13,6 @@ import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,19 +22,9 @@ from tagger import codec
 from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, file_sha256, sha256_hex
 from tagger.features import clip_log_mel
 from tagger.inference import Tagger, TagResult, waveform_envelope
-from tagger.records import CLIP_ID_MAX, ClipRecord, Status, clip_id_problem
+from tagger.records import CLIP_ID_MAX, ClipRecord, Payload, Status, clip_id_problem
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Payload:
-    data: bytes  # the file's bytes, or b"" when ``path`` is given
-    source: str
-    clip_id: str | None = None  # None: the content hash becomes the id
-    error: str | None = None  # set by the caller when the payload is already known bad
-    path: Path | None = None  # decode from disk in blocks instead of from ``data``
-    sha256: str | None = None  # of the bytes or the file, when the caller has it (hashed once)
 
 
 def features_row(result: TagResult) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""A clip's result as every layer passes it around: decoded, tagged or failed, stored, served.
+"""A clip as every layer passes it around: received (``Payload``), then decoded, tagged or
+failed, stored, served (``ClipRecord``).
 
-One type (``ClipRecord``) and one place for the statuses and the id limit, so the decoder,
-the model core and the stream never need the database layer to describe a clip.
+One place for these types, the statuses and the id limit, so the decoder, the model core
+and the stream never need the database layer (or torch) to describe a clip.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 CLIP_ID_MAX = 255  # characters; the clips table's primary key is this wide
@@ -17,6 +19,18 @@ CLIP_ID_MAX = 255  # characters; the clips table's primary key is this wide
 class Status(StrEnum):
     TAGGED = "tagged"
     FAILED = "failed"
+
+
+@dataclass
+class Payload:
+    """One clip as it arrives, before decoding: its bytes or its file, and where it came from."""
+
+    data: bytes  # the file's bytes, or b"" when ``path`` is given
+    source: str
+    clip_id: str | None = None  # None: the content hash becomes the id
+    error: str | None = None  # set by the caller when the payload is already known bad
+    path: Path | None = None  # decode from disk in blocks instead of from ``data``
+    sha256: str | None = None  # of the bytes or the file, when the caller has it (hashed once)
 
 
 @dataclass

@@ -27,8 +27,7 @@ from typing import Any, cast
 
 from tagger.decode_processes import DEATHS_IN_A_ROW_TO_STOP
 from tagger.device import cpu_cores
-from tagger.pipeline import Payload
-from tagger.records import ClipRecord
+from tagger.records import ClipRecord, Payload
 from tagger.stages import DatabaseUnavailable, PipelineJob, tag_and_store
 
 log = logging.getLogger("soundtag.worker")

@@ -32,8 +32,8 @@ from tagger.db import session_factory
 from tagger.decode_processes import DecodeProcesses
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
-from tagger.pipeline import Decoded, Payload, Tagged, decode_payloads, finish_records, run_model
-from tagger.records import ClipRecord, Status
+from tagger.pipeline import Decoded, Tagged, decode_payloads, finish_records, run_model
+from tagger.records import ClipRecord, Payload, Status
 from tagger.repository import save_clips
 
 log = logging.getLogger("soundtag.store")

@@ -7,11 +7,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tagger import db
 from tagger.checkpoint import read_metadata
 from tagger.config import Settings, get_settings
+from tagger.errors import UntrainedModelError
 from tagger.inference import Tagger
-
-
-class UntrainedModelError(RuntimeError):
-    pass
 
 
 def check_model(settings: Settings | None = None) -> None:

@@ -18,7 +18,7 @@ import soundfile as sf
 from sqlalchemy import func, select
 
 from tagger import db
-from tagger.pipeline import Payload
+from tagger.records import Payload
 from tagger.tables import Clip, ClipFeatures, Tag
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout

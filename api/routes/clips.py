@@ -24,8 +24,7 @@ from api.schemas import (
 from api.text import has_control_characters
 from tagger import repository
 from tagger.audio import READABLE_FORMATS, sha256_hex
-from tagger.pipeline import Payload
-from tagger.records import CLIP_ID_MAX, Status, clip_id_problem
+from tagger.records import CLIP_ID_MAX, Payload, Status, clip_id_problem
 from tagger.stages import StageRunner
 
 router = APIRouter(prefix="/api", tags=["clips"])

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from api.deps import AppState, get_runner, get_state, require_api_key
 from api.original_response import inference_response
 from api.schemas import InferenceRequest, InferenceResponse
-from tagger.pipeline import Payload
+from tagger.records import Payload
 from tagger.stages import StageRunner
 
 router = APIRouter(tags=["inference"])

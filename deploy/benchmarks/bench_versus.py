@@ -63,7 +63,8 @@ from tagger.audio import decode_file
 from tagger.db import session_factory
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
-from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
+from tagger.pipeline import decode_payloads, finish_records, run_model
+from tagger.records import Payload
 from tagger.repository import save_clips, tagged_ids
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 from stream.app import create_app
 from stream.worker import _StopWithinSeconds
 from tagger.config import get_settings
-from tagger.pipeline import Payload
-from tagger.records import ClipRecord, Status
+from tagger.records import ClipRecord, Payload, Status
 
 
 def _cpu_s() -> float:

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tagger.decode_processes import DIED, DecodeProcessError, DecodeProcesses
-from tagger.pipeline import Payload, _decode_one, decode_payloads
-from tagger.records import Status
+from tagger.pipeline import _decode_one, decode_payloads
+from tagger.records import Payload, Status
 from tests.helpers import KillsTheProcessThatReadsIt, audio_bytes, slow_to_read
 
 decode_one = functools.partial(_decode_one, max_duration_s=60, featurize=None)
@@ -132,7 +132,8 @@ def test_a_gpu_workers_runner_decodes_in_processes_and_tags_and_stores(monkeypat
 ORPHAN_SCRIPT = """
 import functools, os, signal
 from tagger.decode_processes import DecodeProcesses
-from tagger.pipeline import Payload, _decode_one
+from tagger.pipeline import _decode_one
+from tagger.records import Payload
 
 if __name__ == "__main__":
     pool = DecodeProcesses(2)

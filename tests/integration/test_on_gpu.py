@@ -17,8 +17,7 @@ from sqlalchemy import select
 
 from tagger import db
 from tagger.ingest_processes import ingest_job
-from tagger.pipeline import Payload
-from tagger.records import Status
+from tagger.records import Payload, Status
 from tagger.stages import PipelineJob
 from tagger.tables import Clip, Tag
 from tests.helpers import (

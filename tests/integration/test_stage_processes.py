@@ -10,8 +10,7 @@ import time
 import psycopg
 import pytest
 
-from tagger.pipeline import Payload
-from tagger.records import Status
+from tagger.records import Payload, Status
 from tagger.stage_processes import ProcessStageRunner, StageProcessError
 from tagger.stages import DatabaseUnavailable, PipelineJob
 from tests.helpers import (

@@ -12,7 +12,8 @@ from tests.helpers import REPO
 
 # Lower layers never import higher ones.
 LAYERS: list[set[str]] = [
-    {"tagger.records", "tagger.audio", "tagger.config", "tagger.device", "tagger.codec", "tagger.files"},
+    {"tagger.records", "tagger.errors", "tagger.audio", "tagger.config", "tagger.device", "tagger.codec",
+     "tagger.files"},
     {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.engine", "tagger.inference", "tagger.pipeline"},
     {"tagger.tables", "tagger.repository", "tagger.db", "migrations"},  # the store
     # wired to the store

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tagger.audio import sha256_hex
-from tagger.pipeline import Payload, decode_payloads, finish_records, run_model
-from tagger.records import CLIP_ID_MAX, Status
+from tagger.pipeline import decode_payloads, finish_records, run_model
+from tagger.records import CLIP_ID_MAX, Payload, Status
 from tests.helpers import audio_bytes
 
 
