@@ -92,9 +92,12 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
     # Enough clips that the run cannot end before the signal reaches it: 240 took 2.5 s here.
     folder = _many_clips(tmp_path / "many", 480)
     env = _cli_env(pg_url, random_checkpoint)
+    # SIGINT as a terminal delivers it, even where this suite was started with it ignored (a
+    # background job of a shell without job control): Python then installs no handler for it.
     proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8",
                              "--processes", processes],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_rows(sessions, 16, proc)
     proc.send_signal(signal.SIGINT)  # to the command alone: it hands its processes no more batches
     out, err = proc.communicate(timeout=120)
