@@ -24,6 +24,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+try:  # built with the package (setup.py); where it could not be, libsndfile decodes Ogg Vorbis
+    from tagger import _vorbis
+except ImportError:  # pragma: no cover - depends on the build
+    _vorbis = None  # type: ignore[assignment]
+
 SAMPLE_RATE = 44_100  # every decoded clip comes out mono at this rate (tagger.features builds on it)
 
 # Names that are audio even when the content is garbled (its owner should hear of it).
@@ -118,8 +123,8 @@ def decode_bytes(data: bytes, max_duration_s: float | None = None) -> DecodedAud
     data = bytes(data)
     if not data:
         raise AudioError("empty file: no audio data")
-    samples, rate, channels = _decode(lambda: io.BytesIO(data), data[:16], _wav_declared_frames(data[:4096], len(data)),
-                                      max_duration_s)
+    samples, rate, channels = _decode(data, lambda: io.BytesIO(data), data[:16],
+                                      _wav_declared_frames(data[:4096], len(data)), max_duration_s)
     return DecodedAudio(samples, rate, channels)
 
 
@@ -134,15 +139,22 @@ def decode_file(path: str | Path, max_duration_s: float | None = None) -> Decode
         raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
     if size == 0:
         raise AudioError("empty file: no audio data")
-    samples, rate, channels = _decode(lambda: open(path, "rb"), head[:16], _wav_declared_frames(head, size),
+    samples, rate, channels = _decode(str(path), lambda: open(path, "rb"), head[:16], _wav_declared_frames(head, size),
                                       max_duration_s)
     return DecodedAudio(samples, rate, channels)
 
 
-def _decode(open_source: Callable[[], BinaryIO], head: bytes, wav_frames: tuple[int, int] | None,
+def _decode(raw: str | bytes, open_source: Callable[[], BinaryIO], head: bytes, wav_frames: tuple[int, int] | None,
             max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
+    """``raw``: the file's path or its bytes, for the Vorbis reader; ``open_source`` the
+    same as a file object for the others."""
     fmt = sniff_format(head)
     errors = []
+    if fmt == "ogg" and _vorbis is not None:
+        decoded = _read_vorbis(raw, max_duration_s)
+        if decoded is not None:
+            samples, rate, channels = decoded
+            return samples, rate, channels
     # libsndfile first for what it reads (fast, exact); FFmpeg for the rest and as a
     # second opinion on what libsndfile refuses (a damaged Ogg FFmpeg still plays).
     # Content no container announces goes to libsndfile alone (it knows headerless and
@@ -228,6 +240,49 @@ def _read_libsndfile(source: BinaryIO, max_duration_s: float | None,
                 raise _Unreadable(_soundfile_reason(exc)) from None
             # A damaged tail: keep what decoded; a header that promised more says so below.
         return out.finish(), rate, channels, declared
+
+
+def _read_vorbis(raw: str | bytes, max_duration_s: float | None) -> tuple[np.ndarray, int, int] | None:
+    """A clean Ogg Vorbis file through libvorbisfile (``tagger._vorbis``), or None.
+
+    None for anything irregular (Opus in Ogg, a damaged page, a chained stream, fewer
+    frames than the last page promised): libsndfile and FFmpeg then read the file as
+    they would without this reader, so their answers and error messages stay the ones
+    users see. A cut-off file decodes to its last whole page, as FFmpeg decodes it.
+    """
+    assert _vorbis is not None
+    try:
+        reader = _vorbis.Reader(raw)
+    except (_vorbis.VorbisError, OSError):
+        return None
+    with reader:
+        rate, channels, declared = reader.rate, reader.channels, reader.frames
+        if (reader.streams != 1 or declared <= 0 or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
+                or not 0 < channels <= 64):
+            return None
+        _refuse_declared_length(declared, rate, max_duration_s)
+        out = _MonoResampler(rate, max_duration_s, declared)
+        # Mono at the model's rate is decoded straight into the output buffer.
+        direct = channels == 1 and rate == SAMPLE_RATE
+        block = np.empty((0 if direct else BLOCK_FRAMES, channels), np.float32)
+        try:
+            while True:
+                target = out.direct_target(BLOCK_FRAMES) if direct else None
+                if target is not None:
+                    got = reader.read_into(target)
+                    if got:
+                        out.added_directly(got)
+                else:
+                    got = reader.read_into(block)
+                    if got:
+                        out.add(block[:got])
+                if not got:
+                    break
+        except _vorbis.VorbisError:
+            return None
+    if out.frames_in != declared:
+        return None
+    return out.finish(), rate, channels
 
 
 def _read_ffmpeg(source: BinaryIO, max_duration_s: float | None,

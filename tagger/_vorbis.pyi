@@ -1,0 +1,20 @@
+# Types of the compiled module built from tagger/native/vorbis_reader.c (setup.py).
+from os import PathLike
+from types import TracebackType
+from typing import Any, Self
+
+from typing_extensions import Buffer
+
+class VorbisError(ValueError): ...
+
+class Reader:
+    channels: int
+    rate: int
+    frames: int  # -1: the stream cannot tell
+    streams: int
+    def __init__(self, source: str | PathLike[str] | Buffer) -> None: ...
+    def read_into(self, buffer: Any) -> int: ...  # a writable C-contiguous float32 array
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> bool: ...

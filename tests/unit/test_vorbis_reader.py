@@ -1,0 +1,90 @@
+"""The Ogg Vorbis fast path (tagger._vorbis, libvorbisfile): the samples libsndfile gives,
+and every irregular file handed back to libsndfile and FFmpeg untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tagger.audio as audio
+from tagger import _vorbis
+from tagger.audio import AudioError, decode_bytes, decode_file
+from tagger.config import SAMPLES_DIR
+from tests.helpers import audio_bytes
+
+ESC50_SAMPLE = sorted(SAMPLES_DIR.glob("*.ogg"))[0]
+
+
+def _without_reader(monkeypatch: pytest.MonkeyPatch, decode, source):
+    """What ``decode`` gives with libsndfile and FFmpeg alone (the path before the reader)."""
+    with monkeypatch.context() as m:
+        m.setattr(audio, "_vorbis", None)
+        return decode(source)
+
+
+def test_the_reader_is_built_with_the_package():
+    # Optional in setup.py so an install never fails over it; a missing build would only
+    # make decoding slower, so the suite says so here.
+    assert audio._vorbis is _vorbis
+
+
+@pytest.mark.parametrize("decode,source", [(decode_file, ESC50_SAMPLE), (decode_bytes, ESC50_SAMPLE.read_bytes())])
+def test_an_esc50_clip_decodes_as_libsndfile_decodes_it(monkeypatch, decode, source):
+    fast, slow = decode(source), _without_reader(monkeypatch, decode, source)
+    assert (fast.sample_rate, fast.channels, len(fast.samples)) == (slow.sample_rate, slow.channels, len(slow.samples))
+    assert len(fast.samples) == 5 * 44100
+    # The same libvorbis, built with other flags: float rounding apart, the same samples.
+    assert np.abs(fast.samples - slow.samples).max() < 1e-5
+
+
+def test_file_and_bytes_give_the_same_samples():
+    assert np.array_equal(decode_file(ESC50_SAMPLE).samples, decode_bytes(ESC50_SAMPLE.read_bytes()).samples)
+
+
+@pytest.mark.parametrize("rate,channels", [(44100, 2), (48000, 1), (22050, 6)])
+def test_other_rates_and_channel_counts_are_downmixed_and_resampled_alike(monkeypatch, rate, channels):
+    data = audio_bytes("OGG", seconds=1.0, sr=rate, channels=channels)
+    with _vorbis.Reader(data) as reader:
+        assert (reader.rate, reader.channels, reader.streams) == (rate, channels, 1)
+    fast, slow = decode_bytes(data), _without_reader(monkeypatch, decode_bytes, data)
+    assert len(fast.samples) == len(slow.samples)
+    assert np.abs(fast.samples - slow.samples).max() < 1e-4
+
+
+def test_a_chained_file_is_left_to_libsndfile(monkeypatch):
+    chained = audio_bytes("OGG", 0.5, seed=1) + audio_bytes("OGG", 0.5, seed=2)
+    with _vorbis.Reader(chained) as reader:
+        assert reader.streams == 2
+    assert audio._read_vorbis(chained, None) is None
+    assert np.array_equal(decode_bytes(chained).samples, _without_reader(monkeypatch, decode_bytes, chained).samples)
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.7, 0.97])
+def test_a_cut_off_file_decodes_to_its_last_whole_page_as_ffmpeg_did(monkeypatch, cut):
+    data = ESC50_SAMPLE.read_bytes()
+    data = data[: int(len(data) * cut)]
+    fast, before = decode_bytes(data), _without_reader(monkeypatch, decode_bytes, data)
+    assert len(fast.samples) == len(before.samples) < 5 * 44100 * cut
+    assert np.abs(fast.samples - before.samples).max() < 1e-5
+
+
+def test_opus_in_ogg_is_not_vorbis():
+    with pytest.raises(_vorbis.VorbisError):
+        _vorbis.Reader(audio_bytes("OGG", 0.5, sr=48000, subtype="OPUS"))
+
+
+def test_the_duration_limit_holds(monkeypatch):
+    with pytest.raises(AudioError, match="over the limit of 2 s"):
+        decode_file(ESC50_SAMPLE, max_duration_s=2)
+
+
+def test_reader_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        _vorbis.Reader(tmp_path / "missing.ogg")
+    with pytest.raises(_vorbis.VorbisError, match=r"not Vorbis data \(libvorbisfile error -132\)"):
+        _vorbis.Reader(b"OggS" + bytes(200))
+    with _vorbis.Reader(ESC50_SAMPLE) as reader:
+        with pytest.raises(TypeError, match="float32"):
+            reader.read_into(np.zeros(100, np.float64))
+    with pytest.raises(ValueError, match="closed"):
+        reader.read_into(np.zeros(100, np.float32))
