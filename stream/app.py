@@ -22,6 +22,8 @@ import asyncio
 import logging
 import os
 import signal
+import tempfile
+from pathlib import Path
 from typing import cast
 
 import faust
@@ -144,6 +146,21 @@ class SoundtagApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def faust_datadir(settings: Settings) -> Path:
+    """Where Faust keeps its folders (empty here: the tables' store is memory://).
+
+    Faust's default is ``<group>-data`` in the working directory, which a service user
+    often may not write (the image's /app belongs to root) and which it leaves behind."""
+    name = settings.consumer_group.replace("{", "{{").replace("}", "}}")  # Faust formats the path
+    for base in (settings.cache_dir / "faust", Path(tempfile.gettempdir()) / f"soundtag-faust-{os.getuid()}"):
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        return base / name
+    raise RuntimeError(f"no writable folder for the worker's data: {settings.cache_dir} nor {tempfile.gettempdir()}")
+
+
 def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
     """The worker's app; ``runner`` tags and stores each batch (``StageRunner`` in this
     process, or ``ProcessStageRunner`` in one process per core)."""
@@ -151,6 +168,7 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=faust_datadir(settings),
         web_enabled=False,  # several workers per host; /metrics lives in the API
         topic_partitions=8,
         consumer_auto_offset_reset="earliest",
