@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -123,8 +123,7 @@ def decode_bytes(data: bytes, max_duration_s: float | None = None) -> DecodedAud
     data = bytes(data)
     if not data:
         raise AudioError("empty file: no audio data")
-    samples, rate, channels = _decode(data, lambda: io.BytesIO(data), data[:16],
-                                      _wav_declared_frames(data[:4096], len(data)), max_duration_s)
+    samples, rate, channels = _decode(data, data[:16], _wav_declared_frames(data[:4096], len(data)), max_duration_s)
     return DecodedAudio(samples, rate, channels)
 
 
@@ -139,22 +138,17 @@ def decode_file(path: str | Path, max_duration_s: float | None = None) -> Decode
         raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
     if size == 0:
         raise AudioError("empty file: no audio data")
-    samples, rate, channels = _decode(str(path), lambda: open(path, "rb"), head[:16], _wav_declared_frames(head, size),
-                                      max_duration_s)
+    samples, rate, channels = _decode(path, head[:16], _wav_declared_frames(head, size), max_duration_s)
     return DecodedAudio(samples, rate, channels)
 
 
-def _decode(raw: str | bytes, open_source: Callable[[], BinaryIO], head: bytes, wav_frames: tuple[int, int] | None,
+def _decode(raw: Path | bytes, head: bytes, wav_frames: tuple[int, int] | None,
             max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
-    """``raw``: the file's path or its bytes, for the Vorbis reader; ``open_source`` the
-    same as a file object for the others."""
+    """``raw``: the file's path or its bytes."""
     fmt = sniff_format(head)
+    if fmt == "ogg" and _vorbis is not None and (decoded := _read_vorbis(raw, max_duration_s)) is not None:
+        return decoded
     errors = []
-    if fmt == "ogg" and _vorbis is not None:
-        decoded = _read_vorbis(raw, max_duration_s)
-        if decoded is not None:
-            samples, rate, channels = decoded
-            return samples, rate, channels
     # libsndfile first for what it reads (fast, exact); FFmpeg for the rest and as a
     # second opinion on what libsndfile refuses (a damaged Ogg FFmpeg still plays).
     # Content no container announces goes to libsndfile alone (it knows headerless and
@@ -167,7 +161,7 @@ def _decode(raw: str | bytes, open_source: Callable[[], BinaryIO], head: bytes, 
         readers = [_read_ffmpeg]
     for reader in readers:
         try:
-            with open_source() as source:
+            with open(raw, "rb") if isinstance(raw, Path) else io.BytesIO(raw) as source:
                 samples, rate, channels, declared = reader(source, max_duration_s, wav_frames)
             break
         except _Unreadable as exc:
@@ -242,7 +236,7 @@ def _read_libsndfile(source: BinaryIO, max_duration_s: float | None,
         return out.finish(), rate, channels, declared
 
 
-def _read_vorbis(raw: str | bytes, max_duration_s: float | None) -> tuple[np.ndarray, int, int] | None:
+def _read_vorbis(raw: Path | bytes, max_duration_s: float | None) -> tuple[np.ndarray, int, int] | None:
     """A clean Ogg Vorbis file through libvorbisfile (``tagger._vorbis``), or None.
 
     None for anything irregular (Opus in Ogg, a damaged page, a chained stream, fewer
@@ -257,22 +251,26 @@ def _read_vorbis(raw: str | bytes, max_duration_s: float | None) -> tuple[np.nda
         return None
     with reader:
         rate, channels, declared = reader.rate, reader.channels, reader.frames
-        if (reader.streams != 1 or declared <= 0 or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
-                or not 0 < channels <= 64):
+        if reader.streams != 1 or declared <= 0:
             return None
+        try:
+            _check_stream(rate, channels)
+        except AudioError:
+            return None  # libsndfile refuses it in its own words
         _refuse_declared_length(declared, rate, max_duration_s)
         out = _MonoResampler(rate, max_duration_s, declared)
-        # Mono at the model's rate is decoded straight into the output buffer.
-        direct = channels == 1 and rate == SAMPLE_RATE
-        block = np.empty((0 if direct else BLOCK_FRAMES, channels), np.float32)
+        block = None
         try:
             while True:
-                target = out.direct_target(BLOCK_FRAMES) if direct else None
+                # As in _read_libsndfile: mono at the model's rate straight into the output.
+                target = out.direct_target(BLOCK_FRAMES) if channels == 1 else None
                 if target is not None:
                     got = reader.read_into(target)
                     if got:
                         out.added_directly(got)
                 else:
+                    if block is None:
+                        block = np.empty((BLOCK_FRAMES, channels), np.float32)
                     got = reader.read_into(block)
                     if got:
                         out.add(block[:got])

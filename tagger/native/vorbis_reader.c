@@ -124,7 +124,7 @@ static int reader_init(Reader *self, PyObject *args, PyObject *kwds) {
     }
     self->open = 1;
     vorbis_info *info = ov_info(&self->vf, -1);
-    if (info == NULL) {
+    if (info == NULL || info->channels < 1) {  /* read_into divides by the channels */
         reader_close(self);
         raise_ov(OV_EBADHEADER);
         return -1;
