@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -184,17 +185,28 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
                       partitions=app.conf.topic_partitions)
     tags = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    tags_topic, dlq_topic = tags.get_topic_name(), dlq.get_topic_name()
     async def tag_batch(messages: list) -> None:
         try:
             records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
                                         for m in messages])
+            # The producer itself, not Topic.send: that asks App.maybe_start_producer for it
+            # per message, whose stampede guard yields to the event loop three times, so the
+            # sender went out between messages with a produce request for every one to
+            # three events. None of these sends yields: a batch's events go out together.
+            producer = await app.maybe_start_producer()
+            tagged_at = datetime.now(UTC)
+            deliveries = []
             for message, record in zip(messages, records, strict=True):
                 if record.status == Status.TAGGED:
-                    await tags.send(key=record.clip_id.encode(), value=encode_event(record))
+                    topic, key, value = tags_topic, record.clip_id.encode(), encode_event(record, tagged_at)
+                    headers = None
                 else:
-                    await dlq.send(key=message.key, value=message.value or b"",
-                                   headers=dlq_headers(message.headers, record.error or "unknown error"))
-            await app.producer.flush()
+                    topic, key, value = dlq_topic, message.key, message.value or b""
+                    headers = dlq_headers(message.headers, record.error or "unknown error")
+                deliveries.append(await producer.send(topic, key, value, partition=None, timestamp=None,
+                                                      headers=headers))
+            await asyncio.gather(*deliveries)  # raises if the broker refused one: nothing is released then
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # DatabaseUnavailable, or a fault of the producer or of this code

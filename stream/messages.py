@@ -42,19 +42,20 @@ def payload_from_message(key: bytes | None, value: bytes | None, topic: str, par
     return Payload(data=data, source=source, clip_id=clip_id)
 
 
-def tag_event(record: ClipRecord) -> dict:
+def tag_event(record: ClipRecord, tagged_at: datetime | None = None) -> dict:
     return {
         "clip_id": record.clip_id,
         "source": record.source,
         "top3": [{"label": label, "confidence": round(conf, 6)} for label, conf in record.top3],
         "model_version": record.model_version,
         "duration_s": record.duration_s,
-        "tagged_at": datetime.now(UTC).isoformat(),
+        "tagged_at": (tagged_at or datetime.now(UTC)).isoformat(),
     }
 
 
-def encode_event(record: ClipRecord) -> bytes:
-    return json.dumps(tag_event(record)).encode()
+def encode_event(record: ClipRecord, tagged_at: datetime | None = None) -> bytes:
+    """The ``audio-tags`` event; ``tagged_at`` defaults to now (a batch passes one for all)."""
+    return json.dumps(tag_event(record, tagged_at)).encode()
 
 
 def dlq_headers(original: list[tuple[str, bytes]] | dict | None, error: str) -> list[tuple[str, bytes]]:

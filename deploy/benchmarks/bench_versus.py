@@ -241,6 +241,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ingest_to_per_file_ratio": round(ingest_rate / alt_rate, 2),
         "stream_to_per_file_ratio": round(stream_rate / alt_rate, 2),
         "stream_cpu_ms_per_clip": stream_cpu,
+        "stream_worker_main_cpu_ms_per_clip_rounds": [run["worker_main_cpu_ms_per_clip"]
+                                                      for run in streams["processes"]],
         "stream_cores_busy_rounds": [run["cores_busy"] for run in streams["processes"]],
         "stream_bound_clips_per_s": round(statistics.mean(stream_bounds["processes"]), 1),
         "stream_efficiency": round(statistics.mean(stream_efficiency["processes"]), 2),
