@@ -19,6 +19,7 @@ before it is acknowledged and released (``_Consumer._new_offset``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import cast
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -44,6 +46,30 @@ from tagger.records import Status
 from tagger.stages import BatchRunner, DatabaseUnavailable
 
 log = logging.getLogger("soundtag.worker")
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Refused as too large, by the producer before sending (Faust wraps its error) or by the broker."""
+    return isinstance(exc, MessageSizeTooLargeError) or isinstance(exc.__cause__, MessageSizeTooLargeError)
+
+
+async def _send_dead_letter(producer, topic: str, message, error: str, without_clip: bool = False):
+    """The failed clip's message to the dead-letter topic with its error; its delivery future.
+
+    One too large for the producer goes without the clip's bytes, its error saying so: a
+    dead letter that can never be sent would stop the worker on it at every restart."""
+    value = message.value or b""
+    if not without_clip:
+        try:
+            return await producer.send(topic, message.key, value, partition=None, timestamp=None,
+                                       headers=dlq_headers(message.headers, error))
+        except Exception as exc:
+            if not _too_large(exc):
+                raise
+    error = (f"{error} [the clip's {len(value)} bytes are left out of this dead letter: more than the worker's "
+             "producer or the broker takes in one message (SOUNDTAG_KAFKA_MAX_MESSAGE_BYTES)]")
+    return await producer.send(topic, message.key, b"", partition=None, timestamp=None,
+                               headers=dlq_headers(message.headers, error))
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -196,17 +222,29 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
             # three events. None of these sends yields: a batch's events go out together.
             producer = await app.maybe_start_producer()
             tagged_at = datetime.now(UTC)
-            deliveries = []
+            sends = []  # (how to send it again, its delivery)
             for message, record in zip(messages, records, strict=True):
                 if record.status == Status.TAGGED:
-                    topic, key, value = tags_topic, record.clip_id.encode(), encode_event(record, tagged_at)
-                    headers = None
+                    event = functools.partial(producer.send, tags_topic, record.clip_id.encode(),
+                                              encode_event(record, tagged_at), partition=None, timestamp=None,
+                                              headers=None)
+                    sends.append((event, await event()))
                 else:
-                    topic, key, value = dlq_topic, message.key, message.value or b""
-                    headers = dlq_headers(message.headers, record.error or "unknown error")
-                deliveries.append(await producer.send(topic, key, value, partition=None, timestamp=None,
-                                                      headers=headers))
-            await asyncio.gather(*deliveries)  # raises if the broker refused one: nothing is released then
+                    error = record.error or "unknown error"
+                    sends.append((functools.partial(_send_dead_letter, producer, dlq_topic, message, error,
+                                                    without_clip=True),
+                                  await _send_dead_letter(producer, dlq_topic, message, error)))
+            # A refused message stops the worker below with the batch held, except one refused
+            # as too large: the broker fails a partition's whole request for one, so that
+            # request's messages go again, its dead letters without their clips.
+            outcomes = await asyncio.gather(*(delivery for _, delivery in sends), return_exceptions=True)
+            retries = []
+            for (again, _), outcome in zip(sends, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if not _too_large(outcome):
+                        raise outcome
+                    retries.append(await again())
+            await asyncio.gather(*retries)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # DatabaseUnavailable, or a fault of the producer or of this code

@@ -3,7 +3,7 @@
 Input ``audio-clips``: key = clip id (UTF-8), value = the audio file's bytes, headers
 ``content-type``, ``source``, ``sent-at``. Output ``audio-tags``: one JSON event per
 tagged clip. Dead letters ``audio-clips-dlq``: the original message plus an ``error``
-header.
+header (without the clip's bytes where they are more than the producer or broker takes).
 """
 
 from __future__ import annotations

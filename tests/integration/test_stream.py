@@ -199,9 +199,12 @@ def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(wor
         (f"truncated-{tag}".encode(), _clip(7)[:30]),
         (f"long-{tag}".encode(), _thirty_minute_flac()),
         (None, _clip(8)),
+        # more than the worker's producer takes (SOUNDTAG_KAFKA_MAX_MESSAGE_BYTES, 1 MiB): its
+        # dead letter goes without the clip instead of stopping the worker at every restart
+        (f"huge-{tag}".encode(), os.urandom(1_200_000)),
     ]
     _send(producer, [good[0], poison[0], good[1], poison[1], good[2], poison[2], good[3], poison[3], good[4],
-                     poison[4], good[5]])
+                     poison[4], good[5], poison[5]])
     good_ids = [k.decode() for k, _ in good]
     bad_ids = [k.decode() for k, _ in poison if k]
     _wait_rows(stream_db[1], good_ids + bad_ids)
@@ -213,10 +216,13 @@ def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(wor
     keyless = _query(stream_db[1], "SELECT error FROM clips WHERE source = id AND error LIKE %s",
                      ("message has no key%",))
     assert keyless
-    dead = _read_topic(broker, "audio-clips-dlq", 5)
+    dead = _read_topic(broker, "audio-clips-dlq", 6)
     errors = {(m.key or b"").decode(): dict(m.headers).get("error", b"").decode() for m in dead}
     for k in [*bad_ids, ""]:
         assert errors.get(k), f"{k!r} missing from the DLQ"
+    huge = next(m for m in dead if m.key == f"huge-{tag}".encode())
+    assert huge.value == b"" and "1200000 bytes are left out of this dead letter" in errors[f"huge-{tag}"]
+    assert next(m for m in dead if m.key == f"random-{tag}".encode()).value == poison[0][1]
     assert worker.proc.poll() is None  # still running
 
 
