@@ -19,7 +19,6 @@ before it is acknowledged and released (``_Consumer._new_offset``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -209,9 +208,6 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
     )
     clips = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw",
                       partitions=app.conf.topic_partitions)
-    tags = app.topic(settings.output_topic, key_serializer="raw", value_serializer="raw")
-    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    tags_topic, dlq_topic = tags.get_topic_name(), dlq.get_topic_name()
     async def tag_batch(messages: list) -> None:
         try:
             records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
@@ -222,28 +218,26 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
             # three events. None of these sends yields: a batch's events go out together.
             producer = await app.maybe_start_producer()
             tagged_at = datetime.now(UTC)
-            sends = []  # (how to send it again, its delivery)
-            for message, record in zip(messages, records, strict=True):
+
+            async def publish(message, record, without_clip: bool = False):
                 if record.status == Status.TAGGED:
-                    event = functools.partial(producer.send, tags_topic, record.clip_id.encode(),
-                                              encode_event(record, tagged_at), partition=None, timestamp=None,
-                                              headers=None)
-                    sends.append((event, await event()))
-                else:
-                    error = record.error or "unknown error"
-                    sends.append((functools.partial(_send_dead_letter, producer, dlq_topic, message, error,
-                                                    without_clip=True),
-                                  await _send_dead_letter(producer, dlq_topic, message, error)))
+                    return await producer.send(settings.output_topic, record.clip_id.encode(),
+                                               encode_event(record, tagged_at), partition=None, timestamp=None,
+                                               headers=None)
+                return await _send_dead_letter(producer, settings.dlq_topic, message,
+                                               record.error or "unknown error", without_clip)
+
+            deliveries = [await publish(m, r) for m, r in zip(messages, records, strict=True)]
             # A refused message stops the worker below with the batch held, except one refused
             # as too large: the broker fails a partition's whole request for one, so that
             # request's messages go again, its dead letters without their clips.
-            outcomes = await asyncio.gather(*(delivery for _, delivery in sends), return_exceptions=True)
+            outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
             retries = []
-            for (again, _), outcome in zip(sends, outcomes, strict=True):
+            for message, record, outcome in zip(messages, records, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     if not _too_large(outcome):
                         raise outcome
-                    retries.append(await again())
+                    retries.append(await publish(message, record, without_clip=True))
             await asyncio.gather(*retries)
         except asyncio.CancelledError:
             raise
