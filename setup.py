@@ -1,5 +1,8 @@
 """The one compiled part: tagger._vorbis, libvorbisfile for Ogg Vorbis (tagger/native).
 
+libvorbis's inverse MDCT runs through PFFFT (tagger/native/imdct_pffft.c and pffft/,
+vendored from Debian 12's libsoxr sources).
+
 Everything else is in pyproject.toml. The extension is optional: where it does not
 build, tagger.audio decodes Ogg Vorbis with libsndfile as before, only slower.
 """
@@ -17,13 +20,15 @@ VORBIS_SOURCES = ["analysis.c", "bitrate.c", "block.c", "codebook.c", "envelope.
 
 vorbis = Extension(
     "tagger._vorbis",
-    sources=[str(NATIVE / "vorbis_reader.c")]
+    sources=[str(NATIVE / "vorbis_reader.c"), str(NATIVE / "imdct_pffft.c")]
     + [str(NATIVE / "libogg/src" / name) for name in OGG_SOURCES]
     + [str(NATIVE / "libvorbis/lib" / name) for name in VORBIS_SOURCES],
-    include_dirs=[str(NATIVE / "libogg/include"), str(NATIVE / "libvorbis/include"), str(NATIVE / "libvorbis/lib")],
+    include_dirs=[str(NATIVE), str(NATIVE / "pffft"), str(NATIVE / "libogg/include"),
+                  str(NATIVE / "libvorbis/include"), str(NATIVE / "libvorbis/lib")],
     define_macros=[("HAVE_ALLOCA_H", "1")],
     # -O3 for the decoder's loops (about a tenth faster than -O2); no -march, so the
-    # build runs on any x86-64 and gives the same samples on every one.
+    # build runs on any x86-64 and gives the same samples on every one (PFFFT's kernels
+    # are SSE, which every x86-64 has; elsewhere PFFFT compiles its scalar fallback).
     extra_compile_args=["-O3", "-w"],
     libraries=["m"],
     optional=True,

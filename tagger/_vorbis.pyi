@@ -7,6 +7,10 @@ from typing_extensions import Buffer
 
 class VorbisError(ValueError): ...
 
+# For the tests: one block's inverse MDCT (n/2 float32 coefficients into n float32 samples),
+# through PFFFT as decoding runs it or, with fast=False, libvorbis's own butterflies.
+def inverse_mdct(coefficients: Buffer, out: Buffer, fast: bool = True) -> None: ...
+
 class Reader:
     channels: int
     rate: int

@@ -7,11 +7,14 @@
  * package at -O3, and fills the caller's buffer in one call per block with the GIL
  * released. tagger.audio uses it for clean single-stream files only and hands anything
  * irregular to libsndfile and FFmpeg as before, so it adds no new way to fail.
+ * libvorbis's inverse MDCT, its largest cost, runs through PFFFT (imdct_pffft.c).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
 #include <vorbis/vorbisfile.h>
+
+#include "mdct.h"
 
 typedef struct {
     Py_buffer view;       /* the encoded bytes, held while the reader lives */
@@ -244,8 +247,46 @@ static PyTypeObject ReaderType = {
     .tp_getset = reader_getset,
 };
 
+/* For the tests: one block's inverse MDCT, n/2 float32 coefficients into n samples,
+ * through PFFFT (what decoding runs) or, with fast false, libvorbis's own butterflies. */
+static PyObject *inverse_mdct(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer in, out;
+    int fast = 1;
+    if (!PyArg_ParseTuple(args, "y*w*|p", &in, &out, &fast)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = out.len / (Py_ssize_t)sizeof(float);
+    if (n < 64 || n > 8192 || (n & (n - 1)) || out.len != n * (Py_ssize_t)sizeof(float) ||
+        in.len != n / 2 * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "inverse_mdct takes n/2 float32 coefficients and n float32 samples, "
+                                          "n a power of 2 from 64 to 8192");
+        goto done;
+    }
+    mdct_lookup lookup;
+    mdct_init(&lookup, (int)n);
+    if (fast && lookup.fast == NULL) {
+        mdct_clear(&lookup);
+        PyErr_NoMemory();
+        goto done;
+    }
+    struct imdct_fast *kept = lookup.fast;
+    if (!fast) lookup.fast = NULL;
+    mdct_backward(&lookup, (float *)in.buf, (float *)out.buf);
+    lookup.fast = kept;
+    mdct_clear(&lookup);
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"inverse_mdct", inverse_mdct, METH_VARARGS, "inverse_mdct(coefficients, out, fast=True): one block's inverse MDCT"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef vorbis_module = {
-    PyModuleDef_HEAD_INIT, "tagger._vorbis", "Ogg Vorbis decoding through libvorbisfile.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "tagger._vorbis", "Ogg Vorbis decoding through libvorbisfile.", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__vorbis(void) {

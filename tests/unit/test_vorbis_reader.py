@@ -88,3 +88,37 @@ def test_reader_errors_are_clear(tmp_path):
             reader.read_into(np.zeros(100, np.float64))
     with pytest.raises(ValueError, match="closed"):
         reader.read_into(np.zeros(100, np.float32))
+
+
+def _textbook_inverse_mdct(coefficients: np.ndarray) -> np.ndarray:
+    """out[j] = sum_k X[k] cos(2 pi / n (j + 1/2 + n/4) (k + 1/2)), in float64."""
+    n = 2 * len(coefficients)
+    j, k = np.arange(n)[:, None], np.arange(n // 2)[None, :]
+    return np.cos(2 * np.pi / n * (j + 0.5 + n / 4) * (k + 0.5)) @ coefficients.astype(np.float64)
+
+
+@pytest.mark.parametrize("n", [64, 128, 256, 512, 1024, 2048, 4096, 8192])
+def test_the_pffft_inverse_mdct_is_libvorbis_transform(n):
+    # Decoding runs libvorbis's inverse MDCT through PFFFT (tagger/native/imdct_pffft.c):
+    # the same transform as libvorbis's butterflies, to float rounding, at every Vorbis
+    # block size.
+    coefficients = np.random.default_rng(n).standard_normal(n // 2).astype(np.float32)
+    fast, butterflies = np.empty(n, np.float32), np.empty(n, np.float32)
+    _vorbis.inverse_mdct(coefficients, fast)
+    _vorbis.inverse_mdct(coefficients, butterflies, False)
+    exact = _textbook_inverse_mdct(coefficients)
+    peak = np.abs(exact).max()
+    assert np.abs(fast - exact).max() <= 1e-6 * peak
+    assert np.abs(fast - exact).max() <= 2 * np.abs(butterflies - exact).max() + 1e-7 * peak
+    # mapping0.c transforms each block in place: the coefficients in the output's first half.
+    in_place = np.zeros(n, np.float32)
+    in_place[: n // 2] = coefficients
+    _vorbis.inverse_mdct(in_place[: n // 2], in_place)
+    assert np.array_equal(in_place, fast)
+
+
+def test_inverse_mdct_refuses_sizes_vorbis_never_has():
+    with pytest.raises(ValueError, match="power of 2"):
+        _vorbis.inverse_mdct(np.zeros(48, np.float32), np.zeros(96, np.float32))
+    with pytest.raises(ValueError, match="power of 2"):
+        _vorbis.inverse_mdct(np.zeros(100, np.float32), np.zeros(256, np.float32))

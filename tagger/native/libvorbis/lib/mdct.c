@@ -44,6 +44,7 @@
 #include "mdct.h"
 #include "os.h"
 #include "misc.h"
+#include "imdct_pffft.h" /* soundtag */
 
 /* build lookups for trig functions; also pre-figure scaling and
    some window function algebra. */
@@ -87,6 +88,7 @@ void mdct_init(mdct_lookup *lookup,int n){
     }
   }
   lookup->scale=FLOAT_CONV(4.f/n);
+  lookup->fast=imdct_fast_new(n); /* soundtag */
 }
 
 /* 8 point butterfly (in place, 4 register) */
@@ -339,6 +341,7 @@ void mdct_clear(mdct_lookup *l){
   if(l){
     if(l->trig)_ogg_free(l->trig);
     if(l->bitrev)_ogg_free(l->bitrev);
+    imdct_fast_free(l->fast); /* soundtag */
     memset(l,0,sizeof(*l));
   }
 }
@@ -394,6 +397,10 @@ STIN void mdct_bitreverse(mdct_lookup *init,
 }
 
 void mdct_backward(mdct_lookup *init, DATA_TYPE *in, DATA_TYPE *out){
+  if(init->fast){ /* soundtag */
+    imdct_fast_backward(init->fast,in,out);
+    return;
+  }
   int n=init->n;
   int n2=n>>1;
   int n4=n>>2;

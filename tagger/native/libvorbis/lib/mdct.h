@@ -60,6 +60,7 @@ typedef struct {
   int       *bitrev;
 
   DATA_TYPE scale;
+  struct imdct_fast *fast; /* soundtag: mdct_backward through PFFFT (imdct_pffft.c), or NULL */
 } mdct_lookup;
 
 extern void mdct_init(mdct_lookup *lookup,int n);
