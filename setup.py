@@ -20,7 +20,7 @@ VORBIS_SOURCES = ["analysis.c", "bitrate.c", "block.c", "codebook.c", "envelope.
 
 vorbis = Extension(
     "tagger._vorbis",
-    sources=[str(NATIVE / "vorbis_reader.c"), str(NATIVE / "imdct_pffft.c")]
+    sources=[str(NATIVE / "vorbis_reader.c"), str(NATIVE / "imdct_pffft.c"), str(NATIVE / "book_cache.c")]
     + [str(NATIVE / "libogg/src" / name) for name in OGG_SOURCES]
     + [str(NATIVE / "libvorbis/lib" / name) for name in VORBIS_SOURCES],
     include_dirs=[str(NATIVE), str(NATIVE / "pffft"), str(NATIVE / "libogg/include"),

@@ -11,6 +11,10 @@ class VorbisError(ValueError): ...
 # through PFFFT as decoding runs it or, with fast=False, libvorbis's own butterflies.
 def inverse_mdct(coefficients: Buffer, out: Buffer, fast: bool = True) -> None: ...
 
+# For the tests: the decoded-codebook cache of this process (tagger/native/book_cache.c):
+# streams that took cached books, books taken into it, entries held now (at most 8).
+def book_cache_info() -> dict[str, int]: ...
+
 class Reader:
     channels: int
     rate: int

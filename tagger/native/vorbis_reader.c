@@ -14,6 +14,7 @@
 #include <string.h>
 #include <vorbis/vorbisfile.h>
 
+#include "book_cache.h"
 #include "mdct.h"
 
 typedef struct {
@@ -280,7 +281,16 @@ done:
     return result;
 }
 
+/* For the tests: what the codebook cache (book_cache.c) has done in this process. */
+static PyObject *book_cache_info(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored)) {
+    long hits, stored;
+    int entries;
+    book_cache_counts(&hits, &stored, &entries);
+    return Py_BuildValue("{sl,sl,si}", "hits", hits, "stored", stored, "entries", entries);
+}
+
 static PyMethodDef module_methods[] = {
+    {"book_cache_info", book_cache_info, METH_NOARGS, "book_cache_info(): the codebook cache's hits, stored, entries"},
     {"inverse_mdct", inverse_mdct, METH_VARARGS, "inverse_mdct(coefficients, out, fast=True): one block's inverse MDCT"},
     {NULL, NULL, 0, NULL},
 };

@@ -3,14 +3,21 @@ and every irregular file handed back to libsndfile and FFmpeg untouched."""
 
 from __future__ import annotations
 
+import io
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 import tagger.audio as audio
 from tagger import _vorbis
 from tagger.audio import AudioError, decode_bytes, decode_file
 from tagger.config import SAMPLES_DIR
-from tests.helpers import audio_bytes
+from tests.helpers import audio_bytes, make_tone
 
 ESC50_SAMPLE = sorted(SAMPLES_DIR.glob("*.ogg"))[0]
 
@@ -122,3 +129,98 @@ def test_inverse_mdct_refuses_sizes_vorbis_never_has():
         _vorbis.inverse_mdct(np.zeros(48, np.float32), np.zeros(96, np.float32))
     with pytest.raises(ValueError, match="power of 2"):
         _vorbis.inverse_mdct(np.zeros(100, np.float32), np.zeros(256, np.float32))
+
+
+def _reader_samples(source) -> np.ndarray:
+    with _vorbis.Reader(source) as reader:
+        out = np.empty(reader.frames * reader.channels, np.float32)
+        filled = 0
+        while got := reader.read_into(out[filled:]):
+            filled += got * reader.channels
+    return out[:filled]
+
+
+def _ogg_at_levels(levels) -> list[bytes]:
+    # libsndfile's encoder at other quality levels writes other setup headers (other books).
+    clips = []
+    for level in levels:
+        buf = io.BytesIO()
+        sf.write(buf, make_tone(0.5, 44100, 1, 300, 1), 44100, format="OGG", subtype="VORBIS",
+                 compression_level=level)
+        clips.append(buf.getvalue())
+    return clips
+
+
+def test_a_setup_header_seen_before_decodes_with_the_cached_books():
+    # Streams with an identical setup header share its decoded codebooks (book_cache.c):
+    # the second decode takes them from the cache and gives the same samples.
+    data = ESC50_SAMPLE.read_bytes()
+    first = _reader_samples(data)
+    before = _vorbis.book_cache_info()
+    again = _reader_samples(data)
+    assert _vorbis.book_cache_info()["hits"] == before["hits"] + 1
+    assert np.array_equal(first, again)
+
+
+def test_more_setup_headers_than_the_cache_holds_all_decode_the_same():
+    # Eleven headers through a cache of eight, several rounds and with readers held open
+    # (books in use are never replaced): every decode gives the first decode's samples.
+    clips = _ogg_at_levels([i / 10 for i in range(11)])
+    stored_before = _vorbis.book_cache_info()["stored"]
+    expected = [_reader_samples(c) for c in clips]
+    assert len({e.tobytes() for e in expected}) == len(clips)  # really different encodings
+    assert _vorbis.book_cache_info()["stored"] - stored_before > 8  # more headers than entries
+    for _ in range(3):
+        for clip, want in zip(clips, expected, strict=True):
+            assert np.array_equal(_reader_samples(clip), want)
+    held = [_vorbis.Reader(c) for c in clips]  # all eleven open at once: the cache is full of books in use
+    try:
+        for clip, want in zip(clips, expected, strict=True):
+            assert np.array_equal(_reader_samples(clip), want)
+    finally:
+        for reader in held:
+            reader.close()
+    assert _vorbis.book_cache_info()["entries"] <= 8
+
+
+def test_streams_decoding_on_many_threads_at_once_share_the_books_safely():
+    clips = [*_ogg_at_levels([0.2, 0.5, 0.8]), ESC50_SAMPLE.read_bytes()]
+    expected = [_reader_samples(c) for c in clips]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(_reader_samples, clips * 25))
+    assert all(np.array_equal(got, expected[i % len(clips)]) for i, got in enumerate(results))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads, by design here
+def test_a_process_forked_while_other_threads_decode_can_decode():
+    # The cache's lock is held across fork(): a child forked while a thread is inside the
+    # cache does not inherit it locked by a thread it lacks (it would hang on its first decode).
+    clips = _ogg_at_levels([0.3, 0.6])
+    expected = [_reader_samples(c) for c in clips]
+    stop = threading.Event()
+
+    def keep_decoding() -> None:
+        while not stop.is_set():
+            for clip in clips:
+                _reader_samples(clip)
+
+    thread = threading.Thread(target=keep_decoding)
+    thread.start()
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:  # the child: decode once and leave without Python's clean-up
+                ok = all(np.array_equal(_reader_samples(c), e) for c, e in zip(clips, expected, strict=True))
+                os._exit(0 if ok else 1)
+            deadline = time.monotonic() + 20
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if done[0] == 0:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("a forked child hung decoding")
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        stop.set()
+        thread.join()

@@ -26,6 +26,7 @@
 
 #include "window.h"
 #include "mdct.h"
+#include "book_cache.h" /* soundtag */
 #include "lpc.h"
 #include "registry.h"
 #include "misc.h"
@@ -243,6 +244,10 @@ static int _vds_shared_init(vorbis_dsp_state *v,vorbis_info *vi,int encp){
         vorbis_staticbook_destroy(ci->book_param[i]);
         ci->book_param[i]=NULL;
       }
+      /* soundtag: offer them to later streams with the same setup header (book_cache.c) */
+      ci->shared_books=book_cache_offer(ci->setup_packet,ci->setup_bytes,ci->fullbooks,ci->books);
+      _ogg_free(ci->setup_packet);
+      ci->setup_packet=NULL;
     }
   }
 

@@ -118,6 +118,12 @@ typedef struct codec_setup_info {
   vorbis_info_residue    *residue_param[64];
   static_codebook        *book_param[256];
   codebook               *fullbooks;
+  /* soundtag (book_cache.c): the cache entry fullbooks belong to, or NULL when they are
+     this stream's own; and, until the books are decoded, a copy of the setup header to
+     offer them to the cache under */
+  struct book_cache_entry *shared_books;
+  unsigned char          *setup_packet;
+  long                    setup_bytes;
 
   vorbis_info_psy        *psy_param[4]; /* encode only */
   vorbis_info_psy_global psy_g_param;

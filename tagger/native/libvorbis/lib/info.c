@@ -28,6 +28,7 @@
 #include "psy.h"
 #include "misc.h"
 #include "os.h"
+#include "book_cache.h" /* soundtag */
 
 #define GENERAL_VENDOR_STRING "Xiph.Org libVorbis 1.3.7"
 #define ENCODE_VENDOR_STRING "Xiph.Org libVorbis I 20200704 (Reducing Environment)"
@@ -187,11 +188,14 @@ void vorbis_info_clear(vorbis_info *vi){
         /* knows if the book was not alloced */
         vorbis_staticbook_destroy(ci->book_param[i]);
       }
-      if(ci->fullbooks)
+      if(ci->fullbooks && !ci->shared_books) /* soundtag: shared books are the cache's */
         vorbis_book_clear(ci->fullbooks+i);
     }
-    if(ci->fullbooks)
+    if(ci->shared_books)
+        book_cache_release(ci->shared_books);
+    else if(ci->fullbooks)
         _ogg_free(ci->fullbooks);
+    _ogg_free(ci->setup_packet);
 
     for(i=0;i<ci->psys;i++)
       _vi_psy_free(ci->psy_param[i]);
@@ -434,7 +438,28 @@ int vorbis_synthesis_headerin(vorbis_info *vi,vorbis_comment *vc,ogg_packet *op)
           return(OV_EBADHEADER);
         }
 
-        return(_vorbis_unpack_books(vi,&opb));
+        {
+          /* soundtag: a setup header seen before takes the cache's decoded books
+             (book_cache.c); any other is kept to offer its books once decoded */
+          codec_setup_info *ci=vi->codec_setup;
+          int ret=_vorbis_unpack_books(vi,&opb);
+          if(ret==0){
+            book_cache_entry *shared=book_cache_find(op->packet,op->bytes,ci->books);
+            if(shared){
+              int i;
+              ci->shared_books=shared;
+              ci->fullbooks=book_cache_books(shared);
+              for(i=0;i<ci->books;i++){ /* as _vds_shared_init does after decoding them */
+                vorbis_staticbook_destroy(ci->book_param[i]);
+                ci->book_param[i]=NULL;
+              }
+            }else if(op->bytes>0 && (ci->setup_packet=_ogg_malloc(op->bytes))){
+              memcpy(ci->setup_packet,op->packet,op->bytes);
+              ci->setup_bytes=op->bytes;
+            }
+          }
+          return(ret);
+        }
 
       default:
         /* Not a valid vorbis header type */
