@@ -1,7 +1,11 @@
 """The one compiled part: tagger._vorbis, libvorbisfile for Ogg Vorbis (tagger/native).
 
-libvorbis's inverse MDCT runs through PFFFT (tagger/native/imdct_pffft.c and pffft/,
-vendored from Debian 12's libsoxr sources).
+soundtag's changes to the vendored libvorbis, each marked "soundtag" where it is made:
+its inverse MDCT runs through PFFFT (tagger/native/imdct_pffft.c and pffft/, vendored
+from Debian 12's libsoxr sources); streams with the same setup header share its decoded
+codebooks (tagger/native/book_cache.c); and the codeword lookup reads its bits inline
+with a first table as wide as the longest codeword, up to 10 bits (codebook.c,
+sharedbook.c). Every one gives libvorbis's entries, and samples within float rounding.
 
 Everything else is in pyproject.toml. The extension is optional: where it does not
 build, tagger.audio decodes Ogg Vorbis with libsndfile as before, only slower.

@@ -3,7 +3,7 @@
  * Opening an Ogg Vorbis stream decodes its setup header's codebooks into lookup tables
  * (vorbis_book_init_decode: building and sorting every codeword), about a tenth of
  * decoding a 5 s clip. Files from one encoder at one setting carry the same setup header
- * (all of ESC-50 shares a handful), and the tables depend on nothing but those bytes and
+ * (all 2000 ESC-50 clips carry one), and the tables depend on nothing but those bytes and
  * are only read while decoding, so a process keeps the tables of the last few headers it
  * saw and later streams with an identical header (compared byte for byte, not by hash
  * alone) use them instead of building their own.

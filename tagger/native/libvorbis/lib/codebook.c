@@ -292,10 +292,48 @@ static ogg_uint32_t bitreverse(ogg_uint32_t x){
   return((x>> 1)&0x55555555) | ((x<< 1)&0xaaaaaaaa);
 }
 
+/* soundtag: libogg's oggpack_look and oggpack_adv for the codeword loop, inlined, with a
+   fast path wherever 8 bytes of the packet remain: one little-endian load, shift and mask
+   give the same bits as libogg's byte-by-byte reads (at most 32 + 7 of them), and the
+   advance cannot run past the end. Near a packet's end, and on big-endian hosts, libogg's
+   own functions answer, so every result (-1 included) is libogg's. */
+static const ogg_uint32_t look_mask[33]=
+{0x00000000,0x00000001,0x00000003,0x00000007,0x0000000f,
+ 0x0000001f,0x0000003f,0x0000007f,0x000000ff,0x000001ff,
+ 0x000003ff,0x000007ff,0x00000fff,0x00001fff,0x00003fff,
+ 0x00007fff,0x0000ffff,0x0001ffff,0x0003ffff,0x0007ffff,
+ 0x000fffff,0x001fffff,0x003fffff,0x007fffff,0x00ffffff,
+ 0x01ffffff,0x03ffffff,0x07ffffff,0x0fffffff,0x1fffffff,
+ 0x3fffffff,0x7fffffff,0xffffffff };
+
+static inline long look_bits(oggpack_buffer *b,int bits){
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if(bits>=0 && bits<=32 && b->storage-b->endbyte>=8){
+    ogg_uint64_t word;
+    memcpy(&word,b->ptr,8);
+    return (long)((word>>b->endbit)&look_mask[bits]);
+  }
+#endif
+  return oggpack_look(b,bits);
+}
+
+static inline void advance_bits(oggpack_buffer *b,int bits){
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if(bits>=0 && bits<=32 && b->storage-b->endbyte>=8){
+    bits+=b->endbit;
+    b->ptr+=bits>>3;
+    b->endbyte+=bits>>3;
+    b->endbit=bits&7;
+    return;
+  }
+#endif
+  oggpack_adv(b,bits);
+}
+
 STIN long decode_packed_entry_number(codebook *book, oggpack_buffer *b){
   int  read=book->dec_maxlength;
   long lo,hi;
-  long lok = oggpack_look(b,book->dec_firsttablen);
+  long lok = look_bits(b,book->dec_firsttablen);
 
   if (lok >= 0) {
     long entry = book->dec_firsttable[lok];
@@ -303,7 +341,7 @@ STIN long decode_packed_entry_number(codebook *book, oggpack_buffer *b){
       lo=(entry>>15)&0x7fff;
       hi=book->used_entries-(entry&0x7fff);
     }else{
-      oggpack_adv(b, book->dec_codelengths[entry-1]);
+      advance_bits(b, book->dec_codelengths[entry-1]);
       return(entry-1);
     }
   }else{
@@ -317,10 +355,10 @@ STIN long decode_packed_entry_number(codebook *book, oggpack_buffer *b){
      fail and we'll correctly kick out instead of trying to walk the
      underformed tree */
 
-  lok = oggpack_look(b, read);
+  lok = look_bits(b, read);
 
   while(lok<0 && read>1)
-    lok = oggpack_look(b, --read);
+    lok = look_bits(b, --read);
   if(lok<0)return -1;
 
   /* bisect search for the codeword in the ordered list */
@@ -335,12 +373,12 @@ STIN long decode_packed_entry_number(codebook *book, oggpack_buffer *b){
       }
 
     if(book->dec_codelengths[lo]<=read){
-      oggpack_adv(b, book->dec_codelengths[lo]);
+      advance_bits(b, book->dec_codelengths[lo]);
       return(lo);
     }
   }
 
-  oggpack_adv(b, read);
+  advance_bits(b, read);
 
   return(-1);
 }
@@ -396,14 +434,26 @@ long vorbis_book_decodevs_add(codebook *book,float *a,oggpack_buffer *b,int n){
 long vorbis_book_decodev_add(codebook *book,float *a,oggpack_buffer *b,int n){
   if(book->used_entries>0){
     int i,j,entry;
+    const int dim=book->dim; /* soundtag: the add below by whole vectors of dim */
     float *t;
 
     for(i=0;i<n;){
       entry = decode_packed_entry_number(book,b);
       if(entry==-1)return(-1);
-      t     = book->valuelist+entry*book->dim;
-      for(j=0;i<n && j<book->dim;)
-        a[i++]+=t[j++];
+      t     = book->valuelist+entry*dim;
+      /* soundtag: the same additions in the same order as libvorbis's loop, but a whole
+         vector at a time where it fits, with the common dimensions unrolled */
+      if(i+dim<=n){
+        switch(dim){
+        case 2: a[i]+=t[0]; a[i+1]+=t[1]; break;
+        case 4: a[i]+=t[0]; a[i+1]+=t[1]; a[i+2]+=t[2]; a[i+3]+=t[3]; break;
+        default: for(j=0;j<dim;j++) a[i+j]+=t[j];
+        }
+        i+=dim;
+      }else{
+        for(j=0;i<n && j<dim;)
+          a[i++]+=t[j++];
+      }
     }
   }
   return(0);

@@ -400,9 +400,12 @@ int vorbis_book_init_decode(codebook *c,const static_codebook *s){
       c->dec_firsttable[0]=c->dec_firsttable[1]=1;
 
     }else{
-      c->dec_firsttablen=ov_ilog(c->used_entries)-4; /* this is magic */
+      /* soundtag: as wide as the longest codeword, up to 10 bits (libvorbis: log2 of
+         the entries less 4, up to 8), so that most codewords take one lookup instead
+         of a bisection; a process builds each setup header's tables once (book_cache.c) */
+      c->dec_firsttablen=c->dec_maxlength;
       if(c->dec_firsttablen<5)c->dec_firsttablen=5;
-      if(c->dec_firsttablen>8)c->dec_firsttablen=8;
+      if(c->dec_firsttablen>10)c->dec_firsttablen=10;
 
       tabn=1<<c->dec_firsttablen;
       c->dec_firsttable=_ogg_calloc(tabn,sizeof(*c->dec_firsttable));
