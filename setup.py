@@ -1,4 +1,5 @@
-"""The one compiled part: tagger._vorbis, libvorbisfile for Ogg Vorbis (tagger/native).
+"""The compiled parts (tagger/native): tagger._vorbis, libvorbisfile for Ogg Vorbis, and
+tagger._spectrum, the log-mel's frames, FFT and mel filters through PFFFT.
 
 soundtag's changes to the vendored libvorbis, each marked "soundtag" where it is made:
 its inverse MDCT runs through PFFFT (tagger/native/imdct_pffft.c and pffft/, vendored
@@ -7,8 +8,9 @@ codebooks (tagger/native/book_cache.c); and the codeword lookup reads its bits i
 with a first table as wide as the longest codeword, up to 10 bits (codebook.c,
 sharedbook.c). Every one gives libvorbis's entries, and samples within float rounding.
 
-Everything else is in pyproject.toml. The extension is optional: where it does not
-build, tagger.audio decodes Ogg Vorbis with libsndfile as before, only slower.
+Everything else is in pyproject.toml. Both extensions are optional: where they do not
+build, tagger.audio decodes Ogg Vorbis with libsndfile and tagger.features transforms
+with torch.stft, as before, only slower.
 """
 
 from pathlib import Path
@@ -38,4 +40,14 @@ vorbis = Extension(
     optional=True,
 )
 
-setup(ext_modules=[vorbis])
+# The log-mel's frames and power spectra through the same PFFFT (tagger/native/spectrum.c).
+spectrum = Extension(
+    "tagger._spectrum",
+    sources=[str(NATIVE / "spectrum.c")],
+    include_dirs=[str(NATIVE / "pffft")],
+    extra_compile_args=["-O3", "-w"],
+    libraries=["m"],
+    optional=True,
+)
+
+setup(ext_modules=[vorbis, spectrum])

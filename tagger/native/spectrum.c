@@ -1,0 +1,142 @@
+/* tagger._spectrum: the mel power of a signal's frames, through PFFFT.
+ *
+ * The log-mel (tagger/features.py) spent most of its time in torch.stft: framing the
+ * signal, multiplying each frame by the window and running MKL's real FFT through a
+ * strided view, then two more passes for the power and a banded matrix product for the
+ * mel filters. Here each frame is windowed into an aligned buffer, transformed by PFFFT's
+ * real FFT (the same vendored copy the inverse MDCT uses; SSE only, so every x86-64 gives
+ * the same numbers), squared, and summed through each mel filter over only the bins where
+ * it is not zero, in one pass per frame with the GIL released. The values are torch's to
+ * float rounding: the same windowed samples and re^2 + im^2, another FFT's rounding.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *aligned_bytes(size_t bytes) {
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
+}
+
+/* As in imdct_pffft.c: this copy of PFFFT declares its functions static, to be compiled
+   inside the file that uses it. */
+#define pffft_aligned_malloc aligned_bytes
+#define pffft_aligned_free free
+#include "pffft.c"
+
+#define MAX_SIZES 8 /* FFT sizes set up so far, each once per process (with the GIL held) */
+
+static struct {
+    int n;
+    PFFFT_Setup *setup;
+} setups[MAX_SIZES];
+
+static PFFFT_Setup *setup_for(int n) {
+    for (int i = 0; i < MAX_SIZES; i++) {
+        if (setups[i].n == n) return setups[i].setup;
+        if (setups[i].n == 0) {
+            PFFFT_Setup *s = pffft_new_setup(n, PFFFT_REAL);
+            if (s == NULL) return NULL;
+            setups[i].setup = s;
+            setups[i].n = n;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+/* mel_power(signal, window, hop, filters, out): the mel power of each frame of the signal,
+ * out[m, f] = sum over k of filters[m, k] * |FFT(window * signal[f*hop : f*hop + n])[k]|^2,
+ * n = len(window), k in 0..n/2. signal, window, filters (n_mels rows of n/2 + 1) and out
+ * (n_mels rows of frames, frames = 1 + (len(signal) - n) // hop) are float32 and
+ * C-contiguous. Each filter is summed over the bins where it is not zero only (a mel
+ * filter is a triangle: about two filters per bin), in the order of the bins. */
+static PyObject *mel_power(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer signal, window, filters, out;
+    Py_ssize_t hop;
+    if (!PyArg_ParseTuple(args, "y*y*ny*w*", &signal, &window, &hop, &filters, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t *spans = NULL;
+    float *buffers = NULL;
+    Py_ssize_t n = window.len / (Py_ssize_t)sizeof(float);
+    Py_ssize_t samples = signal.len / (Py_ssize_t)sizeof(float);
+    Py_ssize_t bins = n / 2 + 1;
+    if (n < 32 || n > 65536 || n % 32 || window.len != n * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "mel_power: the window's length must be a multiple of 32 from 32 to 65536");
+        goto done;
+    }
+    if (hop < 1 || samples < n || signal.len != samples * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "mel_power: needs a hop of at least 1 and float32 samples of at least one frame");
+        goto done;
+    }
+    Py_ssize_t mels = filters.len / (Py_ssize_t)sizeof(float) / bins;
+    if (mels < 1 || filters.len != mels * bins * (Py_ssize_t)sizeof(float)) {
+        PyErr_Format(PyExc_ValueError, "mel_power: filters must be rows of %zd float32", bins);
+        goto done;
+    }
+    Py_ssize_t frames = 1 + (samples - n) / hop;
+    if (out.len != mels * frames * (Py_ssize_t)sizeof(float)) {
+        PyErr_Format(PyExc_ValueError, "mel_power: out must hold %zd rows of %zd float32", mels, frames);
+        goto done;
+    }
+    PFFFT_Setup *setup = setup_for((int)n);
+    spans = malloc(2 * (size_t)mels * sizeof(*spans));
+    buffers = aligned_bytes((3 * (size_t)n + (size_t)bins) * sizeof(float));
+    if (setup == NULL || spans == NULL || buffers == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *x = signal.buf, *w = window.buf, *fb = filters.buf;
+    float *o = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t m = 0; m < mels; m++) { /* each filter's first and one-past-last nonzero bin */
+        const float *row = fb + m * bins;
+        Py_ssize_t first = 0, end = bins;
+        while (first < bins && row[first] == 0.0f) first++;
+        while (end > first && row[end - 1] == 0.0f) end--;
+        spans[2 * m] = first;
+        spans[2 * m + 1] = end;
+    }
+    float *frame = buffers, *spectrum = buffers + n, *work = buffers + 2 * n, *power = buffers + 3 * n;
+    for (Py_ssize_t f = 0; f < frames; f++) {
+        const float *src = x + f * hop;
+        for (Py_ssize_t i = 0; i < n; i++) frame[i] = src[i] * w[i];
+        /* ordered: DC and Nyquist (both real) first, then re, im of bins 1 .. n/2 - 1 */
+        pffft_transform_ordered(setup, frame, spectrum, work, PFFFT_FORWARD);
+        power[0] = spectrum[0] * spectrum[0];
+        power[n / 2] = spectrum[1] * spectrum[1];
+        for (Py_ssize_t k = 1; k < n / 2; k++) {
+            float re = spectrum[2 * k], im = spectrum[2 * k + 1];
+            power[k] = re * re + im * im;
+        }
+        for (Py_ssize_t m = 0; m < mels; m++) {
+            const float *row = fb + m * bins;
+            float sum = 0.0f;
+            for (Py_ssize_t k = spans[2 * m]; k < spans[2 * m + 1]; k++) sum += row[k] * power[k];
+            o[m * frames + f] = sum;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    free(spans);
+    free(buffers);
+    PyBuffer_Release(&signal);
+    PyBuffer_Release(&window);
+    PyBuffer_Release(&filters);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"mel_power", mel_power, METH_VARARGS,
+     "mel_power(signal, window, hop, filters, out): each frame's power through the mel filters"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef spectrum_module = {
+    PyModuleDef_HEAD_INIT, "tagger._spectrum", "The mel power of a signal's frames, through PFFFT.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__spectrum(void) { return PyModule_Create(&spectrum_module); }
