@@ -46,16 +46,18 @@ static PFFFT_Setup *setup_for(int n) {
     return NULL;
 }
 
-/* mel_power(signal, window, hop, filters, out): the mel power of each frame of the signal,
- * out[m, f] = sum over k of filters[m, k] * |FFT(window * signal[f*hop : f*hop + n])[k]|^2,
- * n = len(window), k in 0..n/2. signal, window, filters (n_mels rows of n/2 + 1) and out
- * (n_mels rows of frames, frames = 1 + (len(signal) - n) // hop) are float32 and
- * C-contiguous. Each filter is summed over the bins where it is not zero only (a mel
- * filter is a triangle: about two filters per bin), in the order of the bins. */
+/* mel_power(signal, left, right, window, hop, filters, out): the mel power of each frame of
+ * the signal with `left` and `right` samples reflected at its edges (x[-j] = x[j], as
+ * torch's "reflect" padding, read in place instead of copied), out[m, f] = sum over k of
+ * filters[m, k] * |FFT(window * padded[f*hop : f*hop + n])[k]|^2, n = len(window), k in
+ * 0..n/2. signal, window, filters (n_mels rows of n/2 + 1) and out (n_mels rows of frames,
+ * frames = 1 + (len(signal) + left + right - n) // hop) are float32 and C-contiguous. Each
+ * filter is summed over the bins where it is not zero only (a mel filter is a triangle:
+ * about two filters per bin), in the order of the bins. */
 static PyObject *mel_power(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer signal, window, filters, out;
-    Py_ssize_t hop;
-    if (!PyArg_ParseTuple(args, "y*y*ny*w*", &signal, &window, &hop, &filters, &out)) return NULL;
+    Py_ssize_t left, right, hop;
+    if (!PyArg_ParseTuple(args, "y*nny*ny*w*", &signal, &left, &right, &window, &hop, &filters, &out)) return NULL;
     PyObject *result = NULL;
     Py_ssize_t *spans = NULL;
     float *buffers = NULL;
@@ -66,7 +68,13 @@ static PyObject *mel_power(PyObject *Py_UNUSED(module), PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "mel_power: the window's length must be a multiple of 32 from 32 to 65536");
         goto done;
     }
-    if (hop < 1 || samples < n || signal.len != samples * (Py_ssize_t)sizeof(float)) {
+    if (left < 0 || right < 0 || left >= samples || right >= samples) {
+        PyErr_Format(PyExc_ValueError, "mel_power: cannot reflect %zd and %zd samples of a %zd-sample signal",
+                     left, right, samples);
+        goto done;
+    }
+    Py_ssize_t padded = samples + left + right;
+    if (hop < 1 || padded < n || signal.len != samples * (Py_ssize_t)sizeof(float)) {
         PyErr_SetString(PyExc_ValueError, "mel_power: needs a hop of at least 1 and float32 samples of at least one frame");
         goto done;
     }
@@ -75,7 +83,7 @@ static PyObject *mel_power(PyObject *Py_UNUSED(module), PyObject *args) {
         PyErr_Format(PyExc_ValueError, "mel_power: filters must be rows of %zd float32", bins);
         goto done;
     }
-    Py_ssize_t frames = 1 + (samples - n) / hop;
+    Py_ssize_t frames = 1 + (padded - n) / hop;
     if (out.len != mels * frames * (Py_ssize_t)sizeof(float)) {
         PyErr_Format(PyExc_ValueError, "mel_power: out must hold %zd rows of %zd float32", mels, frames);
         goto done;
@@ -100,8 +108,18 @@ static PyObject *mel_power(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     float *frame = buffers, *spectrum = buffers + n, *work = buffers + 2 * n, *power = buffers + 3 * n;
     for (Py_ssize_t f = 0; f < frames; f++) {
-        const float *src = x + f * hop;
-        for (Py_ssize_t i = 0; i < n; i++) frame[i] = src[i] * w[i];
+        Py_ssize_t start = f * hop - left; /* in the signal's own samples */
+        if (start >= 0 && start + n <= samples) {
+            const float *src = x + start;
+            for (Py_ssize_t i = 0; i < n; i++) frame[i] = src[i] * w[i];
+        } else { /* a frame over an edge: the reflected samples */
+            for (Py_ssize_t i = 0; i < n; i++) {
+                Py_ssize_t j = start + i;
+                if (j < 0) j = -j;
+                if (j >= samples) j = 2 * (samples - 1) - j;
+                frame[i] = x[j] * w[i];
+            }
+        }
         /* ordered: DC and Nyquist (both real) first, then re, im of bins 1 .. n/2 - 1 */
         pffft_transform_ordered(setup, frame, spectrum, work, PFFFT_FORWARD);
         power[0] = spectrum[0] * spectrum[0];
@@ -131,7 +149,7 @@ done:
 
 static PyMethodDef module_methods[] = {
     {"mel_power", mel_power, METH_VARARGS,
-     "mel_power(signal, window, hop, filters, out): each frame's power through the mel filters"},
+     "mel_power(signal, left, right, window, hop, filters, out): each frame's power through the mel filters"},
     {NULL, NULL, 0, NULL},
 };
 

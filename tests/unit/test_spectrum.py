@@ -32,8 +32,8 @@ def test_the_compiled_mel_power_is_torchs(monkeypatch):
     g = torch.Generator().manual_seed(3)
     x = torch.stack([0.3 * torch.randn(WINDOW_SAMPLES, generator=g), 1e-3 * torch.randn(WINDOW_SAMPLES, generator=g),
                      torch.sin(torch.arange(WINDOW_SAMPLES) * 0.05)])
-    padded = features._reflect_pad(x, N_FFT // 2, N_FFT // 2)
-    ours, theirs = features._mel_power(padded), _torch_path(monkeypatch, features._mel_power, padded)
+    pad = N_FFT // 2
+    ours, theirs = features._mel_power(x, pad, pad), _torch_path(monkeypatch, features._mel_power, x, pad, pad)
     assert ours.shape == theirs.shape == (3, N_MELS, 1 + WINDOW_SAMPLES // HOP_LENGTH)
     # Another FFT's rounding: relative to each clip's loudest frame, far below what the dB floor keeps.
     peak = theirs.amax(dim=(1, 2), keepdim=True)
@@ -60,17 +60,34 @@ def test_threads_transform_at_once_alike():
     assert all(torch.equal(got, expected[i % len(clips)]) for i, got in enumerate(results))
 
 
+@pytest.mark.parametrize("left,right", [(0, 0), (512, 512), (3, 700), (1023, 0), (0, 1100)])
+def test_the_edges_are_reflected_in_place_as_torch_pads_them(monkeypatch, left, right):
+    # Frames over an edge read the reflected samples where they are (no padded copy);
+    # a signal barely longer than the padding reflects its whole length.
+    x = torch.randn(1200 + 3 * HOP_LENGTH, generator=torch.Generator().manual_seed(left + right))[None]
+    ours = features._mel_power(x, left, right)
+    theirs = _torch_path(monkeypatch, features._mel_power, x, left, right)
+    assert ours.shape == theirs.shape == (1, N_MELS, 1 + (x.shape[-1] + left + right - N_FFT) // HOP_LENGTH)
+    assert ((ours - theirs).abs() / theirs.amax()).max() < 1e-5
+
+
 def test_mel_power_refuses_what_it_cannot_transform():
     window, filters = np.hanning(N_FFT).astype(np.float32), np.ones((N_MELS, N_FFT // 2 + 1), np.float32)
     signal = np.zeros(4 * N_FFT, np.float32)
     out = np.empty((N_MELS, 7), np.float32)
     with pytest.raises(ValueError, match="multiple of 32"):
-        _spectrum.mel_power(signal, window[:1000], HOP_LENGTH, filters, out)
+        _spectrum.mel_power(signal, 0, 0, window[:1000], HOP_LENGTH, filters, out)
     with pytest.raises(ValueError, match="at least one frame"):
-        _spectrum.mel_power(signal[: N_FFT - 1], window, HOP_LENGTH, filters, out)
+        _spectrum.mel_power(signal[: N_FFT - 1], 0, 0, window, HOP_LENGTH, filters, out)
+    with pytest.raises(ValueError, match="cannot reflect 4096 and 0 samples"):
+        _spectrum.mel_power(signal, 4096, 0, window, HOP_LENGTH, filters, out)
+    with pytest.raises(ValueError, match="cannot reflect -1"):
+        _spectrum.mel_power(signal, -1, 0, window, HOP_LENGTH, filters, out)
     with pytest.raises(ValueError, match="rows of 513"):
-        _spectrum.mel_power(signal, window, HOP_LENGTH, filters[:, :100].copy(), out)
+        _spectrum.mel_power(signal, 0, 0, window, HOP_LENGTH, filters[:, :100].copy(), out)
     with pytest.raises(ValueError, match="7 float32"):
-        _spectrum.mel_power(signal, window, HOP_LENGTH, filters, out[:, :5].copy())
-    _spectrum.mel_power(signal, window, HOP_LENGTH, filters, out)
+        _spectrum.mel_power(signal, 0, 0, window, HOP_LENGTH, filters, out[:, :5].copy())
+    with pytest.raises(ValueError, match="cannot reflect 4096 samples"):
+        features._mel_power(torch.zeros(1, 4096), 4096, 0)  # either path: the same check first
+    _spectrum.mel_power(signal, 0, 0, window, HOP_LENGTH, filters, out)
     assert not out.any()  # silence has no power
