@@ -1,7 +1,7 @@
 """Print the benchmark figures the issues ask for; each compares against a baseline
 measured in the same run, on this machine, at this moment.
 
-    python -m deploy.benchmarks.run              # all: core, api, stream (about 15 min)
+    python -m deploy.benchmarks.run              # every suite but gpu; each prints its benchmark_seconds
     python -m deploy.benchmarks.run core api     # some
     python -m deploy.benchmarks.run --quick core # small sizes, to check the scripts work
 
@@ -19,7 +19,7 @@ import torch
 
 from deploy.benchmarks.common import cpu_name
 
-SUITES = ("core", "versus", "engines", "api", "stream")  # and "gpu", asked for by name
+SUITES = ("core", "versus", "engines", "native", "api", "stream")  # and "gpu", asked for by name
 
 
 def main() -> int:

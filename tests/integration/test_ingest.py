@@ -124,8 +124,10 @@ def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_u
     assert proc.returncode == 1, (out, err)
     assert "exited with code -9 before it finished; run the same command again to finish" in err
     assert "Traceback" not in err
-    n = _assert_whole(sessions)  # the killed process's open transaction rolled back
-    assert n < 240
+    # The killed process's open transaction rolled back: every stored clip is whole. A kill
+    # that lands between two of its batches (after a commit, before it claims the next)
+    # loses none, and the other process stores the rest, so all 240 may be there.
+    n = _assert_whole(sessions)
     _rerun_finishes(folder, env, sessions, stored=n, total=240)
 
 
