@@ -89,9 +89,13 @@ static PyObject *mel_power(PyObject *Py_UNUSED(module), PyObject *args) {
         goto done;
     }
     PFFFT_Setup *setup = setup_for((int)n);
+    if (setup == NULL) { /* PFFFT's sizes: 32 times a product of 2s, 3s and 5s */
+        PyErr_Format(PyExc_ValueError, "mel_power: PFFFT has no real FFT of %zd points (nor memory for one)", n);
+        goto done;
+    }
     spans = malloc(2 * (size_t)mels * sizeof(*spans));
     buffers = aligned_bytes((3 * (size_t)n + (size_t)bins) * sizeof(float));
-    if (setup == NULL || spans == NULL || buffers == NULL) {
+    if (spans == NULL || buffers == NULL) {
         PyErr_NoMemory();
         goto done;
     }

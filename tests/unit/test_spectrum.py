@@ -77,6 +77,9 @@ def test_mel_power_refuses_what_it_cannot_transform():
     out = np.empty((N_MELS, 7), np.float32)
     with pytest.raises(ValueError, match="multiple of 32"):
         _spectrum.mel_power(signal, 0, 0, window[:1000], HOP_LENGTH, filters, out)
+    with pytest.raises(ValueError, match="no real FFT of 224 points"):  # 32 x 7: PFFFT's sizes are 32 x 2^a 3^b 5^c
+        _spectrum.mel_power(signal, 0, 0, window[:224].copy(), HOP_LENGTH, filters[:, :113].copy(),
+                            np.empty((N_MELS, 1 + (len(signal) - 224) // HOP_LENGTH), np.float32))
     with pytest.raises(ValueError, match="at least one frame"):
         _spectrum.mel_power(signal[: N_FFT - 1], 0, 0, window, HOP_LENGTH, filters, out)
     with pytest.raises(ValueError, match="cannot reflect 4096 and 0 samples"):
