@@ -297,21 +297,12 @@ static ogg_uint32_t bitreverse(ogg_uint32_t x){
    give the same bits as libogg's byte-by-byte reads (at most 32 + 7 of them), and the
    advance cannot run past the end. Near a packet's end, and on big-endian hosts, libogg's
    own functions answer, so every result (-1 included) is libogg's. */
-static const ogg_uint32_t look_mask[33]=
-{0x00000000,0x00000001,0x00000003,0x00000007,0x0000000f,
- 0x0000001f,0x0000003f,0x0000007f,0x000000ff,0x000001ff,
- 0x000003ff,0x000007ff,0x00000fff,0x00001fff,0x00003fff,
- 0x00007fff,0x0000ffff,0x0001ffff,0x0003ffff,0x0007ffff,
- 0x000fffff,0x001fffff,0x003fffff,0x007fffff,0x00ffffff,
- 0x01ffffff,0x03ffffff,0x07ffffff,0x0fffffff,0x1fffffff,
- 0x3fffffff,0x7fffffff,0xffffffff };
-
 static inline long look_bits(oggpack_buffer *b,int bits){
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   if(bits>=0 && bits<=32 && b->storage-b->endbyte>=8){
     ogg_uint64_t word;
     memcpy(&word,b->ptr,8);
-    return (long)((word>>b->endbit)&look_mask[bits]);
+    return (long)((word>>b->endbit)&((1ULL<<bits)-1)); /* libogg's mask[bits] */
   }
 #endif
   return oggpack_look(b,bits);
