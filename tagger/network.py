@@ -80,7 +80,9 @@ class AudioCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_ch, num_classes)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            # On the meta device (a checkpoint's load) there are no values to draw, and
+            # torch's meta normal_ would import the compiler stack (2 s).
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # Zero the last BN of each residual branch: every block starts as identity,
         # which trains faster and more stably from scratch.
