@@ -14,8 +14,9 @@
  * in 10^7 of the block's peak, as two float32 orderings of the same sums do).
  *
  * mdct.c (patched) calls imdct_fast_new in mdct_init and uses it in mdct_backward
- * when it returned a transform; for a block size PFFFT cannot take (below 64) or
- * where memory runs out it returns NULL and libvorbis's own transform runs.
+ * when it returned a transform; for a block size PFFFT cannot take (below 64, or not a
+ * power of two, which Vorbis never has) or where memory runs out it returns NULL and
+ * libvorbis's own transform runs.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -55,9 +56,10 @@ void imdct_fast_free(imdct_fast *t) {
 
 imdct_fast *imdct_fast_new(int n) {
   int n4 = n >> 2;
-  /* PFFFT's complex transform takes multiples of 16 points, and the loops below take
-   * four at a time; Vorbis blocks are powers of 2 from 64. */
-  if (n < 64 || n % 64 != 0) return NULL;
+  /* This PFFFT (libsoxr's copy, radix 3 and 5 compiled out) transforms 16 times a power
+   * of two, and the loops below take four points at a time: powers of 2 from 64, what
+   * Vorbis blocks are; anything else gets libvorbis's own transform. */
+  if (n < 64 || (n & (n - 1)) != 0) return NULL;
   imdct_fast *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
   t->n = n;
