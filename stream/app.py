@@ -23,9 +23,10 @@ import logging
 import os
 import signal
 import tempfile
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import faust
 from aiokafka.errors import MessageSizeTooLargeError
@@ -208,10 +209,30 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
     )
     clips = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw",
                       partitions=app.conf.topic_partitions)
-    async def tag_batch(messages: list) -> None:
+    def give_up(exc: Exception) -> None:
+        # The batch stays held (never committed); stop so that a restart re-reads it.
+        what = str(exc) if isinstance(exc, DatabaseUnavailable) else f"{type(exc).__name__}: {exc}"
+        log.critical("%s; stopping the worker: the batch will be re-read after a restart", what,
+                     exc_info=not isinstance(exc, DatabaseUnavailable))
+        app.gave_up = app.gave_up or what
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def tag_batch(messages: list) -> Coroutine[Any, Any, None] | None:
+        """The stages; what follows them (the events, the broker's acknowledgement, the
+        release) comes back as a follow-up, so the stages can take the next batch meanwhile
+        (``MicroBatcher``)."""
         try:
             records = await runner.run([payload_from_message(m.key, m.value, m.topic, m.partition, m.offset)
                                         for m in messages])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # DatabaseUnavailable, or a fault of the runner
+            give_up(exc)
+            return None
+        return publish_and_release(messages, records)
+
+    async def publish_and_release(messages: list, records: list) -> None:
+        try:
             # The producer itself, not Topic.send: that asks App.maybe_start_producer for it
             # per message, whose stampede guard yields to the event loop three times, so the
             # sender went out between messages with a produce request for every one to
@@ -241,13 +262,8 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
             await asyncio.gather(*retries)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # DatabaseUnavailable, or a fault of the producer or of this code
-            # The batch stays held (never committed); stop so that a restart re-reads it.
-            what = str(exc) if isinstance(exc, DatabaseUnavailable) else f"{type(exc).__name__}: {exc}"
-            log.critical("%s; stopping the worker: the batch will be re-read after a restart", what,
-                         exc_info=not isinstance(exc, DatabaseUnavailable))
-            app.gave_up = app.gave_up or what
-            os.kill(os.getpid(), signal.SIGTERM)
+        except Exception as exc:  # a fault of the producer or of this code
+            give_up(exc)
             return
         consumer = cast(_Consumer, app.consumer)
         consumer.release(messages)

@@ -8,11 +8,19 @@ the moment one of ``depth`` slots is free, with everything that has arrived (at 
 ``max_batch``). Under light load a clip goes in alone, at once; under heavy load the
 queue fills while both slots are busy, so batches grow to ``max_batch`` by themselves.
 ``linger_s`` > 0 lets a slot that is free wait that long for companions first.
+
+A batch's process may return a follow-up (an awaitable: the worker's publishing of the
+batch's events and waiting for the broker's acknowledgement). Its slot is free again as
+soon as the process returns, so the next batch goes into the stages while the broker
+answers, instead of the stage process waiting out that round trip with nothing to do;
+at most ``depth`` follow-ups run at once, so a broker that stalls holds the stages up
+after ``depth`` more batches instead of letting events pile up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import deque
@@ -24,8 +32,8 @@ log = logging.getLogger("soundtag.worker")
 
 
 class MicroBatcher(Generic[T]):
-    def __init__(self, process: Callable[[list[T]], Awaitable[None]], max_batch: int, depth: int,
-                 linger_s: float = 0.0) -> None:
+    def __init__(self, process: Callable[[list[T]], Awaitable[Awaitable[None] | None]], max_batch: int,
+                 depth: int, linger_s: float = 0.0) -> None:
         if max_batch < 1 or depth < 1:
             raise ValueError("max_batch and depth must be at least 1")
         self.max_batch, self.depth, self.linger_s = max_batch, depth, linger_s
@@ -35,7 +43,8 @@ class MicroBatcher(Generic[T]):
         self._room = asyncio.Event()
         self._room.set()
         self._slots = asyncio.Semaphore(depth)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._follow_up_slots = asyncio.Semaphore(depth)
+        self._in_flight: set[asyncio.Future[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None  # what ended a batch unexpectedly
 
@@ -59,9 +68,23 @@ class MicroBatcher(Generic[T]):
                 await self._linger()
             batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
             self._room.set()
-            task = asyncio.ensure_future(self._process(batch))
+            task = asyncio.ensure_future(self._run(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
+
+    async def _run(self, batch: list[T]) -> None:
+        follow_up = await self._process(batch)
+        if follow_up is None:
+            return
+        try:
+            await self._follow_up_slots.acquire()
+        except asyncio.CancelledError:
+            if inspect.iscoroutine(follow_up):
+                follow_up.close()  # never started: no "never awaited" warning
+            raise
+        task = asyncio.ensure_future(follow_up)
+        self._in_flight.add(task)
+        task.add_done_callback(self._follow_up_finished)
 
     async def _linger(self) -> None:
         deadline = time.monotonic() + self.linger_s
@@ -72,15 +95,23 @@ class MicroBatcher(Generic[T]):
             except TimeoutError:
                 break
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+    def _finished(self, task: asyncio.Future[None]) -> None:
         self._slots.release()
+        self._ended(task)
+
+    def _follow_up_finished(self, task: asyncio.Future[None]) -> None:
+        self._follow_up_slots.release()
+        self._ended(task)
+
+    def _ended(self, task: asyncio.Future[None]) -> None:
+        self._in_flight.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None and self.failure is None:
             self.failure = exc
             log.error("a batch ended with %s: %s", type(exc).__name__, exc, exc_info=exc)
 
     async def close(self) -> None:
-        """Stop dispatching and cancel the batches in flight (their items stay unfinished)."""
+        """Stop dispatching and cancel the batches in flight and their follow-ups (their items
+        stay unfinished)."""
         tasks = [t for t in (self._dispatcher, *self._in_flight) if t is not None]
         for t in tasks:
             t.cancel()

@@ -158,3 +158,69 @@ def test_sizes_below_one_are_refused():
 
     with pytest.raises(ValueError):
         MicroBatcher(noop, max_batch=0, depth=1)
+
+
+def test_a_batch_frees_its_slot_when_its_process_returns_and_its_follow_up_runs_on():
+    """The stages take the next batch while the previous one's follow-up (the events and the
+    broker's acknowledgement) still waits; at most ``depth`` follow-ups wait at once."""
+
+    async def scenario():
+        acknowledged = asyncio.Event()
+        started, followed = [], []
+
+        async def follow_up(batch):
+            await acknowledged.wait()
+            followed.append(batch)
+
+        async def process(batch):
+            started.append(batch)
+            return follow_up(batch)
+
+        batcher = MicroBatcher(process, max_batch=8, depth=1)
+        await batcher.put(1)
+        await _settle()
+        await batcher.put(2)  # the slot is free although batch [1] is not acknowledged
+        await _settle()
+        await batcher.put(3)  # batch [2] waits for a follow-up slot: [3] waits for the stage slot
+        await _settle()
+        before = (list(started), list(followed))
+        acknowledged.set()
+        await _settle()
+        await _settle()
+        after = (list(started), list(followed))
+        await batcher.close()
+        return before, after, batcher.failure
+
+    before, after, failure = asyncio.run(scenario())
+    assert before == ([[1], [2]], [])
+    assert after == ([[1], [2], [3]], [[1], [2], [3]])
+    assert failure is None
+
+
+def test_a_failed_follow_up_is_reported_and_close_cancels_the_waiting_ones():
+    async def scenario():
+        cancelled = asyncio.Event()
+
+        async def follow_up(batch):
+            if batch == [1]:
+                raise RuntimeError("refused")
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        async def process(batch):
+            return follow_up(batch)
+
+        batcher = MicroBatcher(process, max_batch=8, depth=1)
+        await batcher.put(1)
+        await _settle()
+        await batcher.put(2)
+        await _settle()
+        await asyncio.wait_for(batcher.close(), 1)
+        return batcher.failure, cancelled.is_set()
+
+    failure, cancelled = asyncio.run(scenario())
+    assert isinstance(failure, RuntimeError)
+    assert cancelled
