@@ -4,7 +4,7 @@
   its inverse MDCT through PFFFT, shared codebooks, one-lookup codewords) against
   libsndfile, the reader used where the extension is not built; CPU ms per clip, the
   largest sample difference;
-- the log-mel: ``clip_log_mel`` through ``tagger._spectrum`` (PFFFT, one pass per frame)
+- the log-mel: ``clip_log_mel`` through ``tagger._spectrum`` (PFFFT, the mel sums four frames at a time)
   against ``torch.stft`` and the banded filterbank, the path on a GPU and without the
   extension; CPU ms per clip on one thread, the largest difference in dB.
 

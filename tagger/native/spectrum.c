@@ -32,7 +32,9 @@ static void *aligned_bytes(size_t bytes) {
 #include "pffft.c"
 
 #define GROUP 4 /* frames whose mel sums run side by side, one per SSE lane */
-#define MAX_SIZES 8 /* FFT sizes set up so far, each once per process (with the GIL held) */
+/* FFT sizes set up so far, each once per process (with the GIL held): room for every
+   power of two mel_power takes (32 .. 65536), so a NULL setup only means no memory */
+#define MAX_SIZES 12
 
 static struct {
     int n;
@@ -57,8 +59,9 @@ static PFFFT_Setup *setup_for(int n) {
  * the signal with `left` and `right` samples reflected at its edges (x[-j] = x[j], as
  * torch's "reflect" padding, read in place instead of copied), out[m, f] = sum over k of
  * filters[m, k] * |FFT(window * padded[f*hop : f*hop + n])[k]|^2, n = len(window) (a power
- * of two), k in 0..n/2. signal, window, filters (n_mels rows of n/2 + 1) and out (n_mels rows of frames,
- * frames = 1 + (len(signal) + left + right - n) // hop) are float32 and C-contiguous. Each
+ * of two), k in 0..n/2. signal, window, filters (n_mels rows of n/2 + 1) and out (n_mels
+ * rows of frames, frames = 1 + (len(signal) + left + right - n) // hop) are float32 and
+ * C-contiguous. Each
  * filter is summed over the bins where it is not zero only (a mel filter is a triangle:
  * about two filters per bin), in the order of the bins; GROUP frames at a time, one per SSE
  * lane, each lane's sum the same as that frame's alone. */

@@ -95,3 +95,18 @@ def test_mel_power_refuses_what_it_cannot_transform():
         features._mel_power(torch.zeros(1, 4096), 4096, 0)  # either path: the same check first
     _spectrum.mel_power(signal, 0, 0, window, HOP_LENGTH, filters, out)
     assert not out.any()  # silence has no power
+
+
+def test_every_window_length_it_takes_is_transformed():
+    # One process sets up every power of two from 32 to 65536 (its table has room for all
+    # of them): the power at a few bins of a single frame, through one-hot "filters", is numpy's.
+    rng = np.random.default_rng(0)
+    for n in (1 << e for e in range(5, 17)):
+        signal = rng.standard_normal(n).astype(np.float32)
+        bins = np.array([0, 1, n // 8, n // 4 + 1, n // 2])
+        filters = np.zeros((len(bins), n // 2 + 1), np.float32)
+        filters[np.arange(len(bins)), bins] = 1.0
+        out = np.empty((len(bins), 1), np.float32)
+        _spectrum.mel_power(signal, 0, 0, np.ones(n, np.float32), n, filters, out)
+        expected = np.abs(np.fft.rfft(signal.astype(np.float64))) ** 2
+        assert np.abs(out[:, 0] - expected[bins]).max() / expected.max() < 1e-5, n
