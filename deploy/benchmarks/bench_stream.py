@@ -36,6 +36,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.benchmarks.common import (
     load_tagger,
+    machine_cpu_s,
     model_windows,
     percentile,
     process_cpu_s,
@@ -163,6 +164,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
         watcher = RowWatcher(db_url, ids, interval=0.1)
         cpu_before = _cpu_by_party(procs, broker_pid)
         main_before = sum(process_cpu_s(proc.pid) for proc in procs)
+        machine_before = machine_cpu_s()
         t0 = time.time()
         for cid, value in zip(ids, clips, strict=True):
             _send(producer, topic, cid, value)
@@ -171,12 +173,17 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
         seconds = max(watcher.seen.values()) - t0
         cpu = {party: after - cpu_before[party] for party, after in _cpu_by_party(procs, broker_pid).items()}
         main_s = sum(process_cpu_s(proc.pid) for proc in procs) - main_before
+        machine_busy_s, machine_steal_s = (after - before for after, before in zip(machine_cpu_s(), machine_before,
+                                                                                   strict=True))
         out = {"clips": len(ids), "seconds": round(seconds, 2), "clips_per_s": round(len(ids) / seconds, 2),
                "cpu_ms_per_clip": {party: round(1000 * s / len(ids), 2) for party, s in cpu.items()},
                # of the workers' share, what their own processes spent (Faust: fetching, handing
                # over, producing the events), their stage processes left out
                "worker_main_cpu_ms_per_clip": round(1000 * main_s / len(ids), 2),
-               "cores_busy": round(sum(cpu.values()) / seconds, 2)}
+               "cores_busy": round(sum(cpu.values()) / seconds, 2),
+               # the whole machine, from /proc/stat: also what no process is charged for
+               "machine_cores_busy": round(machine_busy_s / seconds, 2),
+               "machine_cores_stolen": round(machine_steal_s / seconds, 2)}
         if any("generation 2" in p.read_text() for p in log_paths):
             out["rebalanced_during_run"] = True  # a worker left or joined: the figure includes a pause
 

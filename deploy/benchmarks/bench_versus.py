@@ -31,7 +31,12 @@ pipeline can reach.
   were measured. The worker's own process also consumes: after each stream round that
   stage is timed alone (``deploy.benchmarks.consume_only``: the worker's Faust app with a
   runner that answers at once, the same clips, batches of 32), and the efficiency is given
-  a second time with it counted as one more stage.
+  a second time with it counted as one more stage. A third reading needs no stage timing
+  done apart, so the VM's drift between a run and that timing cannot move it: the share of
+  the cores' time during the run that went to the bound's parties themselves (the stage
+  processes, PostgreSQL, the broker, the publisher; all the counted CPU but the worker's
+  own process), with the worker's own share and the whole machine's busy and stolen cores
+  from /proc/stat beside it.
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -230,6 +235,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     consume_bounds = [cores / (sum(stage_run.values()) + stream_only_s(run) + ms / 1000)
                       for run, stage_run, ms in zip(streams["processes"], stream_stage_runs, consume_ms, strict=True)]
     consume_efficiency = [run["clips_per_s"] / b for run, b in zip(streams["processes"], consume_bounds, strict=True)]
+    # Against the stages' CPU in the same run, so immune to the drift between a run and a
+    # later stage reading: the share of the cores' time that went to the bound's parties as
+    # they ran (the stage processes, PostgreSQL, the broker, the publisher), i.e. the whole
+    # counted CPU less the worker's own process. The rest of the cores' time is that process
+    # (Faust's consuming and producing) and cores not kept busy.
+    def in_run_share(run: dict[str, Any]) -> float:
+        counted_ms = sum(run["cpu_ms_per_clip"].values()) - run["worker_main_cpu_ms_per_clip"]
+        return counted_ms / 1000 * run["clips_per_s"] / cores
+
+    in_run = [in_run_share(run) for run in streams["processes"]]
     figures.update({
         "ingest_clips_per_s": round(ingest_rate, 1),
         "ingest_clips_per_s_rounds": [round(r, 1) for r in rounds[1]],
@@ -251,6 +266,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         "stream_consume_stage_cpu_ms_per_clip_readings": [round(ms, 3) for ms in consume_ms],
         "stream_efficiency_with_consume_stage": round(statistics.mean(consume_efficiency), 2),
         "stream_efficiency_with_consume_stage_rounds": [round(e, 2) for e in consume_efficiency],
+        "stream_efficiency_in_run": round(statistics.mean(in_run), 2),
+        "stream_efficiency_in_run_rounds": [round(e, 2) for e in in_run],
+        "stream_worker_main_share_rounds": [round(run["worker_main_cpu_ms_per_clip"] / 1000 * run["clips_per_s"]
+                                                  / cores, 3) for run in streams["processes"]],
+        "stream_machine_cores_busy_rounds": [run["machine_cores_busy"] for run in streams["processes"]],
+        "stream_machine_cores_stolen_rounds": [run["machine_cores_stolen"] for run in streams["processes"]],
         "stream_threads_clips_per_s": round(threads_rate, 1),
         "stream_threads_clips_per_s_rounds": [run["clips_per_s"] for run in streams["threads"]],
         "stream_threads_cpu_ms_per_clip_workers": round(statistics.mean(

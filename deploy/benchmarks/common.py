@@ -135,6 +135,16 @@ def processes_cpu_s(command: str) -> float:
                if text[text.index("(") + 1 : text.rindex(")")] == command)
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds so far of the whole machine (Linux /proc/stat, all cores): busy (user,
+    nice, system, interrupts) and stolen by the hypervisor. Busy time also counts what no
+    process is charged for (the kernel's network and interrupt work)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
