@@ -34,21 +34,63 @@ static void *aligned_bytes(size_t bytes) {
 #define pffft_aligned_free free
 #include "pffft.c"
 
+/* What depends on n alone and is only read while transforming: the twiddles and PFFFT's
+ * setup (PFFFT's own tables; one setup may serve any number of threads at once). A
+ * process builds them once per block size and every stream shares them, as mdct.c does
+ * its tables; published with a compare-and-swap, never freed. */
+typedef struct {
+  float *cos_tw, *sin_tw; /* n/4 each: -cos and -sin of 2 pi (i + 1/8) / n */
+  PFFFT_Setup *setup;
+} imdct_tables;
+
+static imdct_tables *shared_tables[32]; /* by log2 of n */
+
 struct imdct_fast {
   int n;
-  float *cos_tw, *sin_tw; /* n/4 each: -cos and -sin of 2 pi (i + 1/8) / n */
-  float *z;               /* the n/4 complex values being transformed, interleaved */
-  float *work;            /* PFFFT's scratch, the same size */
+  const float *cos_tw, *sin_tw;
+  float *z;    /* the n/4 complex values being transformed, interleaved: the stream's own */
+  float *work; /* PFFFT's scratch, the same size */
   PFFFT_Setup *setup;
 };
 
 static float *aligned_floats(size_t count) { return aligned_bytes(count * sizeof(float)); }
 
-void imdct_fast_free(imdct_fast *t) {
-  if (!t) return;
+static void tables_free(imdct_tables *t) {
   if (t->setup) pffft_destroy_setup(t->setup);
   free(t->cos_tw);
   free(t->sin_tw);
+  free(t);
+}
+
+static imdct_tables *tables_for(int n) {
+  int log2n = 0;
+  while ((1 << log2n) < n) log2n++;
+  imdct_tables *t = __atomic_load_n(&shared_tables[log2n], __ATOMIC_ACQUIRE), *expected = NULL;
+  if (t) return t;
+  int n4 = n >> 2;
+  t = calloc(1, sizeof(*t));
+  if (!t) return NULL;
+  t->cos_tw = aligned_floats((size_t)n4);
+  t->sin_tw = aligned_floats((size_t)n4);
+  t->setup = pffft_new_setup(n4, PFFFT_COMPLEX);
+  if (!t->cos_tw || !t->sin_tw || !t->setup) {
+    tables_free(t);
+    return NULL;
+  }
+  for (int i = 0; i < n4; i++) {
+    double angle = 2.0 * M_PI * (i + 0.125) / n;
+    t->cos_tw[i] = (float)-cos(angle);
+    t->sin_tw[i] = (float)-sin(angle);
+  }
+  if (!__atomic_compare_exchange_n(&shared_tables[log2n], &expected, t, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    tables_free(t); /* another thread published this size first */
+    t = expected;
+  }
+  return t;
+}
+
+void imdct_fast_free(imdct_fast *t) {
+  if (!t) return;
   free(t->z);
   free(t->work);
   free(t);
@@ -59,23 +101,20 @@ imdct_fast *imdct_fast_new(int n) {
   /* This PFFFT (libsoxr's copy, radix 3 and 5 compiled out) transforms 16 times a power
    * of two, and the loops below take four points at a time: powers of 2 from 64, what
    * Vorbis blocks are; anything else gets libvorbis's own transform. */
-  if (n < 64 || (n & (n - 1)) != 0) return NULL;
+  if (n < 64 || n > (1 << 30) || (n & (n - 1)) != 0) return NULL;
+  imdct_tables *tables = tables_for(n);
+  if (!tables) return NULL;
   imdct_fast *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
   t->n = n;
-  t->cos_tw = aligned_floats((size_t)n4);
-  t->sin_tw = aligned_floats((size_t)n4);
+  t->cos_tw = tables->cos_tw;
+  t->sin_tw = tables->sin_tw;
+  t->setup = tables->setup;
   t->z = aligned_floats(2 * (size_t)n4);
   t->work = aligned_floats(2 * (size_t)n4);
-  t->setup = pffft_new_setup(n4, PFFFT_COMPLEX);
-  if (!t->cos_tw || !t->sin_tw || !t->z || !t->work || !t->setup) {
+  if (!t->z || !t->work) {
     imdct_fast_free(t);
     return NULL;
-  }
-  for (int i = 0; i < n4; i++) {
-    double angle = 2.0 * M_PI * (i + 0.125) / n;
-    t->cos_tw[i] = (float)-cos(angle);
-    t->sin_tw[i] = (float)-sin(angle);
   }
   return t;
 }

@@ -49,16 +49,28 @@
 /* build lookups for trig functions; also pre-figure scaling and
    some window function algebra. */
 
-void mdct_init(mdct_lookup *lookup,int n){
-  int   *bitrev=_ogg_malloc(sizeof(*bitrev)*(n/4));
-  DATA_TYPE *T=_ogg_malloc(sizeof(*T)*(n+n/4));
+/* soundtag: the trig and bit-reverse tables depend on n alone and are only read, so a
+   process builds them once per size and every stream shares them (each stream used to
+   build its own: thousands of cos and sin per clip opened). Published with a
+   compare-and-swap, no lock: two threads that build the same size at once keep the first
+   and free the other; nothing is ever held across a fork. mdct_clear leaves them. */
+typedef struct {
+  DATA_TYPE *trig;
+  int *bitrev;
+} mdct_tables;
 
+static mdct_tables *shared_tables[32]; /* by log2 of n */
+
+static int build_tables(int n,int log2n,DATA_TYPE **trig,int **bitrev){
+  int   *bitrev_=_ogg_malloc(sizeof(*bitrev_)*(n/4));
+  DATA_TYPE *T=_ogg_malloc(sizeof(*T)*(n+n/4));
   int i;
   int n2=n>>1;
-  int log2n=lookup->log2n=rint(log((float)n)/log(2.f));
-  lookup->n=n;
-  lookup->trig=T;
-  lookup->bitrev=bitrev;
+  if(!bitrev_ || !T){
+    _ogg_free(bitrev_);
+    _ogg_free(T);
+    return 0;
+  }
 
 /* trig lookups... */
 
@@ -82,10 +94,47 @@ void mdct_init(mdct_lookup *lookup,int n){
       int acc=0;
       for(j=0;msb>>j;j++)
         if((msb>>j)&i)acc|=1<<j;
-      bitrev[i*2]=((~acc)&mask)-1;
-      bitrev[i*2+1]=acc;
+      bitrev_[i*2]=((~acc)&mask)-1;
+      bitrev_[i*2+1]=acc;
 
     }
+  }
+  *trig=T;
+  *bitrev=bitrev_;
+  return 1;
+}
+
+static mdct_tables *tables_for(int n,int log2n){
+  mdct_tables *t,*expected=NULL;
+  if(log2n<2 || log2n>=32 || n!=1<<log2n)return NULL; /* not a power of two: a stream's own */
+  t=__atomic_load_n(&shared_tables[log2n],__ATOMIC_ACQUIRE);
+  if(t)return t;
+  t=_ogg_malloc(sizeof(*t));
+  if(!t)return NULL;
+  if(!build_tables(n,log2n,&t->trig,&t->bitrev)){
+    _ogg_free(t);
+    return NULL;
+  }
+  if(!__atomic_compare_exchange_n(&shared_tables[log2n],&expected,t,0,__ATOMIC_ACQ_REL,__ATOMIC_ACQUIRE)){
+    _ogg_free(t->trig); /* another thread published this size first */
+    _ogg_free(t->bitrev);
+    _ogg_free(t);
+    t=expected;
+  }
+  return t;
+}
+
+void mdct_init(mdct_lookup *lookup,int n){
+  int log2n=lookup->log2n=rint(log((float)n)/log(2.f));
+  mdct_tables *shared=tables_for(n,log2n);
+  lookup->n=n;
+  lookup->shared=shared!=NULL;
+  if(shared){
+    lookup->trig=shared->trig;
+    lookup->bitrev=shared->bitrev;
+  }else if(!build_tables(n,log2n,&lookup->trig,&lookup->bitrev)){
+    lookup->trig=NULL;
+    lookup->bitrev=NULL;
   }
   lookup->scale=FLOAT_CONV(4.f/n);
   lookup->fast=imdct_fast_new(n); /* soundtag */
@@ -339,8 +388,10 @@ STIN void mdct_butterflies(mdct_lookup *init,
 
 void mdct_clear(mdct_lookup *l){
   if(l){
-    if(l->trig)_ogg_free(l->trig);
-    if(l->bitrev)_ogg_free(l->bitrev);
+    if(!l->shared){ /* soundtag: shared tables stay for the next stream */
+      if(l->trig)_ogg_free(l->trig);
+      if(l->bitrev)_ogg_free(l->bitrev);
+    }
     imdct_fast_free(l->fast); /* soundtag */
     memset(l,0,sizeof(*l));
   }

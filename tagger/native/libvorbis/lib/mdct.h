@@ -61,6 +61,7 @@ typedef struct {
 
   DATA_TYPE scale;
   struct imdct_fast *fast; /* soundtag: mdct_backward through PFFFT (imdct_pffft.c), or NULL */
+  int shared; /* soundtag: trig and bitrev are the process's tables for this n (mdct.c), not freed */
 } mdct_lookup;
 
 extern void mdct_init(mdct_lookup *lookup,int n);
