@@ -45,15 +45,25 @@ class IngestSummary:
     not_audio: list[str] = field(default_factory=list)
     interrupted: bool = False
     gave_up: str | None = None  # why the run stopped early (the database stayed away)
+    # CPU seconds of the processes that tagged, from their model loaded to their last batch
+    # (all their threads; not the database server's); None where not known (decoding processes)
+    cpu_s: float | None = None
 
     @property
     def clips_per_second(self) -> float:
         return self.tagged / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def cpu_ms_per_clip(self) -> float | None:
+        """CPU per clip looked at (tagged, already tagged or failed), where known."""
+        clips = self.tagged + self.skipped + self.failed
+        return 1000 * self.cpu_s / clips if self.cpu_s is not None and clips else None
+
     def __str__(self) -> str:
         head = "interrupted: " if self.interrupted else "stopped early: " if self.gave_up else ""
+        cpu = f"; {self.cpu_ms_per_clip:.2f} ms of CPU per clip" if self.cpu_ms_per_clip is not None else ""
         return (f"{head}{self.tagged} tagged, {self.skipped} already tagged, {self.failed} failed, "
-                f"{len(self.not_audio)} not audio in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s)")
+                f"{len(self.not_audio)} not audio in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s{cpu})")
 
 
 def _payload(path: Path) -> Payload:

@@ -151,8 +151,10 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
                     w.terminate()  # its open transaction rolls back; committed batches stay
                     w.join()
             bar.close()
-    for i in range(len(workers)):
-        part = results.get(i) or _lost(i, None, counts.get(i), interrupted=True)
+    parts = [results.get(i) or _lost(i, None, counts.get(i), interrupted=True) for i in range(len(workers))]
+    if all(part.cpu_s is not None for part in parts):  # a lost process's CPU is not known
+        summary.cpu_s = sum(part.cpu_s or 0.0 for part in parts)
+    for part in parts:
         summary.tagged += part.tagged
         summary.skipped += part.skipped
         summary.failed += part.failed
@@ -182,9 +184,13 @@ def _ingest_with_own_pipeline(files: list[Path], job: PipelineJob, device: str, 
                               decode_processes: int = 0) -> IngestSummary:
     """``ingest`` with a tagger and sessions of this process's own, as the job describes."""
     tagger, sessions, waiter = job.open(device, threads)
-    return ingest(files, tagger, sessions, batch_size=job.batch_size, max_duration_s=job.max_duration_s,
-                  waiter=waiter, progress=progress, overlap=overlap, on_batch=on_batch, batches=batches,
-                  decode_processes=decode_processes)
+    cpu_start = time.process_time()
+    summary = ingest(files, tagger, sessions, batch_size=job.batch_size, max_duration_s=job.max_duration_s,
+                     waiter=waiter, progress=progress, overlap=overlap, on_batch=on_batch, batches=batches,
+                     decode_processes=decode_processes)
+    if not decode_processes:  # their CPU is not this process's
+        summary.cpu_s = time.process_time() - cpu_start
+    return summary
 
 
 def _ingest_here(files: list[Path], not_audio: list[Path], job: PipelineJob, progress: bool) -> IngestSummary:

@@ -36,7 +36,10 @@ pipeline can reach.
   the cores' time during the run that went to the bound's parties themselves (the stage
   processes, PostgreSQL, the broker, the publisher; all the counted CPU but the worker's
   own process), with the worker's own share and the whole machine's busy and stolen cores
-  from /proc/stat beside it.
+  from /proc/stat beside it. The same for ingest: the CPU per clip of the command's tagging
+  processes from their model loaded on (its summary line) and the PostgreSQL server's during
+  the command, over the cores' time of the command's run (which also counts its file walk and
+  model loading, so its start-up is counted as lost).
 
 Real-time factor: seconds of audio tagged per second of wall time.
 """
@@ -63,7 +66,14 @@ from sqlalchemy.orm import Session
 
 from api.original_response import inference_response
 from deploy.benchmarks.bench_stream import consume_only_cpu_ms, dev_broker, run_stream_config
-from deploy.benchmarks.common import cpu_name, load_tagger, process_cpu_s, real_clips, scratch_postgres
+from deploy.benchmarks.common import (
+    cpu_name,
+    load_tagger,
+    process_cpu_s,
+    processes_cpu_s,
+    real_clips,
+    scratch_postgres,
+)
 from tagger.audio import decode_file
 from tagger.db import session_factory
 from tagger.device import cpu_cores
@@ -87,15 +97,27 @@ def per_file_alternative(tagger, clips: list[Path], out_dir: Path) -> float:
 def cli_ingest_rate(files: list[Path], url: str, model_path: Path, processes: int, device: str = "cpu") -> float:
     """Clips/s of the `soundtag ingest --processes N` command, from its own summary line (from
     the file walk and the model loading to the last commit; the command's imports not counted)."""
+    return cli_ingest_run(files, url, model_path, processes, device)["clips_per_s"]
+
+
+def cli_ingest_run(files: list[Path], url: str, model_path: Path, processes: int, device: str = "cpu",
+                   ) -> dict[str, float]:
+    """The command's clips/s and the CPU ms per clip of its tagging processes (both from its
+    summary line), and the PostgreSQL server's CPU seconds while the command ran (which also
+    count its schema check at start, a few milliseconds)."""
     env = {**os.environ, "SOUNDTAG_DATABASE_URL": url, "SOUNDTAG_MODEL_PATH": str(model_path),
            "SOUNDTAG_DEVICE": device, "SOUNDTAG_ALLOW_UNTRAINED": "1"}
+    server_before = processes_cpu_s("postgres")
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", "--quiet", "--processes", str(processes),
                            *map(str, files)], env=env, capture_output=True, text=True, timeout=1800, check=True)
+    server_s = processes_cpu_s("postgres") - server_before
     # Its clips/s, not clips ÷ its seconds: those are printed to a tenth (±0.6 % of an 8 s run).
-    match = re.search(r"(\d+) tagged, .* in [\d.]+ s \(([\d.]+) clips/s\)", done.stdout)
+    match = re.search(r"(\d+) tagged, .* in [\d.]+ s \(([\d.]+) clips/s(?:; ([\d.]+) ms of CPU per clip)?\)",
+                      done.stdout)
     if match is None or int(match[1]) != len(files):
         raise RuntimeError(f"unexpected ingest summary: {done.stdout!r} {done.stderr[-500:]!r}")
-    return float(match[2])
+    return {"clips_per_s": float(match[2]), "cpu_ms_per_clip": float(match[3]) if match[3] else float("nan"),
+            "postgresql_s": server_s}
 
 
 def stage_cpu(tagger, clips: list[Path], url: str, batch: int = 32,
@@ -181,11 +203,19 @@ def run(quick: bool = False) -> dict[str, Any]:
         # machines. Both readings include loading the model (in every process).
         files = [folder / p.name for p in clips]
         rounds: dict[int, list[float]] = {1: [], cores: []}
+        ingest_in_run: dict[int, list[float]] = {1: [], cores: []}
         stage_runs = []
         for _ in range(1 if quick else 2):
             for processes in rounds:
                 with scratch_postgres() as url:
-                    rounds[processes].append(cli_ingest_rate(files, url, model_path, processes))
+                    run_figures = cli_ingest_run(files, url, model_path, processes)
+                rounds[processes].append(run_figures["clips_per_s"])
+                # As for the stream below: the share of the cores' time during the run that
+                # went to its stages as they ran (the tagging processes once loaded, and the
+                # database server), needing no stage timing done apart.
+                ingest_in_run[processes].append(
+                    (run_figures["cpu_ms_per_clip"] / 1000 + run_figures["postgresql_s"] / len(files))
+                    * run_figures["clips_per_s"] / cores)
             # The stages timed right after each round, so that each round's efficiency
             # compares two readings of the same stretch of this VM's drifting speed.
             with scratch_postgres() as url:
@@ -292,5 +322,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"ingest_{cores}_processes_efficiency": round(efficiency(rounds[cores]), 2),
         f"ingest_{cores}_processes_efficiency_rounds": [round(r / b, 2) for r, b in
                                                          zip(rounds[cores], bounds, strict=True)],
+        "ingest_efficiency_in_run_rounds": [round(e, 2) for e in ingest_in_run[1]],
+        f"ingest_{cores}_processes_efficiency_in_run": round(statistics.mean(ingest_in_run[cores]), 2),
+        f"ingest_{cores}_processes_efficiency_in_run_rounds": [round(e, 2) for e in ingest_in_run[cores]],
     })
     return figures

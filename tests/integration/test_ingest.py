@@ -1,6 +1,7 @@
 """`soundtag ingest` end to end on the real PostgreSQL, with bad files mixed in."""
 
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -83,6 +84,8 @@ def _rerun_finishes(folder: Path, env: dict, sessions, stored: int, total: int) 
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"{total - stored} tagged, {stored} already tagged, 0 failed" in done.stdout
+    # the tagging processes' CPU, summed over however many there were
+    assert re.search(r"clips/s; \d+\.\d\d ms of CPU per clip\)", done.stdout), done.stdout
     assert _assert_whole(sessions) == total
 
 
