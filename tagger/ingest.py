@@ -61,7 +61,8 @@ class IngestSummary:
 
     def __str__(self) -> str:
         head = "interrupted: " if self.interrupted else "stopped early: " if self.gave_up else ""
-        cpu = f"; {self.cpu_ms_per_clip:.2f} ms of CPU per clip" if self.cpu_ms_per_clip is not None else ""
+        cpu_ms = self.cpu_ms_per_clip
+        cpu = f"; {cpu_ms:.2f} ms of CPU per clip" if cpu_ms is not None else ""
         return (f"{head}{self.tagged} tagged, {self.skipped} already tagged, {self.failed} failed, "
                 f"{len(self.not_audio)} not audio in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s{cpu})")
 

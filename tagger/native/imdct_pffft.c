@@ -47,10 +47,9 @@ static imdct_tables *shared_tables[32]; /* by log2 of n */
 
 struct imdct_fast {
   int n;
-  const float *cos_tw, *sin_tw;
-  float *z;    /* the n/4 complex values being transformed, interleaved: the stream's own */
-  float *work; /* PFFFT's scratch, the same size */
-  PFFFT_Setup *setup;
+  const imdct_tables *tables; /* the process's, for this n */
+  float *z;                   /* the n/4 complex values being transformed, interleaved: the stream's own */
+  float *work;                /* PFFFT's scratch, the same size */
 };
 
 static float *aligned_floats(size_t count) { return aligned_bytes(count * sizeof(float)); }
@@ -107,9 +106,7 @@ imdct_fast *imdct_fast_new(int n) {
   imdct_fast *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
   t->n = n;
-  t->cos_tw = tables->cos_tw;
-  t->sin_tw = tables->sin_tw;
-  t->setup = tables->setup;
+  t->tables = tables;
   t->z = aligned_floats(2 * (size_t)n4);
   t->work = aligned_floats(2 * (size_t)n4);
   if (!t->z || !t->work) {
@@ -130,7 +127,7 @@ imdct_fast *imdct_fast_new(int n) {
 /* z[k] = -(in[n/2-1-2k] + i in[2k]) * tw[k]; the sign makes the backward FFT give +out. */
 static void pre_twiddle(const imdct_fast *t, const float *in) {
   const int n2 = t->n >> 1, n4 = t->n >> 2;
-  const float *c = t->cos_tw, *s = t->sin_tw;
+  const float *c = t->tables->cos_tw, *s = t->tables->sin_tw;
   float *z = t->z;
   int k = 0;
 #if defined(__SSE2__)
@@ -160,7 +157,7 @@ static void pre_twiddle(const imdct_fast *t, const float *in) {
  *   half[2b]   = Im z[b] sin[b] - Re z[b] cos[b]    half[2b+1] = Im z[a] cos[a] + Re z[a] sin[a] */
 static void post_twiddle(const imdct_fast *t, float *half) {
   const int n8 = t->n >> 3;
-  const float *c = t->cos_tw, *s = t->sin_tw, *z = t->z;
+  const float *c = t->tables->cos_tw, *s = t->tables->sin_tw, *z = t->z;
   int k = 0;
 #if defined(__SSE2__)
   for (; k < n8; k += 4) {
@@ -215,7 +212,7 @@ static void unfold(int n, float *out) {
  * pre_twiddle reads every coefficient into z before anything is written to out. */
 void imdct_fast_backward(imdct_fast *t, const float *in, float *out) {
   pre_twiddle(t, in);
-  pffft_transform_ordered(t->setup, t->z, t->z, t->work, PFFFT_BACKWARD);
+  pffft_transform_ordered(t->tables->setup, t->z, t->z, t->work, PFFFT_BACKWARD);
   post_twiddle(t, out + (t->n >> 2));
   unfold(t->n, out);
 }
