@@ -9,10 +9,13 @@
   clip (the benchmarks README has the comparison), so ``auto`` picks it there. The export
   of a checkpoint loaded from a file can be kept in a folder (the commands use
   ``SOUNDTAG_CACHE_DIR``/onnx): it was two thirds of a process's start-up, which every
-  ingest process, worker and API pays.
+  ingest process, worker and API pays. The exported graph also reduces each feature tap
+  to what is stored of it (``summarize_tap``), so serving copies out a few maps per tap
+  instead of whole taps.
 
-Every engine returns torch tensors shaped like ``AudioCNN.forward``'s output, so the
-rest of the inference core does not know which one ran.
+Every engine returns torch tensors shaped like ``AudioCNN.forward``'s output, and the same
+per-clip summaries of the taps (``summarized``), so the rest of the inference core does
+not know which one ran.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
+import numpy as np
 import torch
 
 from tagger import __version__
@@ -37,6 +41,13 @@ from tagger.network import FEATURE_TAPS
 log = logging.getLogger(__name__)
 
 EngineName = Literal["auto", "torch", "onnxruntime"]
+TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the channel mean
+# Each tap as stored, per clip of a batch: its channel mean (H, W), its TOP_K_CHANNELS
+# strongest channels (k, H, W) and their indices (k,) as int16.
+Summaries = dict[str, dict[str, list[np.ndarray]]]
+SUMMARY_PARTS = ("mean", "channels", "channel_index")
+# Part of the export cache's file name: a new value for every change of the exported graph.
+EXPORT_LAYOUT = "summaries1"
 
 
 def default_threads() -> int:
@@ -74,11 +85,41 @@ def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, wi
         return model(x, with_features=with_features, block_taps=block_taps)
 
 
+def summarize_tap(fm: torch.Tensor, k: int = TOP_K_CHANNELS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tap's (B, C, H, W) activations → its channel mean (B, H, W), its k strongest
+    channels by mean activation (B, k, H, W), strongest first, and their indices (B, k).
+
+    Torch operations that run eagerly (the torch engine, any device and dtype, with fp32
+    accumulation) and export to ONNX alike (the ONNX Runtime engine runs them in its graph)."""
+    idx = torch.topk(fm.mean(dim=(2, 3), dtype=torch.float32), min(k, fm.shape[1]), dim=1).indices
+    top = torch.gather(fm, 1, idx[:, :, None, None].expand(-1, -1, fm.shape[2], fm.shape[3]))
+    return fm.mean(dim=1, dtype=torch.float32), top, idx
+
+
+def _as_summaries(taps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Summaries:
+    return {name: {"mean": list(mean), "channels": list(top), "channel_index": list(idx.astype(np.int16))}
+            for name, (mean, top, idx) in taps.items()}
+
+
+def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNELS) -> Summaries:
+    """Each tap of a batch reduced where it is (the model's own channels-last, maybe bf16
+    or CUDA tensor); only the few maps kept are converted and copied to the host."""
+    out = {}
+    for name, fm in feats.items():
+        mean, top, idx = summarize_tap(fm, k)
+        out[name] = (mean.cpu().numpy(), top.float().contiguous().cpu().numpy(), idx.cpu().numpy())
+    return _as_summaries(out)
+
+
 class Engine(Protocol):
     name: str
 
     def __call__(self, x: torch.Tensor, with_features: bool) -> Any:
         """Logits, or (logits, {tap: feature map}, embedding) with ``with_features``."""
+        ...
+
+    def summarized(self, x: torch.Tensor) -> tuple[torch.Tensor, Summaries, torch.Tensor]:
+        """(logits, each tap as stored per clip, embedding): what tagging a batch needs."""
         ...
 
 
@@ -93,14 +134,24 @@ class TorchEngine:
         self.name = f"torch ({str(dtype).removeprefix('torch.') if dtype else 'fp32'})"
 
     def __call__(self, x: torch.Tensor, with_features: bool) -> Any:
-        if self.device.type != "cpu":
+        with self._threads():
             return forward(self.model, x, self.device, with_features=with_features)
-        with intra_op_threads(self.threads):
-            return forward(self.model, x, self.device, with_features=with_features)
+
+    def summarized(self, x: torch.Tensor) -> tuple[torch.Tensor, Summaries, torch.Tensor]:
+        with self._threads():
+            logits, feats, embedding = forward(self.model, x, self.device, with_features=True)
+            return logits, summarize_feature_maps(feats), embedding
+
+    def _threads(self) -> contextlib.AbstractContextManager[None]:
+        return intra_op_threads(self.threads) if self.device.type == "cpu" else contextlib.nullcontext()
+
+
+SUMMARY_OUTPUTS = tuple(f"{tap}.{part}" for tap in FEATURE_TAPS for part in SUMMARY_PARTS)
 
 
 class _Outputs(torch.nn.Module):
-    """AudioCNN with every output as a flat tuple, the shape ONNX export wants."""
+    """AudioCNN with every output as a flat tuple, the shape ONNX export wants: the logits,
+    the taps, the embedding and each tap's summary (``SUMMARY_OUTPUTS``)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -108,7 +159,8 @@ class _Outputs(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, features, embedding = self.model(x, with_features=True)
-        return (logits, *(features[k] for k in FEATURE_TAPS), embedding)
+        summaries = (part for k in FEATURE_TAPS for part in summarize_tap(features[k]))
+        return (logits, *(features[k] for k in FEATURE_TAPS), embedding, *summaries)
 
 
 class OnnxRuntimeEngine:
@@ -133,7 +185,7 @@ class OnnxRuntimeEngine:
         cached = _export_cache_path(export_cache, checkpoint_sha256)
         if cached is not None and cached.is_file():
             try:
-                self.session = session(cached.read_bytes())
+                self.session = _with_all_outputs(session(cached.read_bytes()))
                 return
             except Exception as exc:  # broad on purpose: a damaged cache file is exported again
                 log.warning("ignoring the cached ONNX export %s (%s)", cached, exc)
@@ -142,12 +194,34 @@ class OnnxRuntimeEngine:
         if cached is not None:
             _write_atomically(cached, onnx)
 
+    # ONNX Runtime computes only what the asked-for outputs need: the logits alone skip
+    # the taps' copies out of its blocked layout, the summaries skip the whole taps'.
     def __call__(self, x: torch.Tensor, with_features: bool) -> Any:
-        outputs = self.session.run(None, {"spectrogram": x.float().contiguous().numpy()})
-        logits, *maps, embedding = (torch.from_numpy(o) for o in outputs)
         if not with_features:
-            return logits
+            return torch.from_numpy(self._run(("logits",), x)[0])
+        logits, *maps, embedding = (torch.from_numpy(o) for o in self._run(_FULL_OUTPUTS, x))
         return logits, dict(zip(FEATURE_TAPS, maps, strict=True)), embedding
+
+    def summarized(self, x: torch.Tensor) -> tuple[torch.Tensor, Summaries, torch.Tensor]:
+        logits, embedding, *parts = self._run(_SUMMARIZED_OUTPUTS, x)
+        taps = {tap: (parts[3 * i], parts[3 * i + 1], parts[3 * i + 2]) for i, tap in enumerate(FEATURE_TAPS)}
+        return torch.from_numpy(logits), _as_summaries(taps), torch.from_numpy(embedding)
+
+    def _run(self, names: tuple[str, ...], x: torch.Tensor) -> list[np.ndarray]:
+        return cast(list[np.ndarray], self.session.run(list(names), {"spectrogram": x.float().contiguous().numpy()}))
+
+
+_FULL_OUTPUTS = ("logits", *FEATURE_TAPS, "embedding")
+_SUMMARIZED_OUTPUTS = ("logits", "embedding", *SUMMARY_OUTPUTS)
+
+
+def _with_all_outputs(session: Any) -> Any:
+    """The session, if its graph has every output the engine asks for (a cached file could
+    come from another layout under the same name, written by hand or by a copied cache)."""
+    missing = set(_FULL_OUTPUTS + SUMMARY_OUTPUTS) - {o.name for o in session.get_outputs()}
+    if missing:
+        raise ValueError(f"the graph lacks the outputs {sorted(missing)}")
+    return session
 
 
 def export_onnx(model: torch.nn.Module) -> bytes:
@@ -162,17 +236,18 @@ def export_onnx(model: torch.nn.Module) -> bytes:
         warnings.simplefilter("ignore")  # the exporter's deprecation notice, once per load
         torch.onnx.export(_Outputs(model).eval(), (sample,), cast(Any, buffer),  # a file object works too
                           input_names=["spectrogram"],
-                          output_names=["logits", *FEATURE_TAPS, "embedding"],
+                          output_names=[*_FULL_OUTPUTS, *SUMMARY_OUTPUTS],
                           dynamic_axes={"spectrogram": {0: "batch", 3: "frames"}}, opset_version=17, dynamo=False)
     return buffer.getvalue()
 
 
 def _export_cache_path(folder: Path | None, checkpoint_sha256: str | None) -> Path | None:
-    """Where the export of this checkpoint file is kept, for this torch and this soundtag
-    (either may export differently); None without a folder or for a model built in memory."""
+    """Where the export of this checkpoint file is kept, for this torch, this soundtag and
+    this graph layout (each may export differently); None without a folder or for a model
+    built in memory."""
     if folder is None or checkpoint_sha256 is None:
         return None
-    return folder / f"{checkpoint_sha256[:32]}-torch{torch.__version__}-soundtag{__version__}.onnx"
+    return folder / f"{checkpoint_sha256[:32]}-torch{torch.__version__}-soundtag{__version__}-{EXPORT_LAYOUT}.onnx"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

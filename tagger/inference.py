@@ -22,7 +22,15 @@ import torch
 from tagger.audio import DecodedAudio
 from tagger.checkpoint import Checkpoint, load_checkpoint
 from tagger.device import resolve_device
-from tagger.engine import Engine, EngineName, default_threads, forward, intra_op_threads, make_engine
+from tagger.engine import (
+    Engine,
+    EngineName,
+    Summaries,
+    default_threads,
+    forward,
+    intra_op_threads,
+    make_engine,
+)
 from tagger.features import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -33,7 +41,6 @@ from tagger.features import (
     window_starts,
 )
 
-TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the channel mean
 ENVELOPE_POINTS = 1000
 FEATURE_MAP_MAX_SECONDS = 60  # feature maps of a long clip cover its first minute
 FEATURE_MAP_MAX_FRAMES = 1 + FEATURE_MAP_MAX_SECONDS * SAMPLE_RATE // HOP_LENGTH
@@ -89,6 +96,10 @@ class Tagger:
                 return forward(self.model, x, self.device, with_features=with_features, block_taps=block_taps)
             return self.engine(x, with_features)
 
+    def _summarized(self, x: torch.Tensor) -> tuple[torch.Tensor, Summaries, torch.Tensor]:
+        with self._lock:
+            return self.engine.summarized(x)
+
     def probabilities(self, windows: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
         """Class probabilities of (1, n_mels, frames) spectrogram windows (a tensor or a list
         of views into a long clip's spectrogram, stacked one batch at a time)."""
@@ -130,9 +141,8 @@ class Tagger:
         for c in range(0, len(chosen), self.batch_size):
             chunk = chosen[c : c + self.batch_size]
             batch = torch.stack([specs[i][0] for i in chunk])
-            logits, feats, emb = self._forward(batch, with_features=True)
+            logits, maps, emb = self._summarized(batch)
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-            maps = summarize_feature_maps(feats)
             # One copy to the host per batch, not two per clip (no-ops on a CPU).
             batch, emb = batch.cpu(), emb.float().cpu()
             for j, i in enumerate(chunk):
@@ -151,9 +161,8 @@ class Tagger:
             rows[i].append(n)
         out = {}
         for i in chosen:
-            _, feats, emb = self._forward(specs[i][..., :FEATURE_MAP_MAX_FRAMES], with_features=True)
-            maps = _clip_maps(summarize_feature_maps(feats), 0)
-            result = self._result(clips[i], specs[i], probs[rows[i]].mean(0), maps, emb[0])
+            _, maps, emb = self._summarized(specs[i][..., :FEATURE_MAP_MAX_FRAMES])
+            result = self._result(clips[i], specs[i], probs[rows[i]].mean(0), _clip_maps(maps, 0), emb[0])
             result.timeline = [self._window_entry(clips[i], windows[n][1], probs[n]) for n in rows[i]]
             out[i] = result
         return out
@@ -195,27 +204,8 @@ class Tagger:
         )
 
 
-def _clip_maps(maps: dict[str, dict[str, list[Any]]], j: int) -> dict[str, dict[str, np.ndarray]]:
+def _clip_maps(maps: Summaries, j: int) -> dict[str, dict[str, np.ndarray]]:
     return {tap: {part: values[j] for part, values in parts.items()} for tap, parts in maps.items()}
-
-
-def summarize_feature_maps(feats: dict[str, torch.Tensor], k: int = TOP_K_CHANNELS) -> dict[str, dict[str, list[Any]]]:
-    """Each tap's (B, C, H, W) activations → per clip its channel mean and k strongest channels.
-
-    Done for the whole batch in a few tensor ops: per-clip loops over small tensors cost
-    more in dispatch than in arithmetic.
-    """
-    out = {}
-    for name, fm in feats.items():
-        # Reduce the model's own (channels-last, maybe bf16) tensor where it is, with fp32
-        # accumulation, and convert and copy to the host only the few maps kept, not whole taps.
-        c = fm.shape[1]
-        idx = torch.argsort(fm.mean(dim=(2, 3), dtype=torch.float32), dim=1, descending=True)[:, : min(k, c)]
-        top = torch.take_along_dim(fm, idx[:, :, None, None], dim=1).float().contiguous().cpu()
-        means = fm.mean(dim=1, dtype=torch.float32).cpu().numpy()
-        out[name] = {"mean": list(means), "channels": list(top.numpy()),
-                     "channel_index": list(idx.cpu().numpy().astype(np.int16))}
-    return out
 
 
 def waveform_envelope(samples: np.ndarray, points: int = ENVELOPE_POINTS) -> np.ndarray:

@@ -155,7 +155,7 @@ def stage_cpu(tagger, clips: list[Path], url: str, batch: int = 32,
         with timed("log_mel"):
             decoded.features = [tagger.features(a) for _, a in decoded.audio]
         with timed("model"):
-            tagger.engine(torch.cat(decoded.features), True)  # the network alone
+            tagger.engine.summarized(torch.cat(decoded.features))  # the network alone, as tagging runs it
         with timed("summaries_results"):
             tagged = run_model(tagger, decoded)  # the network again, taken off below
         with timed("encoding"):

@@ -74,17 +74,20 @@ def model_windows(tagger: Tagger, clips: list[Path], count: int = 32) -> torch.T
 def time_model(tagger: Tagger, batch: torch.Tensor, with_features: bool, repeats: int, warmups: int = 1,
                sync: Callable[[], None] = lambda: None) -> float:
     """Seconds per clip of the bare forward pass through the engine serving uses, on the
-    threads it uses. On a GPU ``sync`` waits for the device, so each reading includes its work."""
+    threads it uses; ``with_features``: with the taps' summaries that tagging stores, as
+    serving runs it (``Engine.summarized``). On a GPU ``sync`` waits for the device, so
+    each reading includes its work."""
     import time
 
     torch.set_num_threads(tagger.threads)
+    run = tagger.engine.summarized if with_features else lambda x: tagger.engine(x, False)
     for _ in range(warmups):  # allocator, kernels (and cuDNN's choice of algorithm)
-        tagger.engine(batch, with_features)
+        run(batch)
     sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        tagger.engine(batch, with_features)
+        run(batch)
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / len(batch)

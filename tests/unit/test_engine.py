@@ -36,6 +36,10 @@ def test_onnxruntime_answers_as_eager_fp32_torch(random_checkpoint, monkeypatch)
         for tap in FEATURE_TAPS:
             assert a.feature_maps[tap]["mean"].shape == b.feature_maps[tap]["mean"].shape
             assert np.abs(a.feature_maps[tap]["mean"] - b.feature_maps[tap]["mean"]).max() < 1e-3
+            # The summaries ONNX Runtime computes in its graph keep the same channels.
+            assert np.array_equal(a.feature_maps[tap]["channel_index"], b.feature_maps[tap]["channel_index"])
+            assert a.feature_maps[tap]["channel_index"].dtype == np.int16
+            assert np.abs(a.feature_maps[tap]["channels"] - b.feature_maps[tap]["channels"]).max() < 1e-3
         assert [w["start_s"] for w in a.timeline] == [w["start_s"] for w in b.timeline]
 
 
@@ -44,6 +48,43 @@ def test_the_engine_takes_any_batch_and_length(random_tagger):
         logits, maps, embedding = random_tagger.engine(torch.zeros(batch, 1, 64, frames), True)
         assert logits.shape == (batch, 50) and embedding.shape[0] == batch
         assert maps["stem"].shape[0] == batch and maps["stem"].shape[-1] == (frames + 3) // 4
+
+
+def test_the_summaries_are_the_taps_reduced(random_tagger):
+    """What the graph returns per tap is the channel mean and the strongest channels of the
+    very taps it returns whole, strongest first; the logits alone skip the taps."""
+    x = torch.randn(3, 1, 64, 431) * 20 - 40
+    logits, maps, embedding = random_tagger.engine(x, True)
+    s_logits, summaries, s_embedding = random_tagger.engine.summarized(x)
+    assert torch.equal(logits, s_logits) and torch.equal(embedding, s_embedding)
+    assert torch.equal(random_tagger.engine(x, False), logits)
+    for tap in FEATURE_TAPS:
+        fm = maps[tap].numpy()
+        for j in range(3):
+            index = summaries[tap]["channel_index"][j]
+            strengths = fm[j].mean(axis=(1, 2))
+            assert len(index) == 4 and np.all(np.diff(strengths[index]) <= 1e-6)
+            assert strengths[index].min() >= np.sort(strengths)[-4] - 1e-6
+            assert np.array_equal(summaries[tap]["channels"][j], fm[j, index])
+            assert np.abs(summaries[tap]["mean"][j] - fm[j].mean(axis=0)).max() < 1e-5
+
+
+def test_a_cached_export_of_another_layout_is_exported_again(random_checkpoint, tmp_path):
+    import io
+
+    import onnx
+
+    tagger = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime", export_cache=tmp_path)
+    (cached,) = tmp_path.glob("*.onnx")
+    graph = onnx.load_from_string(cached.read_bytes())
+    del graph.graph.output[len(FEATURE_TAPS) + 2 :]  # as exported before the summaries were in the graph
+    buffer = io.BytesIO()
+    onnx.save(graph, buffer)
+    cached.write_bytes(buffer.getvalue())
+    again = Tagger.load(random_checkpoint, device="cpu", engine="onnxruntime", export_cache=tmp_path)
+    clips = _clips([5.0])
+    assert again.tag(clips)[0].feature_maps.keys() == tagger.tag(clips)[0].feature_maps.keys()
+    assert len(onnx.load_from_string(cached.read_bytes()).graph.output) > len(FEATURE_TAPS) + 2  # written anew
 
 
 def test_the_export_of_a_checkpoint_file_is_cached(random_checkpoint, tmp_path, monkeypatch):
