@@ -125,16 +125,22 @@ def _all_stats() -> dict[int, str]:
     return stats
 
 
-def _stat_cpu_s(stat: str) -> float:
-    """User + system CPU seconds from the text of a /proc/PID/stat file."""
+def _stat_cpu_s(stat: str, ended_children: bool = False) -> float:
+    """User + system CPU seconds from the text of a /proc/PID/stat file; with
+    ``ended_children`` also those of its children that ended and were waited for."""
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if ended_children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def processes_cpu_s(command: str) -> float:
     """CPU seconds so far of every process whose command name is ``command`` (Linux /proc;
-    PostgreSQL's server runs as many ``postgres`` processes)."""
-    return sum(_stat_cpu_s(text) for text in _all_stats().values()
+    PostgreSQL's server runs as many ``postgres`` processes), with that of their children
+    that ended: a connection's server process hands its CPU to the postmaster's count of
+    waited-for children when the client disconnects, so without it a command that
+    connects and exits between two readings (``soundtag ingest``) would seem to cost the
+    server nothing."""
+    return sum(_stat_cpu_s(text, ended_children=True) for text in _all_stats().values()
                if text[text.index("(") + 1 : text.rindex(")")] == command)
 
 
