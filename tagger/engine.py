@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
@@ -46,6 +46,10 @@ TOP_K_CHANNELS = 4  # strongest channels kept per feature tap, besides the chann
 # strongest channels (k, H, W) and their indices (k,) as int16.
 Summaries = dict[str, dict[str, list[np.ndarray]]]
 SUMMARY_PARTS = ("mean", "channels", "channel_index")
+# The exported graph's outputs, by name: ONNX Runtime computes only what the asked-for ones need.
+SUMMARY_OUTPUTS = tuple(f"{tap}.{part}" for tap in FEATURE_TAPS for part in SUMMARY_PARTS)
+_FULL_OUTPUTS = ("logits", *FEATURE_TAPS, "embedding")
+_SUMMARIZED_OUTPUTS = ("logits", "embedding", *SUMMARY_OUTPUTS)
 # Part of the export cache's file name: a new value for every change of the exported graph.
 EXPORT_LAYOUT = "summaries1"
 
@@ -96,8 +100,10 @@ def summarize_tap(fm: torch.Tensor, k: int = TOP_K_CHANNELS) -> tuple[torch.Tens
     return fm.mean(dim=1, dtype=torch.float32), top, idx
 
 
-def _as_summaries(taps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Summaries:
-    return {name: {"mean": list(mean), "channels": list(top), "channel_index": list(idx.astype(np.int16))}
+def _as_summaries(taps: Mapping[str, tuple[np.ndarray, ...]]) -> Summaries:
+    """Each tap's (channel means, strongest channels, their indices) of a batch, in
+    ``SUMMARY_PARTS`` order, as per-clip lists; the indices as int16."""
+    return {name: dict(zip(SUMMARY_PARTS, (list(mean), list(top), list(idx.astype(np.int16))), strict=True))
             for name, (mean, top, idx) in taps.items()}
 
 
@@ -145,8 +151,6 @@ class TorchEngine:
     def _threads(self) -> contextlib.AbstractContextManager[None]:
         return intra_op_threads(self.threads) if self.device.type == "cpu" else contextlib.nullcontext()
 
-
-SUMMARY_OUTPUTS = tuple(f"{tap}.{part}" for tap in FEATURE_TAPS for part in SUMMARY_PARTS)
 
 
 class _Outputs(torch.nn.Module):
@@ -204,15 +208,13 @@ class OnnxRuntimeEngine:
 
     def summarized(self, x: torch.Tensor) -> tuple[torch.Tensor, Summaries, torch.Tensor]:
         logits, embedding, *parts = self._run(_SUMMARIZED_OUTPUTS, x)
-        taps = {tap: (parts[3 * i], parts[3 * i + 1], parts[3 * i + 2]) for i, tap in enumerate(FEATURE_TAPS)}
+        n = len(SUMMARY_PARTS)
+        taps = {tap: tuple(parts[n * i : n * (i + 1)]) for i, tap in enumerate(FEATURE_TAPS)}
         return torch.from_numpy(logits), _as_summaries(taps), torch.from_numpy(embedding)
 
     def _run(self, names: tuple[str, ...], x: torch.Tensor) -> list[np.ndarray]:
         return cast(list[np.ndarray], self.session.run(list(names), {"spectrogram": x.float().contiguous().numpy()}))
 
-
-_FULL_OUTPUTS = ("logits", *FEATURE_TAPS, "embedding")
-_SUMMARIZED_OUTPUTS = ("logits", "embedding", *SUMMARY_OUTPUTS)
 
 
 def _with_all_outputs(session: Any) -> Any:
