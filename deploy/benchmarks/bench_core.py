@@ -2,7 +2,10 @@
 
 - model-only: the Tagger's engine (ONNX Runtime fp32 on CPU by default) on its threads,
   on precomputed 5 s log-mel windows, ms per clip at batch 1 and batch 32, with the
-  feature-map taps the pipeline stores and without;
+  feature-map taps the pipeline stores and without; and the network's multiply-adds per
+  5 s window with the arithmetic rate that batch 32 with taps reached (GFLOP/s, two
+  operations per multiply-add): against the core's fp32 FMA peak it tells whether the
+  engine or the arithmetic bounds the network on this machine;
 - ingest: `tagger.ingest.ingest` on real 5 s clips into a fresh PostgreSQL database
   (decode → log-mel → model → codec → upsert), clips/s, and its ratio to the model-only
   rate with taps at batch 32 measured just before in the same process;
@@ -36,6 +39,39 @@ def model_only(tagger, clips: list[Path], repeats: int) -> dict:
             ms = 1000 * time_model(tagger, windows[:bs], with_features=taps, repeats=reps)
             out[f"model_ms_per_clip_batch{bs}{'_taps' if taps else ''}"] = round(ms, 2)
     return out
+
+
+def multiply_adds(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of one forward pass of ``x`` through the convolutions and the linear
+    layer (everything else is a few per element: below a percent of the total here)."""
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * per_output
+        elif isinstance(module, torch.nn.Linear):
+            total += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def arithmetic_rate(tagger, ms_per_clip: float) -> dict:
+    """The network's multiply-adds per 5 s window and the GFLOP/s that ``ms_per_clip`` means."""
+    from tagger.features import N_MELS, WINDOW_FRAMES
+
+    macs = multiply_adds(tagger.model, torch.zeros(1, 1, N_MELS, WINDOW_FRAMES))
+    return {"model_mmac_per_clip": round(macs / 1e6, 1),
+            "model_gflops_batch32_taps": round(2 * macs / (ms_per_clip / 1000) / 1e9, 1)}
 
 
 def previous_layout_ratio(tagger, repeats: int) -> dict:
@@ -100,6 +136,7 @@ def run(quick: bool = False) -> dict:
     figures: dict[str, Any] = {"model": path.name, "model_version": tagger.version,
                                "threads": torch.get_num_threads()}
     figures.update(model_only(tagger, clips, repeats=3 if quick else 10))
+    figures.update(arithmetic_rate(tagger, figures["model_ms_per_clip_batch32_taps"]))
     figures.update(previous_layout_ratio(tagger, repeats=3 if quick else 10))
     figures.update(ingest_rate(tagger, clips))
     model_rate = 1000 / figures["model_ms_per_clip_batch32_taps"]
