@@ -20,11 +20,6 @@ import torchaudio.functional as F_audio
 
 from tagger.audio import SAMPLE_RATE as SAMPLE_RATE  # the decoder's output rate, re-exported
 
-try:  # the compiled mel power (setup.py builds it with the package; optional, like tagger._vorbis)
-    from tagger import _spectrum
-except ImportError:  # pragma: no cover - a build without a C compiler
-    _spectrum = None  # type: ignore[assignment]
-
 N_FFT = 1024
 HOP_LENGTH = 512
 N_MELS = 64
@@ -57,14 +52,13 @@ MEL_BANDS = 4  # groups of neighbouring filters, each multiplied only over the b
 
 
 @functools.cache
-def _transform_constants(device: str) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, int, int]]]:
+def _transform_constants(device: str) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int, int]]]:
     """The periodic Hann window and the HTK mel filterbank: torchaudio's own, so the
     features equal ``torchaudio.transforms.MelSpectrogram`` with these settings.
 
-    The filterbank comes whole (n_mels, n_freqs), for the compiled path, and as
-    ``MEL_BANDS`` blocks (filters, first bin, end bin) for torch's: a filter is zero
-    outside its triangle, so each group of neighbouring filters needs only the bins its
-    triangles cover (a quarter of the multiply-adds of the whole matrix)."""
+    The filterbank comes as ``MEL_BANDS`` blocks (filters, first bin, end bin): a filter
+    is zero outside its triangle, so each group of neighbouring filters needs only the
+    bins its triangles cover (a quarter of the multiply-adds of the whole matrix)."""
     window = torch.hann_window(N_FFT, device=device)
     filters = F_audio.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm=None,
                                       mel_scale="htk").T.contiguous()  # (n_mels, n_freqs)
@@ -73,29 +67,18 @@ def _transform_constants(device: str) -> tuple[torch.Tensor, torch.Tensor, list[
         bins = torch.nonzero(filters[group].sum(dim=0))[:, 0]
         first, end = int(bins[0]), int(bins[-1]) + 1
         bands.append((filters[group, first:end].contiguous().to(device), first, end))
-    return window, filters.to(device), bands
+    return window, bands
 
 
 def _mel_power(waveforms: torch.Tensor, left: int, right: int) -> torch.Tensor:
     """(B, samples) → (B, N_MELS, frames) mel power of the uncentred frames of the
     waveforms with ``left`` and ``right`` samples reflected at their edges.
 
-    On the CPU through ``tagger._spectrum`` where it is built: each frame windowed (the
-    reflected samples read in place), through PFFFT's real FFT, squared and summed through
-    its mel filters in one pass (about two thirds of the CPU of torch's path; the same
-    values to float rounding). Elsewhere the padding, one STFT call, the power as re² + im²
-    (what |z|² means, without the square root that ``abs().pow(2)`` takes and undoes) and
-    the banded filterbank.
+    The padding, one STFT call, the power as re² + im² (what |z|² means, without the
+    square root that ``abs().pow(2)`` takes and undoes) and the banded filterbank.
     """
     _check_reflect(waveforms, left, right)
-    window, filters, bands = _transform_constants(str(waveforms.device))
-    if _spectrum is not None and waveforms.device.type == "cpu" and not waveforms.requires_grad:
-        rows = waveforms.float().contiguous()
-        frames = 1 + (rows.shape[-1] + left + right - N_FFT) // HOP_LENGTH
-        out = torch.empty(rows.shape[0], N_MELS, frames)
-        for row, mel in zip(rows, out, strict=True):
-            _spectrum.mel_power(row.numpy(), left, right, window.numpy(), HOP_LENGTH, filters.numpy(), mel.numpy())
-        return out
+    window, bands = _transform_constants(str(waveforms.device))
     spec = torch.view_as_real(torch.stft(_reflect_pad(waveforms, left, right), N_FFT, HOP_LENGTH, window=window,
                                          center=False, return_complex=True))
     spec.square_()

@@ -45,11 +45,6 @@ run() {
     tar -C "$site" -xJf "$BUNDLE/site312.tar.xz" || return 1
     chmod 755 "$site"
     export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
-    # The Ogg Vorbis decoder (tagger._vorbis) and the log-mel's transform (tagger._spectrum)
-    # for this Python, where it has a compiler and setuptools; without them libsndfile decodes
-    # Ogg Vorbis and torch.stft transforms, as the tests' checks will say.
-    python3 setup.py -q build_ext --inplace >"$out/build_ext.log" 2>&1 \
-        || echo "tagger._vorbis, tagger._spectrum not built here (see $out/build_ext.log): libsndfile decodes Ogg Vorbis"
     local pg="$site/pgserver/pginstall/bin" user=soundtagpg
     id "$user" >/dev/null 2>&1 || useradd -M -s /bin/sh "$user" 2>/dev/null || user=nobody
     as_user() {  # python3 is there whatever else is not (runuser, su)
