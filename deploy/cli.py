@@ -15,11 +15,21 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _paths_exist(paths: list[str]) -> str | None:
+    """The error for named paths that do not exist, before anything is loaded or stored."""
+    from tagger.files import missing_paths
+
+    missing = missing_paths(paths)
+    return f"no such file or folder: {', '.join(missing)}" if missing else None
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tagger.ingest_processes import ingest_job
     from tagger.stages import PipelineJob
     from tagger.startup import check_model, open_database
 
+    if error := _paths_exist(args.paths):
+        return _fail(error)
     settings = get_settings()
     check_model(settings)
     open_database(settings)  # the schema, before any process writes
@@ -37,7 +47,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(summary)
     if summary.gave_up:
         return _fail(f"{summary.gave_up}; run the same command again to finish", 1)
-    return 130 if summary.interrupted else 0
+    if summary.interrupted:
+        return 130
+    # 0 only when every clip is tagged (now or before): a script can trust it.
+    return 1 if summary.failed else 0
 
 
 def _non_negative_int(text: str) -> int:
@@ -126,6 +139,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from stream.producer import publish
 
+    if error := _paths_exist(args.paths):
+        return _fail(error)
     # kafka-python logs every failed connection attempt; the summary says what happened.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 

@@ -45,6 +45,11 @@ PREPROCESSING = {
     "short_clips": "trailing silence trimmed, repeated to fill the window",
     "long_clips": "windows inside the clip, overlapping by half",
 }
+# A lossy codec's decoded clip is a little longer than what was encoded: AAC's priming
+# and last-frame fill (up to 2048 samples), MP3's and Opus's fill. Up to this much past one
+# window, a clip is tagged as that one window instead of as two that overlap almost whole
+# (which doubled the network's cost of every 5 s M4A clip).
+WINDOW_SLACK = 2048
 SILENCE = 1e-4  # |sample| below this is digital silence (ESC-50 pads clips with zeros)
 
 
@@ -153,13 +158,16 @@ def window_input(samples: torch.Tensor) -> torch.Tensor:
     """The waveform the model sees for a clip: one filled window, or the clip itself.
 
     A clip whose sound (trailing digital silence trimmed) fits in one window is repeated
-    to fill it, the way training fills ESC-50's padded clips; a longer clip is returned
-    as it is and tagged with windows inside it (``window_starts``).
+    to fill it, the way training fills ESC-50's padded clips; one at most ``WINDOW_SLACK``
+    samples longer is cut to the window; a longer clip is returned as it is and tagged
+    with windows inside it (``window_starts``).
     """
     n = samples.shape[-1]
     end = _sound_end(samples) or n
-    if end > WINDOW_SAMPLES:
+    if end > WINDOW_SAMPLES + WINDOW_SLACK:
         return samples
+    if end > WINDOW_SAMPLES:
+        return samples[:WINDOW_SAMPLES]  # a window and a codec's padding: one window, not two
     sound = samples[:end] if end >= SAMPLE_RATE // 10 else samples[: max(n, 1)]
     if sound.shape[-1] == WINDOW_SAMPLES:
         return sound  # fills the window as it is: no copy (a longer clip is returned as it is too)

@@ -16,9 +16,18 @@ class FoundFiles:
     not_audio: list[Path]
 
 
+def missing_paths(paths: Iterable[str | Path]) -> list[str]:
+    """The named paths that do not exist: a typo is the user's to fix, not a failed clip."""
+    return [str(p) for p in paths if not os.path.lexists(p)]
+
+
 def find_audio_files(paths: Iterable[str | Path]) -> FoundFiles:
-    """Files named on the command line are always tried; in folders every file is looked at
-    (hidden ones skipped), in a stable order."""
+    """Files named on the command line are always tried (an unreadable one becomes a failed
+    clip with its reason); in folders every file is looked at (hidden ones skipped), in a
+    stable order. A path that does not exist is refused with ``FileNotFoundError``."""
+    paths = list(paths)
+    if missing := missing_paths(paths):
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     found = FoundFiles([], [])
     for raw in paths:
         path = Path(raw)
@@ -31,5 +40,5 @@ def find_audio_files(paths: Iterable[str | Path]) -> FoundFiles:
                     file = Path(root) / name
                     (found.audio if is_audio_file(file) else found.not_audio).append(file)
         else:
-            found.audio.append(path)  # a missing file becomes a recorded failure, not a crash
+            found.audio.append(path)
     return found

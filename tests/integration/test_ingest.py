@@ -175,6 +175,33 @@ def test_missing_model_names_the_variable_and_the_command(tmp_path, pg_url):
     assert "Traceback" not in r.stderr
 
 
+def test_a_path_that_does_not_exist_is_an_error_and_nothing_is_stored(tmp_path, pg_url, random_checkpoint):
+    sessions = _fresh(pg_url)
+    real = _many_clips(tmp_path / "real", 2)
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(real), "/no/such/path"],
+                       env=_cli_env(pg_url, random_checkpoint), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no such file or folder: /no/such/path" in r.stderr and "Traceback" not in r.stderr
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == 0
+
+
+def test_ingest_exits_1_after_its_summary_when_a_clip_failed_and_0_on_the_rerun_of_good_ones(
+        tmp_path, pg_url, random_checkpoint):
+    _fresh(pg_url)
+    folder = _many_clips(tmp_path / "some-bad", 3)
+    (folder / "cut-off.wav").write_bytes(audio_bytes("WAV", 2.0, seed=31)[:3000])
+    env = _cli_env(pg_url, random_checkpoint)
+    r = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "3 tagged, 0 already tagged, 1 failed" in r.stdout and "truncated" in r.stderr
+    (folder / "cut-off.wav").unlink()
+    again = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--quiet"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 tagged, 3 already tagged, 0 failed" in again.stdout, again.stdout
+
+
 def test_untrained_checkpoint_is_refused_without_the_test_switch(tmp_path, pg_url, random_checkpoint):
     env = _cli_env(pg_url, random_checkpoint)
     env.pop("SOUNDTAG_ALLOW_UNTRAINED")
