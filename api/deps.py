@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tagger.config import Settings
 from tagger.inference import Tagger
-from tagger.stages import StageRunner
+from tagger.stages import PooledStages
 
 
 @dataclass
@@ -22,7 +22,7 @@ class AppState:
     sessions: sessionmaker[Session]
     tagger: Tagger | None
     model_error: str | None = None
-    runner: StageRunner | None = None  # decode ‖ model ‖ store, when the model loaded
+    runner: PooledStages | None = None  # uploads tagged and stored in the pool, when the model loaded
 
 
 def get_state(request: Request) -> AppState:
@@ -34,7 +34,7 @@ def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Sess
         yield session
 
 
-def get_runner(state: Annotated[AppState, Depends(get_state)]) -> StageRunner:
+def get_runner(state: Annotated[AppState, Depends(get_state)]) -> PooledStages:
     if state.runner is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {state.model_error}")
     return state.runner

@@ -20,11 +20,17 @@ from tagger import __version__
 from tagger.config import Settings, get_settings
 from tagger.errors import CheckpointError, ModelNotFoundError, UntrainedModelError
 from tagger.inference import Tagger
-from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner
-from tagger.startup import load_tagger, open_database
+from tagger.pool import PoolError, ProcessPool
+from tagger.stages import DatabaseUnavailable, PooledStages
+from tagger.startup import load_tagger, open_database, pipeline_job
 
 log = logging.getLogger("soundtag.api")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Uploads and /inference are tagged in this many pool processes per API process (on the
+# CPU, about 450 MB each): uploads are rare next to queries, so more replicas, not more
+# processes, are how the API scales.
+TAGGING_PROCESSES = 1
+UPLOAD_DB_RETRY_S = 5.0  # a request should not hang on a database that is away: a short wait, then 503
 
 
 class BodySizeLimit:
@@ -116,8 +122,16 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
                 error = str(exc)
                 log.error("model not loaded: %s", error)
         sessions = open_database(settings)
-        # A request should not hang on a database that is away: a short wait, then 503.
-        runner = StageRunner(model, sessions, settings.max_duration_s, DatabaseWaiter(5.0)) if model else None
+        runner = None
+        if model is not None:
+            pool = ProcessPool(TAGGING_PROCESSES, pipeline_job(settings, device="cpu", db_retry_s=UPLOAD_DB_RETRY_S))
+            try:
+                pool.wait_ready()
+                runner = PooledStages(pool)
+            except PoolError as exc:
+                pool.close(wait=False)
+                error = str(exc)
+                log.error("tagging processes did not start: %s", error)
         app.state.soundtag = AppState(settings=settings, sessions=sessions, tagger=model,
                                       model_error=error, runner=runner)
         yield

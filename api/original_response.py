@@ -15,6 +15,9 @@ import numpy as np
 from tagger.audio import DecodedAudio
 from tagger.features import SAMPLE_RATE
 from tagger.inference import TagResult
+from tagger.pipeline import decode_payloads, run_model
+from tagger.pool import Worker
+from tagger.records import Payload
 
 WAVEFORM_POINTS = 8000
 
@@ -42,3 +45,22 @@ def inference_response(clip: DecodedAudio, result: TagResult, layer_maps: dict[s
             "duration": len(samples) / SAMPLE_RATE,
         },
     }
+
+
+def inference_task(worker: Worker, payloads: list[Payload]) -> dict | str:
+    """The answer for one clip, in a pool process (a decoder's crash costs the request,
+    not the server); a string says why there is none."""
+    tagger = worker.pipeline()[0]
+    assert worker.job is not None
+    decoded = decode_payloads(payloads, worker.job.max_duration_s, tagger.features)
+    if not decoded.audio:
+        return decoded.records[0].error or "not audio"
+    result = run_model(tagger, decoded).results[0]
+    if isinstance(result, Exception):
+        return f"tagging failed: {type(result).__name__}"
+    audio = decoded.audio[0][1]
+    return inference_response(audio, result, tagger.layer_maps(audio))
+
+
+def died_answering(payload: Payload, how: str) -> dict | str:
+    return f"the tagging process died on this audio ({how}); nothing was tagged"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -25,21 +26,18 @@ def _paths_exist(paths: list[str]) -> str | None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tagger.ingest_processes import ingest_job
-    from tagger.stages import PipelineJob
-    from tagger.startup import check_model, open_database
+    from tagger.startup import check_model, open_database, pipeline_job
 
     if error := _paths_exist(args.paths):
         return _fail(error)
     settings = get_settings()
     check_model(settings)
     open_database(settings)  # the schema, before any process writes
-    job = PipelineJob(model_path=str(settings.model_path), database_url=settings.database_url, device=settings.device,
-                      engine=settings.engine, batch_size=args.batch_size or settings.batch_size,
-                      max_duration_s=settings.max_duration_s, db_retry_s=settings.db_retry_s,
-                      model_threads=settings.model_threads, export_cache=str(settings.export_cache_dir))
+    job = pipeline_job(settings)
+    if args.batch_size:
+        job = dataclasses.replace(job, batch_size=args.batch_size)
     try:
-        # fork: this process has run no torch work and started no thread yet.
-        summary = ingest_job(args.paths, job, processes=args.processes, progress=not args.quiet, fork=True)
+        summary = ingest_job(args.paths, job, processes=args.processes, progress=not args.quiet)
     except ValueError as exc:
         return _fail(str(exc))
     _list("failed", summary.failures, "(status 'failed' in the database)")

@@ -7,9 +7,9 @@ import sys
 
 from tagger.config import SAMPLES_DIR, database_label, get_settings
 from tagger.files import find_audio_files
-from tagger.ingest import ingest
+from tagger.ingest_processes import ingest_job
 from tagger.repository import get_clip
-from tagger.startup import load_tagger, open_database
+from tagger.startup import load_tagger, open_database, pipeline_job
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -32,7 +32,8 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, serve: bool = True) -> i
     print(f"model {tagger.version} on {tagger.device}; database {db_label}")
     sessions = open_database(settings)
     files = find_audio_files([SAMPLES_DIR]).audio
-    summary = ingest(files, tagger, sessions, batch_size=settings.batch_size, max_duration_s=settings.max_duration_s)
+    # The same way as `soundtag ingest`: in the process pool.
+    summary = ingest_job(files, pipeline_job(settings))
     print(summary)
     from tagger.audio import sha256_hex
 

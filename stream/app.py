@@ -9,9 +9,10 @@ moment it is read until all of that is durable, so a worker stopped, killed or f
 any instant re-reads what it had not finished, and the upsert keeps one result per clip.
 
 Decoding, the model and storing never run on the event loop (heartbeats keep flowing):
-the runner does them, either in one process per core, each batch whole in one process
-(``tagger.stage_processes``, the CPU default), or on threads of this process, while one
-batch is in the model the next decoding and the previous being stored (``StageRunner``).
+the runner does them: on the CPU in the one process pool, each batch whole in one of its
+processes (``tagger.stages.PooledStages``); beside a GPU on threads of this process, while
+one batch is in the model the next decoding (in the pool) and the previous being stored
+(``tagger.stages.StageRunner``).
 Batches finish out of order, so the consumer commits an offset only once every message
 before it is acknowledged and released (``_Consumer._new_offset``).
 """
@@ -41,11 +42,24 @@ except ImportError:  # older Faust acknowledges on the event loop only
     ack_lock = threading.RLock()
 from stream.batching import MicroBatcher
 from stream.messages import MESSAGE_OVERHEAD_BYTES, dlq_headers, encode_event, payload_from_message
-from tagger.config import Settings
+from tagger.config import BATCH_SIZE, Settings
+from tagger.device import resolve_device
 from tagger.records import Status
 from tagger.stages import BatchRunner, DatabaseUnavailable
 
 log = logging.getLogger("soundtag.worker")
+# A batch starts as soon as the worker has room for one, with what has arrived, up to
+# MAX_BATCH: under light load a clip goes in alone at once (latency), under heavy load the
+# queue fills while the pool is busy, so batches reach MAX_BATCH anyway.
+MAX_BATCH = BATCH_SIZE
+# Beside a GPU the network costs next to nothing per clip and a larger batch keeps the
+# device busy: 128 measured best on an H100 (the benchmarks README).
+GPU_MAX_BATCH = 128
+# Longest a consumer fetch waits at the broker when no message is there. Apache Kafka
+# answers a waiting fetch as soon as a message arrives, so this only bounds latency on
+# brokers that do not (the dev broker holds the fetch for the whole wait, so Faust's
+# built-in 1.5 s became the latency). An idle worker sends 10 small requests a second.
+FETCH_MAX_WAIT_MS = 100
 
 
 def _too_large(exc: BaseException) -> bool:
@@ -167,6 +181,7 @@ class SoundtagApp(faust.App):
     def __init__(self, *args, fetch_max_wait_ms: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.pipeline_depth, self.max_batch = 2, MAX_BATCH  # batches in flight and their size (``create_app``)
         self.gave_up: str | None = None  # why the agent stopped the worker (the database stayed away)
 
     def _new_transport(self):
@@ -188,9 +203,14 @@ def faust_datadir(settings: Settings) -> Path:
     raise RuntimeError(f"no writable folder for the worker's data: {settings.cache_dir} nor {tempfile.gettempdir()}")
 
 
-def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
-    """The worker's app; ``runner`` tags and stores each batch (``StageRunner`` in this
-    process, or ``ProcessStageRunner`` in one process per core)."""
+def create_app(settings: Settings, runner: BatchRunner, linger_s: float = 0.0) -> SoundtagApp:
+    """The worker's app; ``runner`` tags and stores each batch (``PooledStages`` on the
+    CPU, ``StageRunner`` beside a GPU). ``linger_s``: a free slot waits that long for a
+    fuller batch (a benchmark's runner that answers at once; the worker starts at once)."""
+    # As many batches in flight as the runner runs at once (one per pool process), at
+    # least two: while one is in the model the next decodes and the one before is stored.
+    pipeline_depth = max(2, getattr(runner, "batches_at_once", 2))
+    max_batch = MAX_BATCH if resolve_device(settings.device).type == "cpu" else GPU_MAX_BATCH
     app = SoundtagApp(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -199,13 +219,13 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
         web_enabled=False,  # several workers per host; /metrics lives in the API
         topic_partitions=8,
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=settings.max_batch,
+        broker_commit_every=max_batch,
         broker_commit_interval=1.0,
         # Room for the largest clip plus its headers: a dead letter carries the clip.
         producer_max_request_size=settings.kafka_max_message_bytes + MESSAGE_OVERHEAD_BYTES,
         consumer_max_fetch_size=max(8 * 1024 * 1024, settings.kafka_max_message_bytes + MESSAGE_OVERHEAD_BYTES),
         stream_wait_empty=False,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     clips = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw",
                       partitions=app.conf.topic_partitions)
@@ -276,7 +296,7 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
     @app.agent(clips)
     async def tag_clips(stream):
         consumer = cast(_Consumer, app.consumer)
-        batches = MicroBatcher(tag_batch, settings.max_batch, settings.pipeline_depth, settings.batch_within_s)
+        batches = MicroBatcher(tag_batch, max_batch, pipeline_depth, linger_s)
         try:
             async for event in stream.events():
                 # Held from the moment it is read: Faust acknowledges it when the next one
@@ -287,6 +307,6 @@ def create_app(settings: Settings, runner: BatchRunner) -> SoundtagApp:
             await batches.close()
 
     app.tag_clips = tag_clips  # type: ignore[attr-defined]
-    app.pipeline_depth = settings.pipeline_depth  # type: ignore[attr-defined]
+    app.pipeline_depth, app.max_batch = pipeline_depth, max_batch
     app.runner = runner  # type: ignore[attr-defined]
     return app

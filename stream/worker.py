@@ -20,9 +20,9 @@ from faust import Worker
 
 from tagger.config import Settings, get_settings
 from tagger.device import processes_that_fit, resolve_device
-from tagger.stage_processes import ProcessStageRunner, StageProcessError
-from tagger.stages import BatchRunner, DatabaseWaiter, PipelineJob, StageRunner
-from tagger.startup import check_model, load_tagger, open_database
+from tagger.pool import PoolError, ProcessPool
+from tagger.stages import BatchRunner, DatabaseWaiter, PooledStages, StageRunner
+from tagger.startup import check_model, load_tagger, open_database, pipeline_job
 
 STOP_GRACE_S = 8.0
 log = logging.getLogger("soundtag.worker")
@@ -111,9 +111,9 @@ def _wait_for_broker(bootstrap: str) -> bool:
 def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], None]]:
     """What tags the worker's batches, a line saying where, and how to stop it."""
     processes = worker_processes(settings)
-    if processes == 1 or not _on_cpu(settings):
+    if not _on_cpu(settings):
         tagger = load_tagger(settings)  # a missing model stops here, with a clear message
-        decoders = processes if processes > 1 else 0  # on a GPU: processes that decode for this one
+        decoders = processes if processes > 1 else 0  # two cores: decoding on this process's threads
         runner = StageRunner(tagger, open_database(settings), settings.max_duration_s,
                              DatabaseWaiter(settings.db_retry_s), decode_processes=decoders)
         where = f"model {tagger.version} on {tagger.device}"
@@ -121,17 +121,14 @@ def _stage_runner(settings: Settings) -> tuple[BatchRunner, str, Callable[[], No
         return runner, where, runner.close
     check_model(settings)  # a missing model stops here, before any process starts
     open_database(settings)  # the schema brought up to date once, here
-    job = PipelineJob(model_path=str(settings.model_path), database_url=settings.database_url, device="cpu",
-                      engine=settings.engine, batch_size=settings.batch_size, max_duration_s=settings.max_duration_s,
-                      db_retry_s=settings.db_retry_s, model_threads=settings.model_threads,
-                      export_cache=str(settings.export_cache_dir))
-    pool = ProcessStageRunner(job, processes)
+    pool = ProcessPool(processes, pipeline_job(settings, device="cpu"))
     try:
         version = pool.wait_ready()
-    except StageProcessError:
+    except PoolError:
         pool.close(wait=False)
         raise
-    return pool, f"model {version} in {processes} processes on cpu", pool.close
+    stages = PooledStages(pool)
+    return stages, f"model {version} in {processes} processes on cpu", stages.close
 
 
 def _on_cpu(settings: Settings) -> bool:
@@ -139,17 +136,17 @@ def _on_cpu(settings: Settings) -> bool:
 
 
 def worker_processes(settings: Settings) -> int:
-    """SOUNDTAG_WORKER_PROCESSES, or by default one per core as far as memory allows (each
-    holds about 450 MB). On CPU each runs whole batches; on a GPU one process tags and the
-    others decode for it (processes that each own a GPU were slower than one)."""
-    return settings.worker_processes or processes_that_fit(gpu=not _on_cpu(settings))
+    """One per core as far as memory allows (each holds about 450 MB). On CPU each runs
+    whole batches; on a GPU one process tags and the others decode for it (processes that
+    each own a GPU were slower than one)."""
+    return processes_that_fit(gpu=not _on_cpu(settings))
 
 
 def run_worker(loglevel: str = "info") -> int:
     settings = get_settings()
     try:
         runner, where, close = _stage_runner(settings)
-    except StageProcessError as exc:
+    except PoolError as exc:
         print(f"soundtag worker: {exc}", file=sys.stderr, flush=True)
         return 1
     from stream.app import create_app
@@ -158,7 +155,7 @@ def run_worker(loglevel: str = "info") -> int:
     logging.getLogger("soundtag").setLevel(loglevel.upper())
     print(f"soundtag worker: {where}, "
           f"{settings.input_topic} → {settings.output_topic} (DLQ {settings.dlq_topic}) "
-          f"via {settings.kafka_bootstrap}, batches of ≤{settings.max_batch}, {settings.pipeline_depth} in flight",
+          f"via {settings.kafka_bootstrap}, batches of ≤{app.max_batch}, {app.pipeline_depth} in flight",
           file=sys.stderr, flush=True)
     if not _wait_for_broker(settings.kafka_bootstrap):
         close()

@@ -60,7 +60,7 @@ class DecodedAudio:
 
     def without_samples(self, envelope: np.ndarray) -> DecodedAudio:
         """The clip as a decoding process sends it back once its log-mel is computed there:
-        its length and waveform envelope, not its samples (``tagger.decode_processes``)."""
+        its length and waveform envelope, not its samples (``tagger.pipeline.decode_for_model``)."""
         return DecodedAudio(np.zeros(0, np.float32), self.sample_rate, self.channels, len(self.samples), envelope)
 
 

@@ -19,6 +19,14 @@ ASSETS_DIR = PACKAGE_DIR / "assets"
 SHIPPED_MODEL_PATH = ASSETS_DIR / "audiocnn-esc50.safetensors"
 SAMPLES_DIR = ASSETS_DIR / "samples"
 
+# Clips per batch, everywhere: ingest's batches, the worker's largest, the model's chunks.
+# 32 measured best on 2 to 16 cores (the benchmarks README): smaller batches pay the
+# per-batch costs (a transaction, a network call) more often, larger ones only add latency.
+BATCH_SIZE = 32
+# Developers' switch, not a setting: lets plumbing tests and benchmarks run a randomly
+# initialised checkpoint (CONTRIBUTING.md). Users never need it.
+ALLOW_UNTRAINED_ENV = "SOUNDTAG_TEST_ALLOW_UNTRAINED"
+
 
 # Example values from deploy/.env.example and their kin: never accepted as real secrets.
 PLACEHOLDER_SECRETS = {"change-me", "change-me-too", "changeme", "secret", "password"}
@@ -44,20 +52,10 @@ class Settings(BaseSettings):
     # may call the API from a browser; none by default. "*" allows any origin.
     cors_origins: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # What runs the network: ONNX Runtime on CPU and torch on CUDA under "auto" (the
-    # benchmarks README compares them); "torch" forces eager PyTorch (bf16 autocast on
-    # CPUs with AVX-512 BF16).
-    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
-    # Intra-op threads of the model and features; 0: one on two cores (the pipeline's
-    # decode and store threads use the other), all cores but one on larger machines.
-    model_threads: int = Field(default=0, ge=0, le=512)
-    # Randomly initialised checkpoints (plumbing tests) are refused unless this is set.
-    allow_untrained: bool = False
 
     # Limits that protect every entry point from hostile or accidental input.
     max_upload_bytes: int = 50 * 1024 * 1024
     max_duration_s: float = 600.0
-    batch_size: int = 32
     # How long ingest, the worker and the API's uploads wait out a database outage before
     # giving up (ingest exits non-zero; the worker stops without acknowledging the batch).
     db_retry_s: float = Field(default=120.0, ge=0)
@@ -67,24 +65,6 @@ class Settings(BaseSettings):
     output_topic: str = "audio-tags"
     dlq_topic: str = "audio-clips-dlq"
     consumer_group: str = "soundtag-worker"
-    max_batch: int = 32
-    # A batch starts as soon as the worker has room for one, with what has arrived: under
-    # light load a clip goes in alone at once (latency), under heavy load the queue fills
-    # while the pipeline is busy, so batches reach max_batch anyway. > 0: a free slot waits
-    # up to this long for more messages first.
-    batch_within_s: float = Field(default=0.0, ge=0, le=10)
-    # Longest a consumer fetch waits at the broker when no message is there. Apache Kafka
-    # answers a waiting fetch as soon as a message arrives, so this only bounds latency on
-    # brokers that do not (the dev broker holds the fetch for the whole wait, so Faust's
-    # built-in 1.5 s became the latency). An idle worker sends 1/wait small requests per second.
-    fetch_max_wait_ms: int = Field(default=100, ge=10, le=30_000)
-    # Batches in flight per worker: while one is in the model, the next one decodes and
-    # the one before it is stored, so the model waits for neither.
-    pipeline_depth: int = Field(default=2, ge=1, le=8)
-    # Processes that tag and store the worker's batches, each batch whole in one of them;
-    # 0: one per core on CPU (as far as memory allows), one on a GPU. 1: the stages on
-    # threads of the worker's own process, batches overlapping.
-    worker_processes: int = Field(default=0, ge=0, le=256)
     # Largest Kafka message (one clip's bytes plus headers) when the broker does not report
     # its topic's max.message.bytes; Kafka's own default. docker-compose.yml raises both.
     kafka_max_message_bytes: int = Field(default=1_048_576, ge=1024)

@@ -9,8 +9,23 @@ import torch
 
 
 def cpu_cores() -> int:
-    """The cores this process may run on (its affinity, which a container's CPU set limits)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use: its affinity (which a container's CPU set limits),
+    and no more than a container's CPU quota (``cpus:`` in docker-compose.yml)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The CPU quota of this cgroup (v2) in whole cores, rounded up; None where there is none."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max" or int(period) <= 0:
+        return None
+    return -(-int(quota) // int(period))
 
 
 PROCESS_MEMORY = 600 * 2**20  # what one tagging process may hold (about 450 MB measured), with room

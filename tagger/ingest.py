@@ -24,13 +24,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from tagger.audio import file_sha256
-from tagger.decode_processes import DecodeProcessError
 from tagger.files import find_audio_files
 from tagger.inference import Tagger
 from tagger.pipeline import Decoded
+from tagger.pool import PoolError, Worker
 from tagger.records import ClipRecord, Payload, Status
 from tagger.repository import tagged_ids
-from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner, tag_and_store
+from tagger.stages import DatabaseUnavailable, DatabaseWaiter, StageRunner, died_on, tag_and_store
 
 READ_AHEAD = 2  # batches hashed and decoded ahead of the model
 
@@ -67,6 +67,18 @@ class IngestSummary:
                 f"{len(self.not_audio)} not audio in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s{cpu})")
 
 
+    def add(self, part: IngestSummary) -> None:
+        """Count a part of the run (a batch, or a process's share) into this summary."""
+        self.tagged += part.tagged
+        self.skipped += part.skipped
+        self.failed += part.failed
+        self.failures.extend(part.failures)
+        self.interrupted = self.interrupted or part.interrupted
+        self.gave_up = self.gave_up or part.gave_up
+        if part.cpu_s is not None:
+            self.cpu_s = (self.cpu_s or 0.0) + part.cpu_s
+
+
 def _payload(path: Path) -> Payload:
     try:
         digest = file_sha256(path)
@@ -80,8 +92,20 @@ def _batches(files: list[Path], size: int) -> Iterator[list[Path]]:
         yield files[i : i + size]
 
 
-def ingest(
-    paths: Iterable[str | Path],
+def ingest(paths: Iterable[str | Path], tagger: Tagger, sessions: sessionmaker[Session], batch_size: int = 32,
+           max_duration_s: float | None = None, progress: bool = True, waiter: DatabaseWaiter | None = None,
+           overlap: bool = True, decode_processes: int = 0) -> IngestSummary:
+    """Tag the audio under ``paths`` in this process (``ingest_files`` on what
+    ``find_audio_files`` finds; a path that does not exist raises ``FileNotFoundError``)."""
+    found = find_audio_files(paths)
+    summary = ingest_files(found.audio, tagger, sessions, batch_size, max_duration_s, progress, waiter, overlap,
+                           decode_processes)
+    summary.not_audio = [str(p) for p in found.not_audio]
+    return summary
+
+
+def ingest_files(
+    files: list[Path],
     tagger: Tagger,
     sessions: sessionmaker[Session],
     batch_size: int = 32,
@@ -89,27 +113,18 @@ def ingest(
     progress: bool = True,
     waiter: DatabaseWaiter | None = None,
     overlap: bool = True,
-    on_batch: Callable[[IngestSummary], None] | None = None,
-    batches: Callable[[list[Path], int], Iterator[list[Path]]] | None = None,
     decode_processes: int = 0,
 ) -> IngestSummary:
-    """Tag the audio under ``paths`` in this process.
+    """Tag ``files`` in this process.
 
-    ``overlap`` runs the stages on their own threads, batches overlapping, so one process
-    fills the cores; without it each batch goes through them in turn on this thread, which
-    costs less CPU per clip where other processes fill the other cores
-    (``tagger.ingest_processes``). ``on_batch`` sees the running summary after every
-    stored batch; ``batches`` picks which batches of the files to tag (default: all, in
-    order; a process of ``tagger.ingest_processes`` takes those its parent hands it);
-    ``decode_processes`` decodes in that many processes instead of on threads (with
-    ``overlap``; ``tagger.decode_processes``: for a process that owns a GPU)."""
-    found = find_audio_files(paths)
-    files = found.audio
-    summary = IngestSummary(not_audio=[str(p) for p in found.not_audio])
+    ``overlap`` runs the stages on their own threads, batches overlapping (what the process
+    that owns a GPU runs, with ``decode_processes`` decoding in the pool); without it each
+    batch goes through them in turn on this thread, which costs the least CPU per clip
+    where other processes fill the other cores (a pool process's ``ingest_batch_task``)."""
+    summary = IngestSummary()
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
     waiter = waiter or DatabaseWaiter()
-    plan = batches or _batches
 
     def still_to_tag(batch: list[Path]) -> tuple[list[Payload], int]:
         # Hash first so clips already tagged by this model are skipped before decoding.
@@ -134,20 +149,18 @@ def ingest(
                 summary.failures.append((r.source, r.error or "unknown error"))
         bar.update(len(records) + skipped)
         bar.set_postfix(tagged=summary.tagged, skipped=summary.skipped, failed=summary.failed)
-        if on_batch is not None:
-            on_batch(summary)
 
     try:
         if overlap:
             runner = StageRunner(tagger, sessions, max_duration_s, waiter, decode_processes)
-            _overlapped(plan(files, batch_size), still_to_tag, runner, account, summary)
+            _overlapped(_batches(files, batch_size), still_to_tag, runner, account, summary)
         else:
-            for batch in plan(files, batch_size):
+            for batch in _batches(files, batch_size):
                 todo, skipped = still_to_tag(batch)
                 account(tag_and_store(tagger, sessions, todo, max_duration_s, waiter), skipped)
     except KeyboardInterrupt:
         summary.interrupted = True  # committed batches stay; a re-run skips them
-    except (DatabaseUnavailable, DecodeProcessError) as exc:
+    except (DatabaseUnavailable, PoolError) as exc:
         summary.gave_up = str(exc)
     finally:
         bar.close()
@@ -199,3 +212,21 @@ def _overlapped(batches: Iterator[list[Path]], still_to_tag: Callable[[list[Path
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         runner.close()
+
+
+def ingest_batch_task(worker: Worker, files: list[Path]) -> IngestSummary:
+    """One batch of files in a pool process: hashed, looked up, tagged and stored in turn
+    on its thread; its summary, with the CPU it took."""
+    tagger, sessions, waiter = worker.pipeline()
+    assert worker.job is not None
+    cpu_start = time.process_time()
+    summary = ingest_files(files, tagger, sessions, batch_size=max(1, len(files)),
+                           max_duration_s=worker.job.max_duration_s, progress=False, waiter=waiter, overlap=False)
+    summary.cpu_s = time.process_time() - cpu_start
+    return summary
+
+
+def died_on_file(path: Path, how: str) -> Payload:
+    """A file its pool process died on twice, as the failure to store (by its content hash)."""
+    payload = _payload(path)
+    return payload if payload.error else died_on(payload, how)

@@ -1,8 +1,8 @@
 """Bytes or files in, storable records out: the steps every entry point shares.
 
 A batch of payloads with their ids and sources goes through ``decode_payloads`` →
-``run_model`` → ``finish_records`` (``tagger.stages.StageRunner`` runs each on its own
-thread). Every payload comes back as exactly one ``ClipRecord``, tagged or failed with a
+``run_model`` → ``finish_records`` (``tagger.stages``: in turn in a pool process, or each
+on its own thread beside a GPU). Every payload comes back as exactly one ``ClipRecord``, tagged or failed with a
 reason. Nothing raises for bad input, whatever the exception: one clip's failure is
 that clip's alone.
 """
@@ -68,6 +68,7 @@ class Decoded:
 
 Featurize = Callable[[DecodedAudio], torch.Tensor]
 MapFn = Callable[[Callable[[Payload], "_Decoded"], list[Payload]], Iterable["_Decoded"]]
+DecodeElsewhere = Callable[[list[Payload]], list["_Decoded"]]
 
 
 @dataclass
@@ -79,25 +80,25 @@ class _Decoded:
 
 def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None,
                     featurize: Featurize | None = None, map_fn: MapFn = map,
-                    decode_elsewhere: MapFn | None = None) -> Decoded:
+                    decode_elsewhere: DecodeElsewhere | None = None) -> Decoded:
     """Decode every payload (and compute its features with ``featurize``, if given).
 
     ``map_fn`` runs the per-payload work: ``map`` here, a thread pool's ``map`` in the
-    stage runner (decoders and the log-mel release the GIL). ``decode_elsewhere`` runs
-    ``decode_for_model`` instead (a pool of processes: they need no tagger), which
+    stage runner (decoders and the log-mel release the GIL). ``decode_elsewhere`` decodes
+    the payloads instead (``decode_chunk`` in the process pool: it needs no tagger), which
     computes the features there, on the CPU, and sends back no samples."""
     if decode_elsewhere is None:
         one = functools.partial(_decode_one, max_duration_s=max_duration_s, featurize=featurize)
         done = list(map_fn(one, payloads))
     else:
-        done = list(decode_elsewhere(functools.partial(decode_for_model, max_duration_s=max_duration_s), payloads))
+        done = decode_elsewhere(payloads)
     audio = [(i, d.audio) for i, d in enumerate(done) if d.audio is not None]
     features = [torch.as_tensor(d.features) for d in done if d.audio is not None and d.features is not None]
     return Decoded([d.record for d in done], audio, features if len(features) == len(audio) else None)
 
 
 def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
-    """A payload decoded in a decoding process (``tagger.decode_processes``), with all that
+    """A payload decoded in a decoding process (``decode_chunk``), with all that
     the tagging process needs of it computed there, on the CPU: its log-mel and waveform
     envelope. The samples stay behind: a 5 s clip's are 8× its log-mel, and receiving them
     was the largest piece of the tagging process's own work. The log-mel crosses as a
@@ -111,6 +112,21 @@ def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
         return _features_failed(d.record, "the waveform envelope", exc)
     d.features = d.features.numpy()
     return d
+
+
+def decode_chunk(worker: Any, payloads: list[Payload], max_duration_s: float | None) -> list[_Decoded]:
+    """``decode_for_model`` of each payload: the pool task of a process that decodes for
+    the one that owns a GPU (``tagger.pool``; ``worker`` is unused: it needs no model)."""
+    torch.set_num_threads(1)  # each process computes its clips' log-mels on its own core
+    return [decode_for_model(p, max_duration_s) for p in payloads]
+
+
+def died_decoding(payload: Payload, how: str) -> list[_Decoded]:
+    """A payload whose decoding process died on it twice: failed, saying so."""
+    record = ClipRecord(clip_id=payload.clip_id or payload.sha256 or f"empty:{payload.source}"[:CLIP_ID_MAX],
+                        source=payload.source, status=Status.FAILED, sha256=payload.sha256,
+                        error=f"the decoding process died on this clip ({how}); nothing was tagged")
+    return [_Decoded(record)]
 
 
 def _cpu_log_mel(audio: DecodedAudio) -> torch.Tensor:

@@ -1,13 +1,16 @@
-"""The one stage runner: decode (+ log-mel) ‖ model ‖ store, on their own threads.
+"""Decode → model → store for a batch of payloads, in the one process pool or, for a
+process that owns a GPU, on stage threads of its own.
 
-Bulk ingest, the Faust worker and the API all push batches of payloads through a
-``StageRunner``. One batch at a time per stage, so while the model runs batch n the
-decoders read batch n+1 (its clips in parallel, one thread per core) and the store
-writes batch n-1, and nothing blocking ever runs on an event loop. Every payload comes
-out as exactly one stored record, tagged or failed with its reason; the only thing that
-escapes is ``DatabaseUnavailable``, when the database stayed away longer than the caller
-is willing to wait (nothing of that batch is then stored, and the caller must not
-acknowledge it).
+On the CPU every caller (``soundtag ingest``, the stream worker, the API's uploads) runs
+whole batches in ``tagger.pool.ProcessPool``'s processes (``tag_and_store_task``,
+``PooledStages``), each process on its share of the cores. On a GPU the network costs next
+to nothing and one process owns the device: there ``StageRunner`` overlaps decode ‖ model
+‖ store on threads of that process, with the decoding (and the log-mels) in the pool.
+
+Every payload comes out as exactly one stored record, tagged or failed with its reason;
+the only thing that escapes is ``DatabaseUnavailable``, when the database stayed away
+longer than the caller is willing to wait (nothing of that batch is then stored, and the
+caller must not acknowledge it).
 """
 
 from __future__ import annotations
@@ -20,21 +23,24 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tagger.audio import DecodedAudio
+from tagger.config import BATCH_SIZE
 from tagger.db import session_factory
-from tagger.decode_processes import DecodeProcesses
 from tagger.device import cpu_cores
 from tagger.inference import Tagger
-from tagger.pipeline import Decoded, Tagged, decode_payloads, finish_records, run_model
+from tagger.pipeline import Decoded, Tagged, decode_chunk, decode_payloads, died_decoding, finish_records, run_model
 from tagger.records import ClipRecord, Payload, Status
 from tagger.repository import save_clips
+
+if TYPE_CHECKING:
+    from tagger.pool import ProcessPool, Worker
 
 log = logging.getLogger("soundtag.store")
 T = TypeVar("T")
@@ -127,7 +133,7 @@ class PipelineJob:
     database_url: str
     device: str = "auto"
     engine: str = "auto"
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     max_duration_s: float | None = None
     db_retry_s: float = 120.0
     model_threads: int = 0  # 0: the process's share of the cores
@@ -150,15 +156,17 @@ class PipelineJob:
 
 class BatchRunner(Protocol):
     """What tags and stores a batch for the stream worker: every payload comes back as
-    exactly one stored record; ``DatabaseUnavailable`` if the database stayed away."""
+    exactly one stored record; ``DatabaseUnavailable`` if the database stayed away.
+    ``batches_at_once``: how many batches it works on at a time."""
+
+    batches_at_once: int
 
     async def run(self, payloads: list[Payload]) -> list[ClipRecord]: ...
 
 
 def tag_and_store(tagger: Tagger, sessions: sessionmaker[Session], payloads: list[Payload],
                   max_duration_s: float | None, waiter: DatabaseWaiter) -> list[ClipRecord]:
-    """One batch through every stage in turn on this thread: what a process that has a
-    core to itself runs (``soundtag ingest --processes``, the worker's stage processes).
+    """One batch through every stage in turn on this thread: what a pool process runs.
 
     The whole batch is decoded first, then its log-mels (inside ``run_model``): on one
     thread that costs less than each clip's log-mel right after its decoding. One
@@ -168,14 +176,60 @@ def tag_and_store(tagger: Tagger, sessions: sessionmaker[Session], payloads: lis
     return records
 
 
+def tag_and_store_task(worker: Worker, payloads: list[Payload]) -> list[ClipRecord]:
+    """``tag_and_store`` in a pool process; the records come back without their encoded
+    features (they are stored already)."""
+    tagger, sessions, waiter = worker.pipeline()
+    assert worker.job is not None
+    records = tag_and_store(tagger, sessions, payloads, worker.job.max_duration_s, waiter)
+    return [replace(r, features=None) for r in records]
+
+
+def died_on(payload: Payload, how: str) -> Payload:
+    """The payload as the failure it is, once its process died on it twice."""
+    return Payload(data=b"", source=payload.source, clip_id=payload.clip_id, sha256=payload.sha256,
+                   error=f"the tagging process died on this clip ({how}); nothing was tagged")
+
+
+class PooledStages:
+    """``run(payloads)`` for the stream worker and the API: each batch whole in one of the
+    pool's processes, under the pool's crash policy; a clip its process died on twice is
+    stored as failed, saying so."""
+
+    def __init__(self, pool: ProcessPool) -> None:
+        self.pool = pool
+        self.batches_at_once = pool.processes
+
+    async def run(self, payloads: list[Payload]) -> list[ClipRecord]:
+        answers = await self.pool.arun(tag_and_store_task, payloads, self.record_failed)
+        return [record for answer in answers for record in answer]
+
+    def record_failed(self, payload: Payload, how: str) -> list[ClipRecord]:
+        stored = self.pool.run(tag_and_store_task, [died_on(payload, how)], fail_loudly)
+        return stored[0]
+
+    def close(self, wait: bool = True) -> None:
+        self.pool.close(wait)
+
+
+def fail_loudly(payload: Payload, how: str) -> list[ClipRecord]:
+    """The ``fail`` for storing a failure: that decodes nothing, so a process dying on it
+    twice is the machine's fault, not the clip's."""
+    raise RuntimeError(f"pool processes died storing the failure of {payload.source} ({how})")
+
+
 class StageRunner:
     def __init__(self, tagger: Tagger, sessions: sessionmaker[Session], max_duration_s: float | None = None,
                  waiter: DatabaseWaiter | None = None, decode_processes: int = 0) -> None:
-        """``decode_processes``: decode in that many processes instead of on this one's
-        threads (``tagger.decode_processes``: for a process that owns a GPU)."""
+        """``decode_processes``: decode in a pool of that many processes instead of on this
+        one's threads (for a process that owns a GPU: its CPU stages would otherwise be
+        bound by Python's GIL to about one core)."""
+        from tagger.pool import ProcessPool
+
         self.tagger, self.sessions, self.max_duration_s = tagger, sessions, max_duration_s
+        self.batches_at_once = 2  # one in the model, the next decoding, the one before storing
         self.waiter = waiter or DatabaseWaiter()
-        self._decode_processes = DecodeProcesses(decode_processes) if decode_processes else None
+        self._decode_processes = ProcessPool(decode_processes) if decode_processes else None
         # Each stage thread starts with its PyTorch thread count set (it is per thread, and
         # a new thread gets one per core): decode threads run side by side, each clip's
         # log-mel on one core; the model thread uses the tagger's count; the store's few
@@ -203,8 +257,10 @@ class StageRunner:
     def decode(self, payloads: list[Payload]) -> Future[Decoded]:
         if self._decode_processes is not None:
             # The processes decode and compute the log-mels; this stage's thread only receives them.
+            pool = self._decode_processes
+            task = functools.partial(decode_chunk, max_duration_s=self.max_duration_s)
             return self._decoder.submit(decode_payloads, payloads, self.max_duration_s,
-                                        decode_elsewhere=self._decode_processes.map)
+                                        decode_elsewhere=lambda ps: pool.map(task, ps, died_decoding))
         return self._decoder.submit(decode_payloads, payloads, self.max_duration_s, self.tagger.features,
                                     self._clip_decoders.map)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tagger import db
-from tagger.config import SHIPPED_MODEL_PATH
+from tagger.config import ALLOW_UNTRAINED_ENV, SHIPPED_MODEL_PATH
 from tests.helpers import migrated_database
 
 
@@ -49,6 +49,15 @@ def random_checkpoint(tmp_path_factory) -> Path:
         names = [f"class_{i}" for i in range(50)]
     save_checkpoint(path, AudioCNN(num_classes=len(names)), names, trained=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def untrained_allowed():
+    """The developers' switch that lets the random checkpoint through (SOUNDTAG_TEST_ALLOW_UNTRAINED)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv(ALLOW_UNTRAINED_ENV, "1")
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

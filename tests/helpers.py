@@ -120,6 +120,33 @@ class TakesSecondsToRead(bytes):
         return _after, (self.seconds, bytes(self))
 
 
+def _mark_then_after(marker: str, seconds: float, value: object) -> object:
+    Path(marker).touch()
+    time.sleep(seconds)
+    return value
+
+
+class MarksThenTakesSeconds(bytes):
+    """Audio bytes whose unpickling first touches ``marker`` (a test waits for that instead
+    of sleeping) and then takes ``seconds``: the process reading them is busy, provably."""
+
+    marker = ""
+    seconds = 0.0
+
+    def __new__(cls, data: bytes, marker: Path, seconds: float) -> MarksThenTakesSeconds:
+        made = super().__new__(cls, data)
+        made.marker, made.seconds = str(marker), seconds
+        return made
+
+    def __reduce__(self):
+        return _mark_then_after, (self.marker, self.seconds, bytes(self))
+
+
+def busy_once_read(payload: Payload, marker: Path, seconds: float) -> Payload:
+    """``payload`` whose process touches ``marker`` when it starts on it, then is busy ``seconds``."""
+    return replace(payload, data=MarksThenTakesSeconds(payload.data, marker, seconds))
+
+
 def slow_to_read(payload: Payload, seconds: float) -> Payload:
     """``payload`` with bytes that take ``seconds`` to arrive in the process that reads them:
     it is busy with its batch then, however fast the machine decodes the rest."""

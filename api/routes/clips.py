@@ -25,7 +25,7 @@ from api.text import has_control_characters
 from tagger import repository
 from tagger.audio import READABLE_FORMATS, sha256_hex
 from tagger.records import CLIP_ID_MAX, Payload, Status, clip_id_problem
-from tagger.stages import StageRunner
+from tagger.stages import PooledStages
 
 router = APIRouter(prefix="/api", tags=["clips"])
 CONFIDENCE_BINS = 10
@@ -107,7 +107,7 @@ def collection_summary(
 async def upload_clips(
     files: Annotated[list[UploadFile], File(description=f"audio files: {READABLE_FORMATS}")],
     state: Annotated[AppState, Depends(get_state)],
-    runner: Annotated[StageRunner, Depends(get_runner)],
+    runner: Annotated[PooledStages, Depends(get_runner)],
     clip_id: Annotated[str | None, Form(max_length=CLIP_ID_MAX,
                                         description="id for a single file (default: content hash)")] = None,
     replace: Annotated[bool, Form(description="overwrite the clip already stored under clip_id")] = False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from typing import Annotated
@@ -10,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, status
 
 from api.deps import AppState, get_runner, get_state, require_api_key
-from api.original_response import inference_response
+from api.original_response import died_answering, inference_task
 from api.schemas import InferenceRequest, InferenceResponse
 from tagger.records import Payload
-from tagger.stages import StageRunner
+from tagger.stages import PooledStages
 
 router = APIRouter(tags=["inference"])
 
@@ -24,7 +23,7 @@ router = APIRouter(tags=["inference"])
 async def inference(
     body: InferenceRequest,
     state: Annotated[AppState, Depends(get_state)],
-    runner: Annotated[StageRunner, Depends(get_runner)],
+    runner: Annotated[PooledStages, Depends(get_runner)],
 ) -> dict:
     limit = state.settings.max_upload_bytes
     # What the `base64` tool writes wraps lines; whitespace is never part of the data.
@@ -35,12 +34,7 @@ async def inference(
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "data is not valid base64") from None
-    decoded = await asyncio.wrap_future(runner.decode([Payload(data=data, source="inference")]))
-    if not decoded.audio:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, decoded.records[0].error or "not audio")
-    tagged = await asyncio.wrap_future(runner.tag(decoded))
-    result = tagged.results[0]
-    if isinstance(result, Exception):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tagging failed: {type(result).__name__}")
-    audio = decoded.audio[0][1]
-    return inference_response(audio, result, await asyncio.wrap_future(runner.layer_maps(audio)))
+    answer = (await runner.pool.arun(inference_task, [Payload(data=data, source="inference")], died_answering))[0]
+    if isinstance(answer, str):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, answer)
+    return answer

@@ -72,7 +72,7 @@ def run(quick: bool = False) -> dict:
         ids = _load_clips(url, n, labels)
         figures["bulk_load_seconds"] = round(time.perf_counter() - t0, 1)
         env = {"SOUNDTAG_DATABASE_URL": url, "SOUNDTAG_MODEL_PATH": str(model_path),
-               "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu"}
+               "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu"}
         env.pop("SOUNDTAG_API_KEY", None)
         os.environ.pop("SOUNDTAG_API_KEY", None)
         with api_server(env, work / "api.log") as base, httpx.Client(base_url=base, timeout=60) as client:

@@ -16,8 +16,8 @@ Without a GPU the same steps run on the CPU as a smoke run; the figures name the
 - ingest: the `soundtag ingest` command with its decoding on threads (``--processes 1``) and
   in processes that decode for the one that owns the GPU (the default), taking turns twice,
   each into a fresh PostgreSQL database, and how busy the GPU was meanwhile (NVML);
-- stream: one `soundtag worker` on the GPU behind a real tansu broker, decoding on threads
-  (SOUNDTAG_WORKER_PROCESSES=1) and in processes (the default), batches of 32; publish →
+- stream: one `soundtag worker` on the GPU behind a real tansu broker, decoding in the
+  pool's processes, batches of 128; publish →
   row latency at half the default's rate.
 
 ``BENCH_GPU_SECTIONS=ingest,stream`` (names, comma-separated) runs those sections alone:
@@ -224,16 +224,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     section("ingest", ingest)
 
     def stream() -> dict[str, Any]:
-        # One worker, its batches decoded on threads (SOUNDTAG_WORKER_PROCESSES=1) and in
-        # processes (0, the default on a GPU); then publish → row at half the default's rate.
+        # One worker, its batches decoded in the pool's processes (one per core but one);
+        # then publish → row at half its rate.
         out: dict[str, Any] = {"stream_decode_processes": processes_that_fit(gpu=device == "cuda")}
         values = [p.read_bytes() for p in clips[: 40 if quick else 2000]]
         work = Path(tempfile.mkdtemp(prefix="soundtag-bench-gpu-"))
         with dev_broker(work) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_gpu") as url:
-            for name, processes in (("threads", 1), ("decode_processes", 0)):
+            for name in ("decode_processes",):
                 with Utilization() as busy:
-                    got = run_stream_config(bootstrap, url, model_path, values, 32, None, work, device=device,
-                                            broker_pid=broker_pid, worker_processes=processes)
+                    got = run_stream_config(bootstrap, url, model_path, values, None, work, device=device,
+                                            broker_pid=broker_pid)
                 key = f"stream_{name}"
                 out[f"{key}_clips_per_s"] = got["clips_per_s"]
                 out[f"{key}_real_time_factor"] = round(got["clips_per_s"] * audio_s / len(clips))
@@ -241,7 +241,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 out[f"{key}_gpu_busy_percent"] = busy.mean
                 print(f"{key}: {got['clips_per_s']} clips/s", flush=True)
             rate = out["stream_decode_processes_clips_per_s"]
-            lat = run_stream_config(bootstrap, url, model_path, values[: 100 if quick else 1000], 32, rate / 2,
+            lat = run_stream_config(bootstrap, url, model_path, values[: 100 if quick else 1000], rate / 2,
                                     work, device=device)
             out.update({f"stream_{k}": v for k, v in lat.items() if k.startswith("latency")})
         out["stream_logs"] = str(work)

@@ -11,9 +11,8 @@ is not counted.
 - latency: clips published one by one at half the sustained rate; publish → row visible
   (polled every 20 ms), p50 / p99; the worker's batch sizes (from its log) and its CPU per
   clip (process time from /proc) meanwhile;
-- the same throughput with SOUNDTAG_MAX_BATCH 1, 8 and 32;
-- the sustained throughput with two workers in the consumer group (each with half the
-  cores' stage processes).
+- the sustained throughput with two workers in the consumer group, each on half the
+  cores (its CPU affinity, as a container's CPU set gives it: one pool process per core).
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ from deploy.benchmarks.common import (
 )
 from deploy.dev_broker import start_broker
 from deploy.processes import free_port, stop
-from tagger.device import cpu_cores
 
 PARTITIONS = 4
 FEW_PENDING = 64  # below this many ids RowWatcher asks for them by id
@@ -98,10 +96,15 @@ class RowWatcher:
             raise TimeoutError(f"{len(self.pending)} clips not stored within {timeout} s")
 
 
-def _start_workers(env: dict, log_paths: list[Path]) -> list[subprocess.Popen]:
-    """All at once, so they join the consumer group together (one join, no rebalance later)."""
+def _start_workers(env: dict, log_paths: list[Path], cpus: list[set[int]] | None = None) -> list[subprocess.Popen]:
+    """All at once, so they join the consumer group together (one join, no rebalance later);
+    ``cpus``: each worker's CPU affinity."""
+    def on(i: int):
+        return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus[i]))
+
     procs = [subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env={**os.environ, **env},
-                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT) for log_path in log_paths]
+                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT, preexec_fn=on(i))
+             for i, log_path in enumerate(log_paths)]
     deadline = time.time() + 300
     for proc, log_path in zip(procs, log_paths, strict=True):
         while "Worker ready" not in log_path.read_text():
@@ -137,20 +140,19 @@ def _cpu_by_party(workers: list[subprocess.Popen], broker_pid: int | None) -> di
             "producer_and_watcher": process_cpu_s(os.getpid())}
 
 
-def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes], max_batch: int,
+def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list[bytes],
                       latency_rate: float | None, work: Path, workers: int = 1, device: str = "cpu",
-                      broker_pid: int | None = None, worker_processes: int = 0) -> dict:
-    """One configuration on a fresh topic and consumer group. ``worker_processes`` is each
-    worker's SOUNDTAG_WORKER_PROCESSES (0: its default, one stage process per core on CPU)."""
+                      broker_pid: int | None = None, worker_cpus: list[set[int]] | None = None) -> dict:
+    """One configuration on a fresh topic and consumer group. ``worker_cpus``: each worker's
+    CPU affinity (default: all cores; a worker runs one pool process per core it may use)."""
     run = uuid.uuid4().hex[:6]
-    topic = f"audio-clips-{max_batch}-{run}"
+    topic = f"audio-clips-{run}"
     _create_topic(bootstrap, topic)
     env = {"SOUNDTAG_DATABASE_URL": db_url, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap,
-           "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": device,
-           "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic,
-           "SOUNDTAG_MAX_BATCH": str(max_batch), "SOUNDTAG_WORKER_PROCESSES": str(worker_processes)}
-    log_paths = [work / f"worker-{max_batch}-{run}-{i}.log" for i in range(workers)]
-    procs = _start_workers(env, log_paths)
+           "SOUNDTAG_MODEL_PATH": str(model_path), "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": device,
+           "SOUNDTAG_CONSUMER_GROUP": f"bench-{run}", "SOUNDTAG_INPUT_TOPIC": topic}
+    log_paths = [work / f"worker-{run}-{i}.log" for i in range(workers)]
+    procs = _start_workers(env, log_paths, worker_cpus)
     producer = _producer(bootstrap)
     try:
         warm = [f"warm-{run}-{i}" for i in range(4 * PARTITIONS)]  # keys that reach every partition
@@ -223,7 +225,7 @@ def run_stream_config(bootstrap: str, db_url: str, model_path: Path, clips: list
                 proc.kill()
 
 
-def consume_only_cpu_ms(bootstrap: str, clips: list[bytes], work: Path, max_batch: int = 32) -> float:
+def consume_only_cpu_ms(bootstrap: str, clips: list[bytes], work: Path) -> float:
     """CPU ms per message of the stream's consume stage timed alone: ``clips`` published to
     a fresh topic, then consumed by a worker whose runner answers at once
     (``deploy.benchmarks.consume_only``), in batches of ``max_batch`` as under load."""
@@ -239,8 +241,7 @@ def consume_only_cpu_ms(bootstrap: str, clips: list[bytes], work: Path, max_batc
         producer.close()
     report, log_path = work / f"consume-{run}.txt", work / f"consume-{run}.log"
     env = {**os.environ, "SOUNDTAG_KAFKA_BOOTSTRAP": bootstrap, "SOUNDTAG_INPUT_TOPIC": topic,
-           "SOUNDTAG_OUTPUT_TOPIC": f"audio-tags-consume-{run}", "SOUNDTAG_CONSUMER_GROUP": f"consume-{run}",
-           "SOUNDTAG_MAX_BATCH": str(max_batch), "SOUNDTAG_BATCH_WITHIN_S": "0.05"}
+           "SOUNDTAG_OUTPUT_TOPIC": f"audio-tags-consume-{run}", "SOUNDTAG_CONSUMER_GROUP": f"consume-{run}"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "deploy.benchmarks.consume_only", str(len(clips)), str(report)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -279,20 +280,18 @@ def run(quick: bool = False) -> dict:
                      "model_clips_per_s_batch32_taps": round(model_rate, 2)}
     work = Path(tempfile.mkdtemp(prefix="soundtag-bench-stream-"))
     with dev_broker(work) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_stream") as url:
-        main = run_stream_config(bootstrap, url, model_path, clips, 32, None, work, broker_pid=broker_pid)
+        main = run_stream_config(bootstrap, url, model_path, clips, None, work, broker_pid=broker_pid)
         figures.update({f"stream_{k}": v for k, v in main.items()})
         figures["stream_to_model_ratio"] = round(main["clips_per_s"] / model_rate, 3)
         few = clips[: 40 if quick else 300]
-        lat = run_stream_config(bootstrap, url, model_path, few, 32, main["clips_per_s"] / 2, work)
+        lat = run_stream_config(bootstrap, url, model_path, few, main["clips_per_s"] / 2, work)
         figures.update({k: v for k, v in lat.items() if k.startswith("latency")})
-        for mb in (1, 8):
-            figures[f"max_batch_{mb}_clips_per_s"] = run_stream_config(bootstrap, url, model_path, few, mb, None,
-                                                                       work)["clips_per_s"]
-        figures["max_batch_32_clips_per_s"] = main["clips_per_s"]
         # Two workers sharing the partitions, the way a deployment scales out (`--scale
-        # worker=N`), each with its share of the cores' stage processes.
-        two = run_stream_config(bootstrap, url, model_path, clips, 32, None, work, workers=2,
-                                 broker_pid=broker_pid, worker_processes=max(1, cpu_cores() // 2))
+        # worker=N`), each on its share of the cores.
+        cores = sorted(os.sched_getaffinity(0))
+        halves = [set(cores[: max(1, len(cores) // 2)]), set(cores[len(cores) // 2 :] or cores)]
+        two = run_stream_config(bootstrap, url, model_path, clips, None, work, workers=2, broker_pid=broker_pid,
+                                worker_cpus=halves)
         figures.update({f"stream_2_workers_{k}": v for k, v in two.items()})
     figures["logs"] = str(work)
     return figures

@@ -5,12 +5,11 @@ pipeline can reach.
 - ingest: the `soundtag ingest` command into a fresh PostgreSQL database (decode ‖ model ‖
   store, batches of 32, feature maps encoded and stored), in one process (`--processes 1`)
   and in one process per core (`--processes N`, each taking the next batch when free), taking turns
-  twice; timed by the command's own summary (the file walk and the model loading count,
+  twice (both in the process pool); timed by the command's own summary (the file walk and the model loading count,
   its imports do not);
 - stream: the clips published to a real tansu broker, tagged by a `soundtag worker`
   (batches of 32), from the first send to the last row in PostgreSQL (the consumer-group
-  join is not counted); the worker's stages in one process per core (its default) and on
-  threads of its own process (`SOUNDTAG_WORKER_PROCESSES=1`), taking turns twice;
+  join is not counted); the worker's stages in its pool, one process per core, twice;
 - per-file alternative: for each file, decode, run the model at batch 1 (eager PyTorch with
   its default threads, what a script gets), and write the
   original service's JSON answer (`POST /inference` shape: predictions, every layer's
@@ -106,7 +105,7 @@ def cli_ingest_run(files: list[Path], url: str, model_path: Path, processes: int
     summary line), and the PostgreSQL server's CPU seconds while the command ran (which also
     count its schema check at start, a few milliseconds)."""
     env = {**os.environ, "SOUNDTAG_DATABASE_URL": url, "SOUNDTAG_MODEL_PATH": str(model_path),
-           "SOUNDTAG_DEVICE": device, "SOUNDTAG_ALLOW_UNTRAINED": "1"}
+           "SOUNDTAG_DEVICE": device, "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1"}
     server_before = processes_cpu_s("postgres")
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", "--quiet", "--processes", str(processes),
                            *map(str, files)], env=env, capture_output=True, text=True, timeout=1800, check=True)
@@ -222,16 +221,15 @@ def run(quick: bool = False) -> dict[str, Any]:
                 stage_runs.append(stage_cpu(tagger, clips, url))
         stages = min(stage_runs, key=lambda run: sum(run.values()))
         # The stream path: a real broker and a `soundtag worker` (batches of 32), its stages
-        # in one process per core (the default) and on threads of its own process, taking turns.
-        streams: dict[str, list[dict[str, Any]]] = {"processes": [], "threads": []}
+        # in its pool's processes, one per core.
+        streams: dict[str, list[dict[str, Any]]] = {"processes": []}
         stream_stage_runs = []
         consume_ms: list[float] = []  # the worker's consume stage alone, after each round
         with dev_broker(folder) as (bootstrap, broker_pid), scratch_postgres("soundtag_bench_versus") as url:
             values = [p.read_bytes() for p in clips]
             for _ in range(1 if quick else 2):
-                for mode, worker_processes in (("processes", 0), ("threads", 1)):
-                    streams[mode].append(run_stream_config(bootstrap, url, model_path, values, 32, None, folder,
-                                                           broker_pid=broker_pid, worker_processes=worker_processes))
+                streams["processes"].append(run_stream_config(bootstrap, url, model_path, values, None, folder,
+                                                              broker_pid=broker_pid))
                 with scratch_postgres() as stages_url:  # as for ingest: the stages right after each round
                     stream_stage_runs.append(stage_cpu(tagger, clips, stages_url))
                 consume_ms.append(consume_only_cpu_ms(bootstrap, values, folder))
@@ -246,7 +244,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         return statistics.mean(rate / b for rate, b in zip(rates, bounds, strict=True))
 
     stream_rate = statistics.mean(run["clips_per_s"] for run in streams["processes"])
-    threads_rate = statistics.mean(run["clips_per_s"] for run in streams["threads"])
     stream_cpu = {party: round(statistics.mean(run["cpu_ms_per_clip"][party] for run in streams["processes"]), 2)
                   for party in streams["processes"][0]["cpu_ms_per_clip"]}
 
@@ -302,12 +299,6 @@ def run(quick: bool = False) -> dict[str, Any]:
                                                   / cores, 3) for run in streams["processes"]],
         "stream_machine_cores_busy_rounds": [run["machine_cores_busy"] for run in streams["processes"]],
         "stream_machine_cores_stolen_rounds": [run["machine_cores_stolen"] for run in streams["processes"]],
-        "stream_threads_clips_per_s": round(threads_rate, 1),
-        "stream_threads_clips_per_s_rounds": [run["clips_per_s"] for run in streams["threads"]],
-        "stream_threads_cpu_ms_per_clip_workers": round(statistics.mean(
-            run["cpu_ms_per_clip"]["workers"] for run in streams["threads"]), 2),
-        "stream_threads_cores_busy_rounds": [run["cores_busy"] for run in streams["threads"]],
-        "stream_threads_efficiency": round(statistics.mean(stream_efficiency["threads"]), 2),
         "cpu_ms_per_clip_stages_sum_after_stream_rounds": [round(1000 * sum(run.values()), 2)
                                                             for run in stream_stage_runs],
         **{f"cpu_ms_per_clip_{k}": round(1000 * v, 2) for k, v in stages.items()},

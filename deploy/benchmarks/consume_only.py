@@ -6,8 +6,8 @@ commits) with a runner that tags nothing, and writes to REPORT the CPU seconds i
 spent from the first batch until N messages had been answered. What that costs per message
 is the worker process's share of the stream that the stage timings (decode, network,
 store …) leave out: fetching, unpacking and handing each message through Faust.
-Settings come from the environment as for the worker; ``bench_versus`` sets a linger so
-that batches fill to ``SOUNDTAG_MAX_BATCH`` as they do while the stages are busy.
+Settings come from the environment as for the worker; a linger of 50 ms lets batches fill
+to ``MAX_BATCH`` as they do while the stages are busy.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def _cpu_s() -> float:
 class AnswerAtOnce:
     """A ``BatchRunner`` that records every clip as tagged without looking at it."""
 
+    batches_at_once = 2
+
     def __init__(self, expected: int, report: Path) -> None:
         self.expected, self.report = expected, report
         self.answered = 0
@@ -51,7 +53,7 @@ class AnswerAtOnce:
 
 def main() -> None:
     expected, report = int(sys.argv[1]), Path(sys.argv[2])
-    app = create_app(get_settings(), AnswerAtOnce(expected, report))
+    app = create_app(get_settings(), AnswerAtOnce(expected, report), linger_s=0.05)
     _StopWithinSeconds(app, loglevel="info", quiet=True).execute_from_commandline()
 
 

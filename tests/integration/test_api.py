@@ -16,8 +16,8 @@ API_KEY = "s3cret-key"
 
 
 @pytest.fixture(scope="module")
-def settings(pg_url, random_checkpoint):
-    return Settings(database_url=pg_url, model_path=random_checkpoint, allow_untrained=True, device="cpu",
+def settings(pg_url, random_checkpoint, untrained_allowed):
+    return Settings(database_url=pg_url, model_path=random_checkpoint, device="cpu",
                     api_key=API_KEY, max_upload_bytes=2_000_000, max_duration_s=20.0)
 
 

@@ -27,7 +27,7 @@ def test_publish_with_the_broker_gone_ends_with_a_summary(tmp_path):
 def test_worker_without_a_broker_waits_quietly_and_stops_within_seconds(tmp_path, pg_url,
                                                                                  random_checkpoint):
     env = {**os.environ, "SOUNDTAG_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "SOUNDTAG_DATABASE_URL": pg_url,
-           "SOUNDTAG_MODEL_PATH": str(random_checkpoint), "SOUNDTAG_ALLOW_UNTRAINED": "1",
+           "SOUNDTAG_MODEL_PATH": str(random_checkpoint), "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1",
            "SOUNDTAG_DEVICE": "cpu"}
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:

@@ -50,7 +50,7 @@ def test_ingest_tags_good_files_and_records_bad_ones(tmp_path, pg_url, random_ta
 
 def _cli_env(pg_url, model):
     return {**os.environ, "SOUNDTAG_DATABASE_URL": pg_url, "SOUNDTAG_MODEL_PATH": str(model),
-            "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu"}
+            "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu"}
 
 
 def _many_clips(folder: Path, count: int) -> Path:
@@ -112,7 +112,13 @@ def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoin
     _rerun_finishes(folder, env, sessions, stored=n, total=480)
 
 
-def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_url, random_checkpoint):
+def _pool_processes(pid: int) -> list[int]:
+    """The command's pool processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+
+
+def test_a_killed_pool_process_is_replaced_and_the_run_finishes(tmp_path, pg_url, random_checkpoint):
     sessions = _fresh(pg_url)
     folder = _many_clips(tmp_path / "many", 240)
     env = _cli_env(pg_url, random_checkpoint)
@@ -120,19 +126,54 @@ def test_a_killed_ingest_process_is_reported_and_a_rerun_finishes(tmp_path, pg_u
                              "--processes", "2", "--quiet"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(sessions, 16, proc)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    children = _pool_processes(proc.pid)
     assert len(children) == 2, children
-    os.kill(int(children[0]), signal.SIGKILL)
+    os.kill(children[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, (out, err)
-    assert "exited with code -9 before it finished; run the same command again to finish" in err
-    assert "Traceback" not in err
-    # The killed process's open transaction rolled back: every stored clip is whole. A kill
-    # that lands between two of its batches (after a commit, before it claims the next)
-    # loses none, and the other process stores the rest, so all 240 may be there.
-    n = _assert_whole(sessions)
-    _rerun_finishes(folder, env, sessions, stored=n, total=240)
+    assert proc.returncode == 0, (out, err)
+    assert "died (killed by signal 9)" in err and "Traceback" not in err
+    # Its batch was run again file by file (what it had committed is skipped): all 240 whole.
+    assert re.search(r"(\d+) tagged, (\d+) already tagged, 0 failed", out), out
+    assert _assert_whole(sessions) == 240
 
+
+# Loaded by every interpreter the test's command starts (PYTHONPATH): decoding a file
+# whose name says "deadly" ends the process, as a decoder crashing on a hostile file does.
+DEADLY_DECODER = """
+import os
+import tagger.audio as audio
+
+_decode_file = audio.decode_file
+
+def decode_file(path, *args, **kwargs):
+    if "deadly" in str(path):
+        os._exit(3)
+    return _decode_file(path, *args, **kwargs)
+
+audio.decode_file = decode_file
+"""
+
+
+def test_a_file_that_kills_its_process_twice_is_recorded_as_failed_and_a_rerun_finishes(
+        tmp_path, pg_url, random_checkpoint):
+    sessions = _fresh(pg_url)
+    folder = _many_clips(tmp_path / "some", 20)
+    (folder / "deadly.wav").write_bytes(audio_bytes("WAV", 1.0, seed=99))
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DEADLY_DECODER)
+    env = {**_cli_env(pg_url, random_checkpoint),
+           "PYTHONPATH": os.pathsep.join([str(hooks), str(Path(__file__).resolve().parents[2])])}
+    for run in range(2):
+        done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(folder), "--batch-size", "8",
+                               "--processes", "2", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, done.stdout + done.stderr  # a clip failed; the run finished
+        tagged, skipped = (20, 0) if run == 0 else (0, 20)
+        assert f"{tagged} tagged, {skipped} already tagged, 1 failed" in done.stdout, done.stdout
+        assert "deadly.wav: the tagging process died on this clip (exit code 3)" in done.stderr, done.stderr
+    with sessions() as s:
+        failed = s.scalars(select(Clip).where(Clip.status == "failed")).all()
+        assert [c.source for c in failed] == [str((folder / "deadly.wav").resolve())]
 
 def test_ingest_in_processes_tags_and_records_like_one_process(tmp_path, pg_url, random_checkpoint):
     sessions = _fresh(pg_url)
@@ -204,7 +245,7 @@ def test_ingest_exits_1_after_its_summary_when_a_clip_failed_and_0_on_the_rerun_
 
 def test_untrained_checkpoint_is_refused_without_the_test_switch(tmp_path, pg_url, random_checkpoint):
     env = _cli_env(pg_url, random_checkpoint)
-    env.pop("SOUNDTAG_ALLOW_UNTRAINED")
+    env.pop("SOUNDTAG_TEST_ALLOW_UNTRAINED")
     r = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "randomly initialised" in r.stderr

@@ -65,13 +65,14 @@ def test_the_workers_runner_on_the_accelerator_tags_stores_and_records_what_it_c
     from tagger.config import Settings
 
     monkeypatch.setattr(worker, "_on_cpu", lambda settings: False)  # a no-op on a GPU; the GPU's wiring on a CPU
+    monkeypatch.setattr(worker, "worker_processes", lambda settings: 2)
     good = [Payload(data=audio_bytes("OGG", seconds=1.0 + i, sr=[22050, 44100, 48000][i % 3], seed=i),
                     source=f"test:good-{i}", clip_id=f"good-{i}") for i in range(5)]
     bad = [Payload(data=b"", source="test:empty", clip_id="empty"),
            Payload(data=b"RIFF\x00\x00\x00\x00WAVE junk", source="test:junk", clip_id="junk"),
            Payload(data=KillsTheProcessThatReadsIt(), source="test:deadly", clip_id="deadly")]  # type: ignore[arg-type]
     with migrated_database("soundtag_gpu_worker") as (_, url):
-        settings = Settings(device=ACCELERATOR, worker_processes=2, database_url=url, model_path=shipped_model_path,
+        settings = Settings(device=ACCELERATOR, database_url=url, model_path=shipped_model_path,
                             cache_dir=tmp_path)
         runner, where, close = worker._stage_runner(settings)
         try:

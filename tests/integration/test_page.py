@@ -62,7 +62,7 @@ def other_origins(tmp_path_factory):
 @pytest.fixture(scope="module")
 def env(pg_url, random_checkpoint, other_origins):
     return {"SOUNDTAG_DATABASE_URL": pg_url, "SOUNDTAG_MODEL_PATH": str(random_checkpoint),
-            "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu",
+            "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu",
             "SOUNDTAG_CORS_ORIGINS": other_origins[0].url}
 
 

@@ -15,7 +15,7 @@ def test_no_server_errors_for_any_schema_valid_or_invalid_request(pg_url, random
     with db.get_engine(pg_url).begin() as conn:
         conn.execute(text("TRUNCATE clips CASCADE"))
     env = {"SOUNDTAG_DATABASE_URL": pg_url, "SOUNDTAG_MODEL_PATH": str(random_checkpoint),
-           "SOUNDTAG_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_API_KEY": "k"}
+           "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_API_KEY": "k"}
     exe = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     with api_server(env, tmp_path / "api.log") as url:
         run = subprocess.run(

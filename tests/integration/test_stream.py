@@ -99,8 +99,8 @@ class Worker:
 @pytest.fixture(scope="module")
 def worker_env(broker, stream_db, random_checkpoint):
     return {"SOUNDTAG_DATABASE_URL": stream_db[1], "SOUNDTAG_KAFKA_BOOTSTRAP": broker,
-            "SOUNDTAG_MODEL_PATH": str(random_checkpoint), "SOUNDTAG_ALLOW_UNTRAINED": "1",
-            "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_CONSUMER_GROUP": "soundtag-test", "SOUNDTAG_MAX_BATCH": "16",
+            "SOUNDTAG_MODEL_PATH": str(random_checkpoint), "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1",
+            "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_CONSUMER_GROUP": "soundtag-test",
             "SOUNDTAG_MAX_DURATION_S": "120"}
 
 
@@ -348,10 +348,8 @@ def test_sigkill_mid_stream_then_restart_leaves_exactly_one_result_per_clip(work
 
 
 def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, producer, stream_db, tmp_path):
-    """The second worker runs its stages on threads of its own process (what a GPU worker
-    does), the module's worker in one process per core (the CPU default)."""
     url = stream_db[1]
-    second = Worker({**worker_env, "SOUNDTAG_WORKER_PROCESSES": "1"}, tmp_path / "worker-b.log")
+    second = Worker(worker_env, tmp_path / "worker-b.log")
     try:
         second.wait_ready(timeout=300)
         time.sleep(5)  # the first worker's side of the rebalance logs nothing to wait for
@@ -363,30 +361,33 @@ def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, produ
         _assert_exactly_once(url, ids)
         assert second.batches() > 0, "the second worker got no partition"
         assert "in 2 processes on cpu" in Path(worker.log_path).read_text()
-        assert "on cpu, " in second.log_path.read_text() and "processes" not in second.log_path.read_text()
+        assert "in 2 processes on cpu" in second.log_path.read_text()
         assert Path(worker.log_path).read_text().count("batch of ") > before_first, "the first worker got none"
     finally:
         second.stop()
 
 
-def test_worker_consumer_uses_the_configured_fetch_wait_and_pipeline_depth():
-    """Faust hard-codes a 1.5 s fetch wait; the worker's consumer gets SOUNDTAG_FETCH_MAX_WAIT_MS."""
+def test_worker_consumer_waits_briefly_per_fetch_and_keeps_every_pool_process_busy():
+    """Faust hard-codes a 1.5 s fetch wait; the worker's consumer gets FETCH_MAX_WAIT_MS. The
+    batches in flight are as many as the runner runs at once (one per pool process)."""
     import asyncio
 
-    from stream.app import create_app
+    from stream.app import FETCH_MAX_WAIT_MS, create_app
     from tagger.config import Settings
 
+    class FourAtOnce:
+        batches_at_once = 4
+
     async def build():
-        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1",
-                            fetch_max_wait_ms=123, pipeline_depth=3)
-        app = create_app(settings, runner=None)
+        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1", device="cpu")
+        app = create_app(settings, runner=FourAtOnce())  # type: ignore[arg-type]
         consumer = app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)
         try:
-            return consumer._fetch_max_wait_ms, app.pipeline_depth
+            return consumer._fetch_max_wait_ms, app.pipeline_depth, app.max_batch
         finally:
             await consumer.stop()
 
-    assert asyncio.run(build()) == (123, 3)
+    assert asyncio.run(build()) == (FETCH_MAX_WAIT_MS, 4, 32)
 
 
 def test_worker_never_commits_past_a_message_another_actor_still_holds():
@@ -401,7 +402,7 @@ def test_worker_never_commits_past_a_message_another_actor_still_holds():
     from tagger.config import Settings
 
     async def offsets():
-        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1", pipeline_depth=2)
+        settings = Settings(database_url="sqlite://", kafka_bootstrap="127.0.0.1:1")
         app = create_app(settings, runner=None)
         app.topics.add(app.topic(settings.input_topic))
         await app.topics._update_indices()  # what subscribing does when the worker starts

@@ -62,3 +62,12 @@ def test_every_setting_is_in_the_readme_table_and_read_only_through_settings():
     # Every SOUNDTAG_* variable goes through tagger.config.Settings (SOUNDTAG_TEST_* are the
     # test suite's and the benchmarks' own, see CONTRIBUTING.md).
     assert bypass == []
+
+
+def test_settings_are_what_a_user_sets_and_nothing_else():
+    # Tuning knobs are constants chosen by measurement (the benchmarks README); switches
+    # only tests use are SOUNDTAG_TEST_* variables (CONTRIBUTING.md).
+    assert set(Settings.model_fields) == {
+        "database_url", "kafka_bootstrap", "model_path", "api_key", "require_api_key", "cors_origins", "device",
+        "max_upload_bytes", "max_duration_s", "db_retry_s", "input_topic", "output_topic", "dlq_topic",
+        "consumer_group", "kafka_max_message_bytes", "esc50_dir", "cache_dir"}

@@ -120,7 +120,7 @@ def test_the_commands_keep_the_export_under_the_cache_setting(random_checkpoint,
     from tagger.startup import load_tagger
 
     monkeypatch.setenv("SOUNDTAG_MODEL_PATH", str(random_checkpoint))
-    monkeypatch.setenv("SOUNDTAG_ALLOW_UNTRAINED", "1")
+    monkeypatch.setenv("SOUNDTAG_TEST_ALLOW_UNTRAINED", "1")
     monkeypatch.setenv("SOUNDTAG_CACHE_DIR", str(tmp_path))
     load_tagger(Settings())
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
@@ -137,18 +137,6 @@ def test_engine_choice(random_tagger):
     assert isinstance(make_engine(model, cpu, "onnxruntime", 1), OnnxRuntimeEngine)
     with pytest.raises(ValueError, match="CPU only"):
         make_engine(model, torch.device("cuda"), "onnxruntime", 1)
-
-
-def test_threads_setting_reaches_the_tagger(random_checkpoint, monkeypatch):
-    from tagger.config import Settings
-    from tagger.startup import load_tagger
-
-    monkeypatch.setenv("SOUNDTAG_MODEL_PATH", str(random_checkpoint))
-    monkeypatch.setenv("SOUNDTAG_ALLOW_UNTRAINED", "1")
-    monkeypatch.setenv("SOUNDTAG_MODEL_THREADS", "2")
-    monkeypatch.setenv("SOUNDTAG_ENGINE", "torch")
-    tagger = load_tagger(Settings())
-    assert tagger.threads == 2 and isinstance(tagger.engine, TorchEngine)
 
 
 def test_tagging_leaves_the_callers_thread_count_alone(random_checkpoint):

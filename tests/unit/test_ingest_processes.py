@@ -1,31 +1,17 @@
 """How `soundtag ingest` splits its work between processes (the runs themselves are in
 tests/integration/test_ingest.py, on the real PostgreSQL)."""
 
-import multiprocessing
-from pathlib import Path
-
 import pytest
 
 from tagger.device import PROCESS_MEMORY
 from tagger.ingest_processes import (
     FILES_PER_PROCESS,
     MIN_TAIL_BATCH,
-    _claimed_batches,
     auto_processes,
     ingest_job,
     tail_batch_size,
 )
 from tagger.stages import PipelineJob
-
-
-def test_a_process_takes_the_batches_it_is_handed_until_told_to_stop():
-    parent, child = multiprocessing.Pipe()
-    for answer in ((0, 3), (9, 10), None):  # what the parent answers to its next three requests
-        parent.send(answer)
-    files = [Path(f"f{i:02d}") for i in range(10)]
-    taken = [[p.name for p in b] for b in _claimed_batches(child, files)]
-    assert taken == [["f00", "f01", "f02"], ["f09"]]
-    assert [parent.recv() for _ in range(3)] == [("next", None)] * 3
 
 
 @pytest.mark.parametrize(("files", "processes"), [(1000, 2), (1000, 16), (33, 2), (5, 4), (4097, 3)])
@@ -59,14 +45,14 @@ def test_several_processes_on_sqlite_are_refused_with_the_way_out(tmp_path):
         ingest_job([tmp_path], job, processes=2, progress=False)
 
 
-def test_one_batch_or_none_is_tagged_in_this_process(tmp_path, random_checkpoint, monkeypatch):
-    def no_processes(method):
-        raise AssertionError("started processes for at most one batch")
+def test_nothing_to_tag_starts_no_process(tmp_path, random_checkpoint, monkeypatch):
+    def no_processes(*args, **kwargs):
+        raise AssertionError("started processes with nothing to tag")
 
-    monkeypatch.setattr("tagger.ingest_processes.mp.get_context", no_processes)
+    monkeypatch.setattr("tagger.ingest_processes.ProcessPool", no_processes)
     (tmp_path / "notes.txt").write_text("not audio")
     # Nothing to tag: the database is never reached, so an unreachable one does.
     job = PipelineJob(model_path=str(random_checkpoint), database_url="postgresql://nobody@127.0.0.1:9/none",
-                    device="cpu")
+                      device="cpu")
     summary = ingest_job([tmp_path], job, processes=2, progress=False)
     assert (summary.tagged, summary.failed) == (0, 0) and summary.not_audio == [str(tmp_path / "notes.txt")]

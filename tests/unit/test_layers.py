@@ -17,8 +17,7 @@ LAYERS: list[set[str]] = [
     {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.engine", "tagger.inference", "tagger.pipeline"},
     {"tagger.tables", "tagger.repository", "tagger.db", "migrations"},  # the store
     # wired to the store
-    {"tagger.stages", "tagger.stage_processes", "tagger.decode_processes", "tagger.ingest", "tagger.ingest_processes",
-     "tagger.startup"},
+    {"tagger.stages", "tagger.pool", "tagger.ingest", "tagger.ingest_processes", "tagger.startup"},
     {"api", "stream", "training"},  # shells, each on its own
     {"deploy"},  # the composition root
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tagger.audio import sha256_hex
-from tagger.pipeline import decode_payloads, finish_records, run_model
+from tagger.pipeline import decode_chunk, decode_payloads, finish_records, run_model
 from tagger.records import CLIP_ID_MAX, Payload, Status
 from tests.helpers import audio_bytes
 
@@ -79,7 +79,7 @@ def test_a_clip_whose_summary_cannot_be_made_where_it_was_decoded_fails_alone(mo
                         lambda s: real(s) if len(s) != 2 * 44100 else 1 / 0)
     payloads = [Payload(data=audio_bytes("WAV", seconds, seed=s), source=str(s))
                 for s, seconds in enumerate((1.0, 2.0, 3.0))]
-    decoded = decode_payloads(payloads, decode_elsewhere=map)
+    decoded = decode_payloads(payloads, decode_elsewhere=lambda ps: decode_chunk(None, ps, max_duration_s=None))
     assert [r.status for r in decoded.records] == [Status.FAILED] * 3  # none tagged yet
     assert [i for i, _ in decoded.audio] == [0, 2] and decoded.features is not None and len(decoded.features) == 2
     assert "computing features failed: ZeroDivisionError" in decoded.records[1].error

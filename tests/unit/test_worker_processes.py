@@ -12,9 +12,7 @@ def test_the_worker_runs_one_process_per_core_as_memory_allows_one_core_left_to_
     monkeypatch.setattr(device, "cpu_cores", lambda: 4)
     monkeypatch.setattr(device, "available_memory", lambda: 100 * PROCESS_MEMORY)
     assert worker.worker_processes(Settings(device="cpu")) == 4
-    assert worker.worker_processes(Settings(device="cpu", worker_processes=1)) == 1  # stages on threads
     assert worker.worker_processes(Settings(device="cuda")) == 3  # decoding for the one that owns the GPU
-    assert worker.worker_processes(Settings(device="cuda", worker_processes=2)) == 2
     monkeypatch.setattr(device, "available_memory", lambda: PROCESS_MEMORY * 5 // 2)
     assert worker.worker_processes(Settings(device="cpu")) == 2
     monkeypatch.setattr(device, "cpu_cores", lambda: 2)
