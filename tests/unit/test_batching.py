@@ -99,9 +99,10 @@ def test_linger_waits_for_companions_when_asked():
         rec = Recorder()
         batcher = MicroBatcher(rec, max_batch=8, depth=1, linger_s=0.2)
         await batcher.put(1)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the second arrives well within the linger
         await batcher.put(2)
-        await asyncio.sleep(0.3)
+        while not rec.batches:  # the batch starts once the linger is over
+            await asyncio.sleep(0.01)
         batches = list(rec.batches)
         rec.finish(0)
         await batcher.close()
