@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from deploy.processes import free_port
 from tests.helpers import audio_bytes
 
@@ -23,6 +25,7 @@ def test_publish_with_the_broker_gone_ends_with_a_summary(tmp_path):
     assert "Traceback" not in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_worker_without_a_broker_waits_quietly_and_stops_within_seconds(tmp_path, pg_url,
                                                                                  random_checkpoint):
     env = {**os.environ, "SOUNDTAG_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "SOUNDTAG_DATABASE_URL": pg_url,

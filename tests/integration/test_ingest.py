@@ -89,6 +89,7 @@ def _rerun_finishes(folder: Path, env: dict, sessions, stored: int, total: int) 
     assert _assert_whole(sessions) == total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_cli_ingest_interrupted_then_finished(tmp_path, pg_url, random_checkpoint, processes):
     sessions = _fresh(pg_url)
@@ -154,6 +155,7 @@ audio.decode_file = decode_file
 """
 
 
+@pytest.mark.slow
 def test_a_file_that_kills_its_process_twice_is_recorded_as_failed_and_a_rerun_finishes(
         tmp_path, pg_url, random_checkpoint):
     sessions = _fresh(pg_url)
@@ -287,6 +289,7 @@ def test_every_file_in_a_folder_is_tagged_failed_or_listed(tmp_path, pg_url, ran
     assert (again.tagged, again.skipped, again.failed) == (0, 5, 2)
 
 
+@pytest.mark.slow
 def test_ingest_rides_out_a_30_second_database_outage(tmp_path, random_checkpoint):
     name, url = db.create_database(PG_ADMIN_URL, "soundtag_outage")
     try:

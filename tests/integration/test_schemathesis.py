@@ -5,12 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from deploy.processes import api_server
 from tagger import db
 
 
+@pytest.mark.slow
 def test_no_server_errors_for_any_schema_valid_or_invalid_request(pg_url, random_checkpoint, tmp_path):
     with db.get_engine(pg_url).begin() as conn:
         conn.execute(text("TRUNCATE clips CASCADE"))

@@ -164,6 +164,7 @@ def _read_topic(broker: str, topic: str, expect: int, timeout: float = 60) -> li
     return out
 
 
+@pytest.mark.slow
 def test_300_clips_published_are_tagged_once_with_300_events(worker, producer, stream_db, broker, tmp_path):
     folder = tmp_path / "clips"
     folder.mkdir()
@@ -190,6 +191,7 @@ def _thirty_minute_flac() -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(worker, producer, stream_db, broker):
     tag = uuid.uuid4().hex[:6]
     good = [(f"good-{tag}-{i}".encode(), _clip(1000 + i)) for i in range(6)]
@@ -328,18 +330,21 @@ def _stop_mid_stream_then_restart(sig, prefix, seed, worker, worker_env, produce
         worker.proc, worker.log_path, worker.log = restarted.proc, restarted.log_path, restarted.log
 
 
+@pytest.mark.slow
 def test_sigterm_mid_stream_then_restart_leaves_exactly_one_result_per_clip(worker, worker_env, producer,
                                                                              stream_db, tmp_path):
     _stop_mid_stream_then_restart(signal.SIGTERM, "term", 5000, worker, worker_env, producer, stream_db[1],
                                   tmp_path / "worker-after-term.log")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stream_then_restart_leaves_exactly_one_result_per_clip(worker, worker_env, producer,
                                                                              stream_db, tmp_path):
     _stop_mid_stream_then_restart(signal.SIGKILL, "crash", 3000, worker, worker_env, producer, stream_db[1],
                                   tmp_path / "worker-restarted.log")
 
 
+@pytest.mark.slow
 def test_two_workers_in_one_group_split_the_partitions(worker, worker_env, producer, stream_db, tmp_path):
     url = stream_db[1]
     second = Worker(worker_env, tmp_path / "worker-b.log")
@@ -476,6 +481,7 @@ def test_a_batch_whose_agent_ends_early_is_never_committed():
     assert asyncio.run(offsets()) is None
 
 
+@pytest.mark.slow
 def test_worker_whose_broker_goes_away_logs_little_and_stops_within_seconds(worker_env, tmp_path):
     port = free_port()
     broker_log = open(tmp_path / "tansu.log", "w")
