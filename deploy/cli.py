@@ -37,7 +37,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.batch_size:
         job = dataclasses.replace(job, batch_size=args.batch_size)
     try:
-        summary = ingest_job(args.paths, job, processes=args.processes, progress=not args.quiet)
+        # fork: this process has run no torch work and started no thread yet.
+        summary = ingest_job(args.paths, job, processes=args.processes, progress=not args.quiet, fork=True)
     except ValueError as exc:
         return _fail(str(exc))
     _list("failed", summary.failures, "(status 'failed' in the database)")

@@ -48,9 +48,10 @@ def auto_processes(files: int, device: str = "cpu", database_url: str = "postgre
 
 
 def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0,
-               progress: bool = True) -> IngestSummary:
+               progress: bool = True, fork: bool = False) -> IngestSummary:
     """``soundtag ingest``: the files under ``paths`` in a pool of ``processes`` processes
-    (0: ``auto_processes``).
+    (0: ``auto_processes``). ``fork``: the caller runs no other thread and has done no
+    torch work, so the pool's first processes may be forked (``tagger.pool``).
 
     The summary's seconds run from this call to the last commit: the file walk and the
     processes' start (importing torch, loading the model) count."""
@@ -63,7 +64,8 @@ def ingest_job(paths: Iterable[str | Path], job: PipelineJob, processes: int = 0
     if resolve_device(job.device).type != "cpu":
         summary = _ingest_on_gpu(found.audio, job, processes, progress)
     elif found.audio:
-        summary = _ingest_in_pool(found.audio, job, min(processes, -(-len(found.audio) // MIN_TAIL_BATCH)), progress)
+        summary = _ingest_in_pool(found.audio, job, min(processes, -(-len(found.audio) // MIN_TAIL_BATCH)), progress,
+                                  fork)
     else:
         summary = IngestSummary()
     summary.not_audio = [str(p) for p in found.not_audio]
@@ -83,9 +85,10 @@ def _ingest_on_gpu(files: list[Path], job: PipelineJob, decoders: int, progress:
                         progress=progress, waiter=waiter, decode_processes=decoders if decoders > 1 else 0)
 
 
-def _ingest_in_pool(files: list[Path], job: PipelineJob, processes: int, progress: bool) -> IngestSummary:
+def _ingest_in_pool(files: list[Path], job: PipelineJob, processes: int, progress: bool,
+                    fork: bool) -> IngestSummary:
     summary = IngestSummary(cpu_s=0.0)
-    pool = ProcessPool(processes, job)
+    pool = ProcessPool(processes, job, fork=fork)
     bar = tqdm(total=len(files), unit="clip", desc="ingest", disable=not progress)
     lock = threading.Lock()
     stop = threading.Event()  # no more batches are handed out

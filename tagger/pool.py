@@ -5,8 +5,11 @@ the command, the worker or the server.
 Each process is a fresh interpreter (its callers run threads, CUDA, Faust or uvicorn, none
 of which survive a fork) that loads what its job needs once, the model and database
 sessions (or nothing, for decoding only), then runs the tasks it is sent one at a time,
-on its share of the cores. A task is a module-level function ``task(worker, items)``: it
-travels by name, its items and its answer by pickle.
+on its share of the cores. Only a caller that vouches for it (``soundtag ingest``: one
+thread, no torch work done yet) has its first processes forked, which saves each the
+seconds of importing torch again; a replacement is always a fresh interpreter. A task is
+a module-level function ``task(worker, items)``: it travels by name, its items and its
+answer by pickle.
 
 One crash policy for every caller:
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import multiprocessing as mp
 import queue
@@ -89,9 +93,10 @@ class ProcessPool:
     ``run`` is safe to call from several threads at once: each call takes whichever process
     is free, waiting for one if none is."""
 
-    def __init__(self, processes: int, job: PipelineJob | None = None) -> None:
+    def __init__(self, processes: int, job: PipelineJob | None = None, fork: bool = False) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
+        fork = fork and "fork" in mp.get_all_start_methods() and threading.active_count() == 1
         self.processes = processes
         self._job = job
         self._threads_each = (job.model_threads if job else 0) or max(1, cpu_cores() // processes)
@@ -104,14 +109,16 @@ class ProcessPool:
         self._closed = False
         self._ready = [False] * processes
         self.version = ""
+        if fork:
+            gc.freeze()  # a forked process's collections then leave the pages it shares with this one alone
         for i in range(processes):
-            self._start(i)
+            self._start(i, "fork" if fork else "spawn")
             self._free.put(i)
         # The threads that wait on the processes for ``arun`` and ``map``: one per process.
         self._waiters = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="soundtag-pool")
 
-    def _start(self, i: int) -> None:
-        ctx = mp.get_context("spawn")
+    def _start(self, i: int, method: str = "spawn") -> None:
+        ctx: Any = mp.get_context(method)
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(self._job, self._threads_each, theirs), name=f"soundtag-pool-{i}",
                            daemon=True)
@@ -275,8 +282,10 @@ def _serve(job: PipelineJob | None, threads: int, conn: Any) -> None:
     try:
         import torch
 
+        from tagger import db
         from tagger.stages import DatabaseUnavailable
 
+        db.get_engine.cache_clear()  # a forked process opens connections of its own
         torch.set_num_threads(threads)
         worker = Worker(job, threads)
         version = worker.pipeline()[0].version if job is not None else ""
