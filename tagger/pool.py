@@ -120,8 +120,11 @@ class ProcessPool:
     def _start(self, i: int, method: str = "spawn") -> None:
         ctx: Any = mp.get_context(method)
         ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(self._job, self._threads_each, theirs), name=f"soundtag-pool-{i}",
-                           daemon=True)
+        # A forked process holds copies of this process's ends of every pipe: it closes them,
+        # or no process would see its pipe close when this one closes it.
+        inherited = [c for c in self._conns if c is not None] + [ours] if method == "fork" else []
+        proc = ctx.Process(target=_serve, args=(self._job, self._threads_each, theirs, inherited),
+                           name=f"soundtag-pool-{i}", daemon=True)
         proc.start()
         theirs.close()  # the process's end: closed here, so a dead process reads as EOF
         self._conns[i], self._procs[i], self._ready[i] = ours, proc, False
@@ -273,8 +276,10 @@ class ProcessPool:
                 proc.join()
 
 
-def _serve(job: PipelineJob | None, threads: int, conn: Any) -> None:
+def _serve(job: PipelineJob | None, threads: int, conn: Any, inherited: list[Any]) -> None:
     """A pool process's whole life: load, then run tasks until the pipe closes."""
+    for other in inherited:
+        other.close()
     # Ctrl-C in a terminal, or a service manager's SIGTERM, may reach the whole process
     # group: the parent decides when to stop, and this process ends when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
