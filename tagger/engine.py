@@ -275,7 +275,7 @@ def make_engine(model: torch.nn.Module, device: torch.device, name: EngineName =
     """``auto``: ONNX Runtime on CPU, torch on CUDA; an explicit ``onnxruntime`` on a GPU is refused."""
     threads = threads or default_threads()
     if name == "onnxruntime" and device.type != "cpu":
-        raise ValueError("SOUNDTAG_ENGINE=onnxruntime runs on CPU only; use torch (or auto) on a GPU")
+        raise ValueError("the onnxruntime engine runs on CPU only; use torch (or auto) on a GPU")
     if name == "torch" or device.type != "cpu":
         return TorchEngine(model, device, threads)
     try:

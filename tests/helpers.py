@@ -153,6 +153,40 @@ def slow_to_read(payload: Payload, seconds: float) -> Payload:
     return replace(payload, data=TakesSecondsToRead(payload.data, seconds))
 
 
+# Loaded as sitecustomize by every interpreter started with ``deadly_decoder_path``: decoding
+# a file named deadly… or bytes that start with DEADLY ends the process, as a decoder that
+# crashes on a hostile input does.
+_DEADLY_DECODER = """
+import os
+import tagger.audio as audio
+
+_decode_file, _decode_bytes = audio.decode_file, audio.decode_bytes
+
+
+def decode_file(path, *args, **kwargs):
+    if os.path.basename(str(path)).startswith("deadly"):
+        os._exit(3)
+    return _decode_file(path, *args, **kwargs)
+
+
+def decode_bytes(data, *args, **kwargs):
+    if bytes(data[:6]) == b"DEADLY":
+        os._exit(3)
+    return _decode_bytes(data, *args, **kwargs)
+
+
+audio.decode_file, audio.decode_bytes = decode_file, decode_bytes
+"""
+DEADLY = b"DEADLY"  # bytes that start so end the process decoding them (``deadly_decoder_path``)
+
+
+def deadly_decoder_path(folder: Path) -> str:
+    """A PYTHONPATH for processes whose decoder dies on deadly… files and DEADLY… bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_DEADLY_DECODER)
+    return os.pathsep.join([str(folder), str(REPO)])
+
+
 class KillsTheProcessThatReadsIt:
     """A payload that ends the process unpickling it: what a decoder crashing on a file does."""
 

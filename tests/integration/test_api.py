@@ -10,7 +10,7 @@ from sqlalchemy import text
 from api.main import create_app
 from tagger import db
 from tagger.config import Settings
-from tests.helpers import ENCODED_FORMATS, audio_bytes, encoded_bytes
+from tests.helpers import DEADLY, ENCODED_FORMATS, audio_bytes, deadly_decoder_path, encoded_bytes
 
 API_KEY = "s3cret-key"
 
@@ -287,3 +287,19 @@ def test_cors_lets_a_configured_origin_call_inference(settings, random_tagger):
     with TestClient(create_app(settings, random_tagger)) as c:  # default: no origin is allowed
         pre = c.options("/inference", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
         assert "access-control-allow-origin" not in pre.headers
+
+
+def test_an_upload_that_kills_its_tagging_process_costs_that_request_not_the_server(
+        settings, random_tagger, tmp_path, monkeypatch):
+    # The app's pool processes start with a decoder that dies on DEADLY… bytes.
+    monkeypatch.setenv("PYTHONPATH", deadly_decoder_path(tmp_path / "hooks"))
+    with TestClient(create_app(settings, random_tagger)) as c:
+        r = _upload(c, [("crash.wav", DEADLY + audio_bytes("WAV", 1.0, seed=77), "audio/wav")])
+        assert r.status_code == 422
+        assert "the tagging process died on this clip (exit code 3)" in r.json()["detail"]
+        again = _upload(c, [("fine.wav", audio_bytes("WAV", 1.0, seed=78), "audio/wav")])
+        assert again.status_code == 201 and again.json()["items"][0]["status"] == "tagged"
+        crashed = c.post("/inference", json={"data": base64.b64encode(DEADLY + audio_bytes("WAV", 1.0)).decode()},
+                         headers={"X-API-Key": API_KEY})
+        assert crashed.status_code == 422 and "died" in crashed.json()["detail"]
+        assert c.get("/readyz").json()["status"] == "ready"

@@ -25,7 +25,16 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.dev_broker import start_broker
 from deploy.processes import free_port
-from tests.helpers import ENCODED_FORMATS, audio_bytes, block_database, encoded_bytes, migrated_database, wait_until
+from tests.helpers import (
+    DEADLY,
+    ENCODED_FORMATS,
+    audio_bytes,
+    block_database,
+    deadly_decoder_path,
+    encoded_bytes,
+    migrated_database,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4
@@ -97,11 +106,12 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def worker_env(broker, stream_db, random_checkpoint):
+def worker_env(broker, stream_db, random_checkpoint, tmp_path_factory):
+    # The workers' decoders die on DEADLY… messages: a clip that kills its pool process.
     return {"SOUNDTAG_DATABASE_URL": stream_db[1], "SOUNDTAG_KAFKA_BOOTSTRAP": broker,
             "SOUNDTAG_MODEL_PATH": str(random_checkpoint), "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1",
             "SOUNDTAG_DEVICE": "cpu", "SOUNDTAG_CONSUMER_GROUP": "soundtag-test",
-            "SOUNDTAG_MAX_DURATION_S": "120"}
+            "SOUNDTAG_MAX_DURATION_S": "120", "PYTHONPATH": deadly_decoder_path(tmp_path_factory.mktemp("hooks"))}
 
 
 @pytest.fixture(scope="module")
@@ -204,9 +214,10 @@ def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(wor
         # more than the worker's producer takes (SOUNDTAG_KAFKA_MAX_MESSAGE_BYTES, 1 MiB): its
         # dead letter goes without the clip instead of stopping the worker at every restart
         (f"huge-{tag}".encode(), os.urandom(1_200_000)),
+        (f"deadly-{tag}".encode(), DEADLY + _clip(9)),  # kills the pool process that decodes it, twice
     ]
     _send(producer, [good[0], poison[0], good[1], poison[1], good[2], poison[2], good[3], poison[3], good[4],
-                     poison[4], good[5], poison[5]])
+                     poison[4], good[5], poison[5], poison[6]])
     good_ids = [k.decode() for k, _ in good]
     bad_ids = [k.decode() for k, _ in poison if k]
     _wait_rows(stream_db[1], good_ids + bad_ids)
@@ -215,10 +226,11 @@ def test_poison_messages_go_to_the_dlq_and_good_clips_around_them_are_tagged(wor
     assert set(failed) == set(bad_ids) and all(failed.values())
     assert "over the limit" in failed[f"long-{tag}"]
     assert "no audio data" in failed[f"empty-{tag}"]
+    assert failed[f"deadly-{tag}"] == "the tagging process died on this clip (exit code 3); nothing was tagged"
     keyless = _query(stream_db[1], "SELECT error FROM clips WHERE source = id AND error LIKE %s",
                      ("message has no key%",))
     assert keyless
-    dead = _read_topic(broker, "audio-clips-dlq", 6)
+    dead = _read_topic(broker, "audio-clips-dlq", 7)
     errors = {(m.key or b"").decode(): dict(m.headers).get("error", b"").decode() for m in dead}
     for k in [*bad_ids, ""]:
         assert errors.get(k), f"{k!r} missing from the DLQ"
