@@ -116,8 +116,8 @@ def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
 
 def decode_chunk(worker: Any, payloads: list[Payload], max_duration_s: float | None) -> list[_Decoded]:
     """``decode_for_model`` of each payload: the pool task of a process that decodes for
-    the one that owns a GPU (``tagger.pool``; ``worker`` is unused: it needs no model)."""
-    torch.set_num_threads(1)  # each process computes its clips' log-mels on its own core
+    the one that owns a GPU (``tagger.pool``; ``worker`` is unused: it needs no model; such
+    a pool's processes run torch on one thread each, every clip's log-mel on its own core)."""
     return [decode_for_model(p, max_duration_s) for p in payloads]
 
 

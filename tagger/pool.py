@@ -99,7 +99,8 @@ class ProcessPool:
         fork = fork and "fork" in mp.get_all_start_methods() and threading.active_count() == 1
         self.processes = processes
         self._job = job
-        self._threads_each = (job.model_threads if job else 0) or max(1, cpu_cores() // processes)
+        # A model's share of the cores; decoding only: one thread (each clip's log-mel on one core).
+        self._threads_each = (job.model_threads or max(1, cpu_cores() // processes)) if job else 1
         self._conns: list[Any] = [None] * processes
         self._procs: list[Any] = [None] * processes
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()

@@ -4,6 +4,7 @@ record, tagged or failed with a reason, whatever goes wrong with it."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tagger.audio import sha256_hex
 from tagger.pipeline import decode_chunk, decode_payloads, finish_records, run_model
@@ -83,3 +84,15 @@ def test_a_clip_whose_summary_cannot_be_made_where_it_was_decoded_fails_alone(mo
     assert [r.status for r in decoded.records] == [Status.FAILED] * 3  # none tagged yet
     assert [i for i, _ in decoded.audio] == [0, 2] and decoded.features is not None and len(decoded.features) == 2
     assert "computing features failed: ZeroDivisionError" in decoded.records[1].error
+
+
+def test_decoding_a_chunk_here_leaves_the_callers_thread_count_alone():
+    # A training run or notebook that decodes keeps its own count (a changed count changes
+    # float sums: training would not resume exactly).
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        decode_chunk(None, [Payload(data=audio_bytes("WAV", 1.0), source="x")], max_duration_s=None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
