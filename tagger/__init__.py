@@ -1,3 +1,3 @@
 """soundtag core: decode → features → model → store."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
