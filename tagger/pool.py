@@ -100,7 +100,7 @@ class ProcessPool:
         self.processes = processes
         self._job = job
         # A model's share of the cores; decoding only: one thread (each clip's log-mel on one core).
-        self._threads_each = (job.model_threads or max(1, cpu_cores() // processes)) if job else 1
+        self._threads_each = max(1, cpu_cores() // processes) if job else 1
         self._conns: list[Any] = [None] * processes
         self._procs: list[Any] = [None] * processes
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()

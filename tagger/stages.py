@@ -127,24 +127,21 @@ def save_records(sessions: sessionmaker[Session], records: list[ClipRecord], wai
 @dataclass(frozen=True)
 class PipelineJob:
     """What a process needs to build its own pipeline (a tagger and sessions cannot be
-    sent to another process): ``soundtag ingest``'s processes and the worker's."""
+    sent to another process): the pool's processes."""
 
     model_path: str
     database_url: str
     device: str = "auto"
-    engine: str = "auto"
     batch_size: int = BATCH_SIZE
     max_duration_s: float | None = None
     db_retry_s: float = 120.0
-    model_threads: int = 0  # 0: the process's share of the cores
     export_cache: str | None = None  # where the model's ONNX export is kept between loads
 
     def open(self, device: str, threads: int | None) -> tuple[Tagger, sessionmaker[Session], DatabaseWaiter]:
-        """This process's tagger (on ``device``, with ``threads`` unless the job sets its
-        own), sessions and database waiter."""
-        tagger = Tagger.load(self.model_path, device=device, batch_size=self.batch_size,
-                             engine=self.engine,  # type: ignore[arg-type]
-                             threads=self.model_threads or threads, export_cache=self.export_cache)
+        """This process's tagger (on ``device``, with ``threads``: None for the engine's
+        default), sessions and database waiter."""
+        tagger = Tagger.load(self.model_path, device=device, batch_size=self.batch_size, threads=threads,
+                             export_cache=self.export_cache)
         sessions = session_factory(self.database_url)
         # What the imports and the loading made lives as long as the process: frozen, it is
         # out of the collector's sight, so a full collection walks only what batches leave
