@@ -66,7 +66,6 @@ class IngestSummary:
         return (f"{head}{self.tagged} tagged, {self.skipped} already tagged, {self.failed} failed, "
                 f"{len(self.not_audio)} not audio in {self.seconds:.1f} s ({self.clips_per_second:.1f} clips/s{cpu})")
 
-
     def add(self, part: IngestSummary) -> None:
         """Count a part of the run (a batch, or a process's share) into this summary."""
         self.tagged += part.tagged
