@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from tagger.verdicts import Verdict
+
 
 class TagOut(BaseModel):
     label: str
@@ -24,6 +26,9 @@ class ClipOut(BaseModel):
     model_version: str | None = None
     received_at: datetime | None = None
     tagged_at: datetime | None = None
+    verdict: Verdict | None = Field(None, description="'label' (one of the labels fits), 'unknown' (a sound none "
+                                                      "fits; top3 still shown) or 'silence' (nothing audible); "
+                                                      "null for failed clips")
     top3: list[TagOut] = []
 
 
@@ -62,6 +67,18 @@ class WindowOut(BaseModel):
     start_s: float
     end_s: float
     top3: list[TagOut]
+    verdict: Verdict | None = None
+
+
+class EventOut(BaseModel):
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float = Field(description="the mean top-1 confidence of the event's windows")
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
 
 
 class Axes(BaseModel):
@@ -86,7 +103,9 @@ class Visualization(BaseModel):
     spectrogram: PackedArray
     waveform: PackedArray = Field(description="(2, points): per-bucket min and max")
     feature_maps: dict[str, FeatureTap]
+    verdict: Verdict | None = None
     timeline: list[WindowOut] = []
+    events: list[EventOut] = []
 
 
 class Failure(BaseModel):
@@ -98,6 +117,7 @@ class Failure(BaseModel):
 
 class CollectionSummary(BaseModel):
     status_counts: dict[str, int] = Field(description="clips per status ('tagged', 'failed')")
+    verdict_counts: dict[str, int] = Field(description="tagged clips per verdict ('label', 'unknown', 'silence')")
     confidence_bins: list[float] = Field(description="edges of the confidence histogram's bins, 0 to 1")
     confidence_counts: list[int] = Field(description="tagged clips per bin of top-1 confidence")
     failures: list[Failure] = Field(description="the most recently received failed clips, newest first")

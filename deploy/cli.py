@@ -149,6 +149,45 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 and not summary.gave_up else 1
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    """A stored clip's events, or an audio file's, tagged here and not stored."""
+    from pathlib import Path
+
+    from tagger.events import events_as
+
+    if Path(args.clip).is_file():
+        from tagger.audio import AudioError, decode_file
+        from tagger.startup import load_tagger
+
+        try:
+            audio = decode_file(args.clip, max_duration_s=get_settings().max_duration_s)
+        except AudioError as exc:
+            return _fail(f"{args.clip}: {exc}", 1)
+        events = load_tagger().tag([audio])[0].events
+    else:
+        from tagger import repository
+        from tagger.startup import open_database
+
+        with open_database(get_settings())() as session:
+            if repository.get_clip(session, args.clip) is None:
+                return _fail(f"no stored clip and no file named {args.clip!r}")
+            features = repository.get_features(session, args.clip)
+            if features is None:
+                return _fail(f"clip {args.clip!r} failed, so it has no events", 1)
+            events = features.events or []
+    if args.format == "json":
+        import json
+
+        text = json.dumps({"items": events}, indent=1) + "\n"
+    else:
+        text = events_as(events, args.format)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from deploy.demo import run_demo
 
@@ -169,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "available memory; 1: in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("events", help="a clip's timestamped sound events (CSV, Audacity, Raven or JSON)")
+    p.add_argument("clip", help="a stored clip's id, or an audio file to tag without storing it")
+    p.add_argument("--format", choices=["csv", "audacity", "raven", "json"], default="csv")
+    p.add_argument("--out", default=None, help="write here instead of to standard output")
+    p.set_defaults(func=cmd_events)
 
     p = sub.add_parser("db", help="database schema")
     dbsub = p.add_subparsers(dest="db_command", required=True)

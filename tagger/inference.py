@@ -31,6 +31,7 @@ from tagger.engine import (
     intra_op_threads,
     make_engine,
 )
+from tagger.events import Window, detect_events
 from tagger.features import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -40,6 +41,7 @@ from tagger.features import (
     clip_log_mel,
     window_starts,
 )
+from tagger.verdicts import OpenSet, Verdict, frame_levels_dbfs
 
 ENVELOPE_POINTS = 1000
 FEATURE_MAP_MAX_SECONDS = 60  # feature maps of a long clip cover its first minute
@@ -63,6 +65,8 @@ class TagResult:
     embedding: np.ndarray  # (512,)
     envelope: np.ndarray  # (2, points): min and max of the waveform per bucket
     timeline: list[dict[str, Any]] = field(default_factory=list)  # per 5 s window when longer than one
+    verdict: str = Verdict.LABEL  # label, unknown or silence (tagger.verdicts)
+    events: list[dict[str, Any]] = field(default_factory=list)  # tagger.events
 
 
 class Tagger:
@@ -73,6 +77,7 @@ class Tagger:
         self.model = checkpoint.model.to(device).to(memory_format=torch.channels_last).eval()
         self.class_names = checkpoint.class_names
         self.version = checkpoint.version
+        self.open_set = OpenSet.from_metrics(checkpoint.metrics)
         self.threads = threads or default_threads()
         self.engine: Engine = make_engine(self.model, device, engine, self.threads, checkpoint.sha256, export_cache)
         # One forward at a time: on a few cores concurrent forwards only fight for them.
@@ -146,7 +151,14 @@ class Tagger:
             # One copy to the host per batch, not two per clip (no-ops on a CPU).
             batch, emb = batch.cpu(), emb.float().cpu()
             for j, i in enumerate(chunk):
-                out[i] = self._result(clips[i], batch[j : j + 1], probs[j], _clip_maps(maps, j), emb[j])
+                result = self._result(clips[i], batch[j : j + 1], probs[j], _clip_maps(maps, j), emb[j])
+                levels = frame_levels_dbfs(result.spectrogram)
+                result.verdict = self.open_set.decide(probs[j], _loudest(levels), result.embedding)
+                label, confidence = result.top3[0]
+                result.events = detect_events([Window(0.0, round(clips[i].duration_s, 3), result.verdict, label,
+                                                      confidence)], levels, FRAME_SECONDS,
+                                              self.open_set.silence_gate_dbfs)
+                out[i] = result
         return out
 
     def _tag_long(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
@@ -161,17 +173,30 @@ class Tagger:
             rows[i].append(n)
         out = {}
         for i in chosen:
+            levels = frame_levels_dbfs(specs[i][0, 0, :, : 1 + clips[i].num_samples // HOP_LENGTH])
+            loudest = [_loudest(levels[s : s + WINDOW_FRAMES]) for _, s in (windows[n] for n in rows[i])]
+            verdicts = [self.open_set.decide(probs[n], level) for n, level in zip(rows[i], loudest, strict=True)]
+            # The clip's answer is its audible windows' mean: silent stretches of a long
+            # recording would otherwise pull it towards whatever silence is mistaken for.
+            audible = [n for n, v in zip(rows[i], verdicts, strict=True) if v != Verdict.SILENCE] or rows[i]
             _, maps, emb = self._summarized(specs[i][..., :FEATURE_MAP_MAX_FRAMES])
-            result = self._result(clips[i], specs[i], probs[rows[i]].mean(0), _clip_maps(maps, 0), emb[0])
-            result.timeline = [self._window_entry(clips[i], windows[n][1], probs[n]) for n in rows[i]]
+            clip_probs = probs[audible].mean(0)
+            result = self._result(clips[i], specs[i], clip_probs, _clip_maps(maps, 0), emb[0])
+            result.verdict = self.open_set.decide(clip_probs, max(loudest), result.embedding)
+            result.timeline = [self._window_entry(clips[i], windows[n][1], probs[n], v)
+                               for n, v in zip(rows[i], verdicts, strict=True)]
+            result.events = detect_events(
+                [Window(w["start_s"], w["end_s"], w["verdict"], *w["top3"][0]) for w in result.timeline],
+                levels, FRAME_SECONDS, self.open_set.silence_gate_dbfs)
             out[i] = result
         return out
 
-    def _window_entry(self, clip: DecodedAudio, start_frame: int, probs: np.ndarray) -> dict[str, Any]:
+    def _window_entry(self, clip: DecodedAudio, start_frame: int, probs: np.ndarray,
+                      verdict: str) -> dict[str, Any]:
         start = start_frame * HOP_LENGTH
         return {"start_s": round(start / SAMPLE_RATE, 3),
                 "end_s": round(min((start + WINDOW_SAMPLES) / SAMPLE_RATE, clip.duration_s), 3),
-                "top3": self._top3(probs)}
+                "top3": self._top3(probs), "verdict": str(verdict)}
 
     def layer_maps(self, clip: DecodedAudio) -> dict[str, np.ndarray]:
         """Channel means of the stem, every stage and every residual block (before and after
@@ -202,6 +227,13 @@ class Tagger:
             embedding=embedding.float().cpu().numpy(),
             envelope=clip.envelope if clip.envelope is not None else waveform_envelope(clip.samples),
         )
+
+
+FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE
+
+
+def _loudest(levels: np.ndarray) -> float:
+    return float(levels.max()) if len(levels) else float("-inf")
 
 
 def _clip_maps(maps: Summaries, j: int) -> dict[str, dict[str, np.ndarray]]:

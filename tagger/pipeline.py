@@ -52,6 +52,7 @@ def features_rows(results: list[TagResult]) -> list[dict[str, Any] | Exception]:
             "codec_version": codec.VERSION, **blobs,
             "timeline": [{**w, "top3": [{"label": label, "confidence": c} for label, c in w["top3"]]}
                          for w in result.timeline] or None,
+            "events": result.events,
         })
     return rows
 
@@ -216,6 +217,7 @@ def finish_records(tagged: Tagged) -> list[ClipRecord]:
         rec.status, rec.error = Status.TAGGED, None
         rec.model_version = tagged.model_version
         rec.top3 = result.top3
+        rec.verdict = str(result.verdict)
         rec.features = features
     return tagged.decoded.records
 

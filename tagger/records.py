@@ -45,6 +45,7 @@ class ClipRecord:
     error: str | None = None
     model_version: str | None = None
     top3: list[tuple[str, float]] = field(default_factory=list)
+    verdict: str | None = None  # label, unknown or silence once tagged (tagger.verdicts)
     features: dict[str, Any] | None = None  # the clip_features columns (encoded blobs, timeline) to store
     received_at: datetime | None = None  # set by the database
     tagged_at: datetime | None = None  # set by the database

@@ -41,7 +41,7 @@ def save_clips(session: Session, records: list[ClipRecord]) -> None:
         {
             "id": rec.clip_id, "source": rec.source, "sha256": rec.sha256, "sample_rate": rec.sample_rate,
             "channels": rec.channels, "duration_s": rec.duration_s, "status": rec.status, "error": rec.error,
-            "model_version": rec.model_version,
+            "model_version": rec.model_version, "verdict": rec.verdict,
             "tagged_at": rec.tagged_at or (now if rec.status == Status.TAGGED else None),
         }
         for rec in final
@@ -100,7 +100,7 @@ def to_record(clip: Clip) -> ClipRecord:
     return ClipRecord(
         clip_id=clip.id, source=clip.source, status=Status(clip.status), sha256=clip.sha256,
         sample_rate=clip.sample_rate, channels=clip.channels, duration_s=clip.duration_s, error=clip.error,
-        model_version=clip.model_version, top3=[(t.label, t.confidence) for t in clip.tags],
+        model_version=clip.model_version, top3=[(t.label, t.confidence) for t in clip.tags], verdict=clip.verdict,
         received_at=clip.received_at, tagged_at=clip.tagged_at,
     )
 
@@ -130,6 +130,7 @@ def list_clips(
     label: str | None = None,
     min_confidence: float | None = None,
     status: str | None = None,
+    verdict: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[ClipRecord], str | None]:
@@ -146,6 +147,8 @@ def list_clips(
         )
     if status is not None:
         query = query.where(Clip.status == status)
+    if verdict is not None:
+        query = query.where(Clip.verdict == verdict)
     if cursor:
         query = query.where(Clip.id > decode_cursor(cursor))
     rows = list(session.scalars(query.order_by(Clip.id).limit(limit + 1)))
@@ -167,6 +170,12 @@ def label_counts(session: Session) -> list[dict[str, Any]]:
 
 def status_counts(session: Session) -> dict[str, int]:
     return {status: n for status, n in session.execute(select(Clip.status, func.count()).group_by(Clip.status))}
+
+
+def verdict_counts(session: Session) -> dict[str, int]:
+    """Tagged clips per verdict (label, unknown, silence)."""
+    rows = session.execute(select(Clip.verdict, func.count()).where(Clip.verdict.is_not(None)).group_by(Clip.verdict))
+    return {verdict: n for verdict, n in rows}
 
 
 def confidence_histogram(session: Session, bins: int = 10) -> list[int]:

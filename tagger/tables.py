@@ -40,6 +40,7 @@ class Clip(Base):
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     model_version: Mapped[str | None] = mapped_column(String(64))
+    verdict: Mapped[str | None] = mapped_column(String(16), index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     tagged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -80,3 +81,4 @@ class ClipFeatures(Base):
     waveform: Mapped[bytes] = mapped_column(LargeBinary)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     timeline: Mapped[list[Any] | None] = mapped_column(JSON)
+    events: Mapped[list[Any] | None] = mapped_column(JSON)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from api.convert import clip_out, visualization
@@ -15,6 +17,8 @@ from api.schemas import (
     ClipList,
     ClipOut,
     CollectionSummary,
+    EventList,
+    EventOut,
     Failure,
     LabelCount,
     LabelList,
@@ -24,24 +28,27 @@ from api.schemas import (
 from api.text import has_control_characters
 from tagger import repository
 from tagger.audio import READABLE_FORMATS, sha256_hex
+from tagger.events import events_as
 from tagger.records import CLIP_ID_MAX, Payload, Status, clip_id_problem
 from tagger.stages import PooledStages
+from tagger.verdicts import Verdict
 
 router = APIRouter(prefix="/api", tags=["clips"])
 CONFIDENCE_BINS = 10
 
 
-@router.get("/clips", response_model=ClipList, summary="List clips, filtered by label and confidence")
+@router.get("/clips", response_model=ClipList, summary="List clips, filtered by label, confidence, status and verdict")
 def list_clips(
     session: Annotated[Session, Depends(get_session)],
     label: Annotated[str | None, Query(max_length=64, description="clips with this label in their top 3")] = None,
     min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     status_: Annotated[Status | None, Query(alias="status")] = None,
+    verdict: Annotated[Verdict | None, Query(description="label, unknown or silence")] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ClipList:
     try:
-        clips, next_cursor = repository.list_clips(session, label, min_confidence, status_, cursor, limit)
+        clips, next_cursor = repository.list_clips(session, label, min_confidence, status_, verdict, cursor, limit)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     return ClipList(items=[clip_out(c) for c in clips], next_cursor=next_cursor)
@@ -57,6 +64,35 @@ def get_visualization(clip_id: str, session: Annotated[Session, Depends(get_sess
     if features is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"clip has no visualization (status: {clip.status})")
     return visualization(clip, features)
+
+
+@router.get("/clips/{clip_id:path}/events", response_model=EventList,
+            summary="Timestamped sound events of a tagged clip (JSON, or CSV, Audacity or Raven text)",
+            responses={200: {"content": {"text/csv": {}, "text/plain": {}}}})
+def get_events(
+    clip_id: str,
+    session: Annotated[Session, Depends(get_session)],
+    format_: Annotated[Literal["json", "csv", "audacity", "raven"], Query(alias="format")] = "json",
+) -> Any:
+    clip = repository.get_clip(session, clip_id)
+    if clip is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such clip")
+    features = repository.get_features(session, clip_id)
+    if features is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"clip has no events (status: {clip.status})")
+    events = features.events or []
+    if format_ == "json":
+        return EventList(items=[EventOut(**e) for e in events])
+    stem = _download_name(clip_id)
+    kind, suffix = {"csv": ("text/csv", "csv"), "audacity": ("text/plain", "txt"),
+                    "raven": ("text/plain", "selections.txt")}[format_]
+    return PlainTextResponse(events_as(events, format_), media_type=kind,
+                             headers={"Content-Disposition": f'attachment; filename="{stem}.{suffix}"'})
+
+
+def _download_name(clip_id: str) -> str:
+    """The clip id as a safe file name (ids may hold slashes, quotes, anything printable)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", clip_id.rsplit("/", 1)[-1])[:100] or "events"
 
 
 @router.get("/clips/{clip_id:path}", response_model=ClipOut, summary="One clip with its top 3")
@@ -87,6 +123,7 @@ def collection_summary(
     counts = repository.confidence_histogram(session, bins=CONFIDENCE_BINS)
     return CollectionSummary(
         status_counts={**dict.fromkeys(Status, 0), **repository.status_counts(session)},
+        verdict_counts={**dict.fromkeys(Verdict, 0), **repository.verdict_counts(session)},
         confidence_bins=[round(i / CONFIDENCE_BINS, 2) for i in range(CONFIDENCE_BINS + 1)],
         confidence_counts=counts,
         failures=[Failure(clip_id=c.clip_id, source=c.source, error=c.error, received_at=c.received_at)

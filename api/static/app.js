@@ -190,20 +190,44 @@ function renderTop3(top3) {
   }
 }
 
-function renderTimeline(timeline, duration) {
+const VERDICT_TEXT = {
+  unknown: "Unknown sound: none of the labels fits it. The network's best guesses are below.",
+  silence: "Silence: nothing audible (its loudest moment is below −60 dBFS). The guesses below mean nothing.",
+};
+
+function renderVerdict(verdict) {
+  const p = $("clip-verdict");
+  p.hidden = !VERDICT_TEXT[verdict];
+  p.className = `verdict ${verdict || ""}`;
+  p.textContent = VERDICT_TEXT[verdict] || "";
+  p.dataset.verdict = verdict || "";
+}
+
+function renderTimeline(timeline, events, duration) {
   $("timeline-section").hidden = !timeline.length;
   const box = $("timeline-plot"); box.replaceChildren();
   if (!timeline.length) return;
   const lanes = el("div", undefined, "lanes");
   timeline.forEach((w, i) => {
-    const d = el("div", undefined, `win lane${i % 2}`);
+    const d = el("div", undefined, `win lane${i % 2} verdict-${w.verdict || "label"}`);
     d.style.left = `${w.start_s / duration * 100}%`; d.style.width = `${(w.end_s - w.start_s) / duration * 100}%`;
     d.dataset.start = w.start_s; d.dataset.end = w.end_s;
     d.title = `${w.start_s.toFixed(1)}–${w.end_s.toFixed(1)} s: ` + w.top3.map((t) => `${t.label} ${pct(t.confidence, 0)}`).join(", ");
-    d.append(el("strong", w.top3[0].label), el("span", ` ${pct(w.top3[0].confidence, 0)}`));
+    if (w.verdict && w.verdict !== "label") d.append(el("strong", w.verdict));
+    else d.append(el("strong", w.top3[0].label), el("span", ` ${pct(w.top3[0].confidence, 0)}`));
     lanes.append(d);
   });
-  box.append(plot("timeline", duration, lanes));
+  const row = el("div", undefined, "lanes events");
+  for (const e of events) {
+    const d = el("div", undefined, "event");
+    d.style.left = `${e.start_s / duration * 100}%`; d.style.width = `${Math.max(0.3, (e.end_s - e.start_s) / duration * 100)}%`;
+    d.dataset.start = e.start_s; d.dataset.end = e.end_s;
+    d.title = `${e.label} ${e.start_s.toFixed(2)}–${e.end_s.toFixed(2)} s, ${pct(e.confidence, 0)}`;
+    d.append(el("strong", e.label));
+    row.append(d);
+  }
+  const both = el("div"); both.append(lanes, row);
+  box.append(plot("timeline", duration, both));
 }
 
 function renderFeatureMaps(maps, axes, duration) {
@@ -260,6 +284,7 @@ async function showClip(id, push) {
   if (push) history.pushState({ clip: clip.clip_id }, "", link);
   $("clip-error").hidden = clip.status !== "failed";
   $("clip-error").textContent = clip.status === "failed" ? `Failed: ${clip.error}` : "";
+  renderVerdict(clip.verdict);
   renderTop3(clip.top3);
   current = { id: clip.clip_id, duration: clip.duration_s || 0 };
   $("pictures").hidden = clip.status !== "tagged";
@@ -281,7 +306,7 @@ async function showClip(id, push) {
   }));
   $("spectro-plot").title = vis.axes.spectrogram_unit;
 
-  renderTimeline(vis.timeline, duration);
+  renderTimeline(vis.timeline, vis.events || [], duration);
   renderFeatureMaps(vis.feature_maps, vis.axes, duration);
   movePlayheads();
   view.dataset.loaded = clip.clip_id;
@@ -319,7 +344,8 @@ function setRow(row, state, text, progress) {
 
 function done(row, item) {
   setRow(row, "tagged", "", null);
-  const a = el("a", `${item.top3[0].label} ${pct(item.top3[0].confidence, 0)}`);
+  const a = el("a", item.verdict && item.verdict !== "label" ? `${item.verdict} (${item.top3[0].label}?)`
+    : `${item.top3[0].label} ${pct(item.top3[0].confidence, 0)}`);
   a.href = `/?clip=${encodeURIComponent(item.clip_id)}`;
   a.addEventListener("click", (ev) => { ev.preventDefault(); showClip(item.clip_id, true).catch(showError); });
   row.querySelector(".result").append(a);
@@ -421,6 +447,8 @@ let nextCursor = null;
 async function loadClips(reset) {
   const params = new URLSearchParams({ limit: "25" });
   const label = $("label-filter").value, minc = $("min-conf").value, st = $("status-filter").value;
+  const verdict = $("verdict-filter").value;
+  if (verdict) params.set("verdict", verdict);
   if (label) params.set("label", label);
   if (minc) params.set("min_confidence", minc);
   if (st) params.set("status", st);
@@ -431,7 +459,8 @@ async function loadClips(reset) {
   for (const c of body.items) {
     const tr = el("tr"), top = c.top3[0];
     tr.append(linkCell(c.clip_id), el("td", c.source, "wide"), el("td", top ? top.label : "—"),
-      el("td", top ? pct(top.confidence) : "—"), el("td", c.status, c.status === "failed" ? "error" : undefined));
+      el("td", top ? pct(top.confidence) : "—"), el("td", c.verdict || "—", c.verdict ? `verdict-${c.verdict}` : undefined),
+      el("td", c.status, c.status === "failed" ? "error" : undefined));
     tr.dataset.clipId = c.clip_id;
     tbody.append(tr);
   }
@@ -451,6 +480,7 @@ function filterBy(changes) {
   if ("label" in changes) $("label-filter").value = changes.label;
   if ("min" in changes) $("min-conf").value = changes.min;
   if ("status" in changes) $("status-filter").value = changes.status;
+  $("verdict-filter").value = changes.verdict || "";
   loadClips(true).then(() => $("clip-table").scrollIntoView({ block: "nearest" })).catch(showError);
 }
 
@@ -462,6 +492,13 @@ async function refreshCollection() {
     const b = el("button", `${n} ${st}`, `status-chip ${st}`); b.type = "button"; b.dataset.status = st; b.dataset.count = n;
     b.addEventListener("click", () => filterBy({ status: st, label: "", min: "" }));
     sc.append(b, " ");
+  }
+
+  const vc = $("verdict-counts"); vc.replaceChildren("verdicts: ");
+  for (const [v, n] of Object.entries(summary.verdict_counts || {})) {
+    const b = el("button", `${n} ${v}`, `status-chip verdict-chip ${v}`); b.type = "button"; b.dataset.verdict = v; b.dataset.count = n;
+    b.addEventListener("click", () => filterBy({ verdict: v, status: "", label: "", min: "" }));
+    vc.append(b, " ");
   }
 
   const sel = $("label-filter"), chosen = sel.value;

@@ -303,3 +303,55 @@ def test_an_upload_that_kills_its_tagging_process_costs_that_request_not_the_ser
                          headers={"X-API-Key": API_KEY})
         assert crashed.status_code == 422 and "died" in crashed.json()["detail"]
         assert c.get("/readyz").json()["status"] == "ready"
+
+
+def _wav(samples) -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    out = io.BytesIO()
+    sf.write(out, np.asarray(samples, dtype="float32"), 44100, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def test_verdicts_are_stored_filtered_and_counted(client):
+    import numpy as np
+
+    silent = _upload(client, [("quiet.wav", _wav(np.zeros(44100 * 2)))], clip_id="quiet-one")
+    assert silent.status_code == 201 and silent.json()["items"][0]["verdict"] == "silence"
+    loud = _upload(client, [("loud.wav", audio_bytes("WAV", 2.0, seed=41))], clip_id="loud-one").json()["items"][0]
+    assert loud["verdict"] in ("label", "unknown") and len(loud["top3"]) == 3
+    assert client.get("/api/clips/quiet-one").json()["verdict"] == "silence"
+    listed = [c["clip_id"] for c in client.get("/api/clips", params={"verdict": "silence"}).json()["items"]]
+    assert "quiet-one" in listed and "loud-one" not in listed
+    assert client.get("/api/clips", params={"verdict": "maybe"}).status_code == 422
+    counts = client.get("/api/summary").json()["verdict_counts"]
+    assert set(counts) == {"label", "unknown", "silence"} and counts["silence"] >= 1
+
+
+def test_events_of_a_long_clip_in_every_format(client):
+    import numpy as np
+
+    x = np.zeros(44100 * 15, np.float32)
+    x[int(44100 * 6.2) : int(44100 * 9.4)] = np.random.default_rng(3).standard_normal(int(44100 * 3.2)) * 0.3
+    assert _upload(client, [("long.wav", _wav(x))], clip_id="long/one \"quoted\"").status_code == 201
+    url = "/api/clips/long/one \"quoted\"/events"
+    events = client.get(url).json()["items"]
+    assert events and all(6.1 <= e["start_s"] < e["end_s"] <= 9.5 for e in events)
+    assert {"start_s", "end_s", "label", "confidence"} == set(events[0])
+    vis = client.get("/api/clips/long/one \"quoted\"/visualization").json()
+    assert vis["events"] == events and {w["verdict"] for w in vis["timeline"]} >= {"silence"}
+    csv = client.get(url, params={"format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert csv.text.splitlines()[0] == "start_s,end_s,label,confidence" and len(csv.text.splitlines()) == 1 + len(events)
+    assert 'filename="one_quoted_.csv"' in csv.headers["content-disposition"]
+    audacity = client.get(url, params={"format": "audacity"}).text.splitlines()
+    assert len(audacity) == len(events) and audacity[0].split("\t")[2] == events[0]["label"]
+    raven = client.get(url, params={"format": "raven"}).text.splitlines()
+    assert raven[0].startswith("Selection\tView\tChannel\tBegin Time (s)") and len(raven) == 1 + len(events)
+    assert client.get(url, params={"format": "xml"}).status_code == 422
+    assert client.get("/api/clips/nope/events").status_code == 404
+    _upload(client, [("junk.wav", b"not audio")], clip_id="junk-one")
+    assert client.get("/api/clips/junk-one/events").status_code == 404
