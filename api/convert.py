@@ -10,13 +10,14 @@ from tagger.features import F_MAX, F_MIN, HOP_LENGTH, SAMPLE_RATE
 from tagger.inference import feature_map_span_s
 from tagger.records import ClipRecord
 from tagger.tables import ClipFeatures
+from tagger.verdicts import Verdict
 
 
 def clip_out(rec: ClipRecord) -> ClipOut:
     return ClipOut(
         clip_id=rec.clip_id, source=rec.source, status=rec.status, error=rec.error, duration_s=rec.duration_s,
         sample_rate=rec.sample_rate, channels=rec.channels, sha256=rec.sha256, model_version=rec.model_version,
-        received_at=rec.received_at, tagged_at=rec.tagged_at, verdict=rec.verdict,
+        received_at=rec.received_at, tagged_at=rec.tagged_at, verdict=Verdict(rec.verdict) if rec.verdict else None,
         top3=[TagOut(label=label, confidence=conf) for label, conf in rec.top3],
     )
 
@@ -44,7 +45,7 @@ def visualization(clip: ClipRecord, features: ClipFeatures) -> Visualization:
         spectrogram=_packed(spec_entry, spec),
         waveform=_packed(wave_entry, wave),
         feature_maps=taps,
-        verdict=clip.verdict,
+        verdict=Verdict(clip.verdict) if clip.verdict else None,
         timeline=[WindowOut(**w) for w in (features.timeline or [])],
         events=[EventOut(**e) for e in (features.events or [])],
     )

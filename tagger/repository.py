@@ -175,7 +175,7 @@ def status_counts(session: Session) -> dict[str, int]:
 def verdict_counts(session: Session) -> dict[str, int]:
     """Tagged clips per verdict (label, unknown, silence)."""
     rows = session.execute(select(Clip.verdict, func.count()).where(Clip.verdict.is_not(None)).group_by(Clip.verdict))
-    return {verdict: n for verdict, n in rows}
+    return {str(verdict): n for verdict, n in rows}
 
 
 def confidence_histogram(session: Session, bins: int = 10) -> list[int]:

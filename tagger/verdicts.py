@@ -99,4 +99,5 @@ class OpenSet:
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    norms: np.ndarray = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return np.asarray(x / norms, dtype=np.float32)

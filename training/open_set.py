@@ -32,6 +32,7 @@ import argparse
 import json
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,8 @@ def _fsk(rng: np.random.Generator, _: Path) -> np.ndarray:
     return np.sin(2 * np.pi * np.cumsum(freq) / SAMPLE_RATE).astype(np.float32)
 
 
-FAMILIES = {
+Maker = Callable[[np.random.Generator, Path], np.ndarray]
+FAMILIES: dict[str, dict[str, tuple[Maker, int]]] = {
     "fit": {"espeak-ng speech": (_espeak, 120), "sox tones": (_sox_tone, 120), "sox noises": (_sox_noise, 60)},
     "test": {"flite speech": (_flite, 80), "synthesised music": (_music, 60), "DTMF digits": (_dtmf, 30),
              "FSK modem": (_fsk, 30)},

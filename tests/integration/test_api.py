@@ -345,7 +345,8 @@ def test_events_of_a_long_clip_in_every_format(client):
     assert vis["events"] == events and {w["verdict"] for w in vis["timeline"]} >= {"silence"}
     csv = client.get(url, params={"format": "csv"})
     assert csv.headers["content-type"].startswith("text/csv")
-    assert csv.text.splitlines()[0] == "start_s,end_s,label,confidence" and len(csv.text.splitlines()) == 1 + len(events)
+    lines = csv.text.splitlines()
+    assert lines[0] == "start_s,end_s,label,confidence" and len(lines) == 1 + len(events)
     assert 'filename="one_quoted_.csv"' in csv.headers["content-disposition"]
     audacity = client.get(url, params={"format": "audacity"}).text.splitlines()
     assert len(audacity) == len(events) and audacity[0].split("\t")[2] == events[0]["label"]

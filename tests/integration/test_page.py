@@ -361,6 +361,43 @@ def test_collection_view_after_ingesting_a_folder_with_a_failed_file(server, env
         return cells.length > 0 && cells.every(t => t.textContent === 'failed'); }""")
 
 
+def _wav(x: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, x.astype(np.float32), 44100, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def test_verdicts_and_events_are_shown(server, page):
+    OUT.mkdir(exist_ok=True)
+    page.goto(server + "/")
+    x = np.zeros(44100 * 15, np.float32)
+    sound = sf.read(str(SAMPLES / "5-151085-A-20.ogg"), dtype="float32")[0][: int(44100 * 3.2)]
+    x[int(44100 * 6.2) : int(44100 * 6.2) + len(sound)] = sound
+    _upload(page, "a-baby-in-a-quiet-room.wav", _wav(x))
+    windows = page.eval_on_selector_all("#timeline-plot .win", "ws => ws.map(w => w.className)")
+    assert any("verdict-silence" in w for w in windows) and page.locator("#timeline-plot .event").count() >= 1
+    first = page.locator("#timeline-plot .event").first
+    assert 6.0 <= float(first.get_attribute("data-start")) < 7.5
+    page.screenshot(path=str(OUT / "page-events.png"), full_page=True)
+
+    _upload(page, "nothing.wav", _wav(np.zeros(44100 * 3, np.float32)))
+    assert page.locator("#clip-verdict").is_visible()
+    assert page.locator("#clip-verdict").get_attribute("data-verdict") == "silence"
+    assert "Silence" in page.locator("#clip-verdict").text_content()
+
+    page.goto(server + "/#collection")
+    page.wait_for_selector("#collection[data-loaded]")
+    summary = httpx.get(f"{server}/api/summary").json()
+    page.wait_for_function("document.querySelectorAll('#verdict-counts .verdict-chip').length === 3")
+    chips = page.eval_on_selector_all("#verdict-counts .verdict-chip",
+                                      "bs => bs.map(b => [b.dataset.verdict, +b.dataset.count])")
+    assert dict(chips) == summary["verdict_counts"] and summary["verdict_counts"]["silence"] >= 1
+    page.click("#verdict-counts .verdict-chip[data-verdict='silence']")
+    page.wait_for_function("""() => {
+        const rows = [...document.querySelectorAll('#clip-table tbody tr')];
+        return rows.length > 0 && rows.every(r => r.children[4].textContent === 'silence'); }""")
+
+
 def test_phone_width_nothing_overflows(server, browser):
     ctx = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
     page = ctx.new_page()
