@@ -30,10 +30,11 @@ class Verdict(StrEnum):
     SILENCE = "silence"
 
 
-# ffmpeg's silencedetect uses the same default. Measured (training/open_set.py): digital
-# silence reads −inf, hiss at −70 dBFS −68, room tone (brown noise and 50 Hz hum, −62 dBFS
-# RMS) −60.4; the quietest ESC-50 clip of folds 1–4 peaks at −43 dBFS, so every one of them
-# stays audible 17 dB quieter, and 99.5 % stay audible 20 dB quieter.
+# ffmpeg's silencedetect uses the same default. Measured on the loudest 70 ms (the silence
+# set of training/open_set.py): digital silence reads −135 dBFS, hiss at −70 dBFS −69.5,
+# room tone (brown noise under a 50 Hz hum, −65 dBFS RMS) −62.3. ESC-50 folds 1–4 peak at
+# −45.7 dBFS at the quietest (median −13.4): none is silence as recorded, 0.4 % would be
+# 20 dB quieter, 4.9 % 30 dB quieter, 24 % 40 dB quieter.
 SILENCE_GATE_DBFS = -60.0
 # A frame's summed mel power in dB reads a signal's RMS level in dBFS plus this (white noise
 # at r dBFS reads r + 52.8; a full-scale sine, −3.01 dBFS RMS, reads 49.9).
@@ -74,7 +75,7 @@ class OpenSet:
         prototypes = fitted.get("prototypes")
         return cls(
             min_confidence=float(fitted["min_confidence"]),
-            prototypes=_unit_rows(np.asarray(prototypes, dtype=np.float32)) if prototypes else None,
+            prototypes=unit_rows(np.asarray(prototypes, dtype=np.float32)) if prototypes else None,
             min_similarity=float(fitted.get("min_similarity", -1.0)),
             silence_gate_dbfs=float(fitted.get("silence_gate_dbfs", SILENCE_GATE_DBFS)),
         )
@@ -83,7 +84,7 @@ class OpenSet:
         """Cosine similarity to the nearest label prototype (1.0 without prototypes)."""
         if self.prototypes is None:
             return 1.0
-        return float(np.max(self.prototypes @ _unit_rows(np.asarray(embedding, dtype=np.float32)[None])[0]))
+        return float(np.max(self.prototypes @ unit_rows(np.asarray(embedding, dtype=np.float32)[None])[0]))
 
     def is_silent(self, loudest_dbfs: float) -> bool:
         return not loudest_dbfs >= self.silence_gate_dbfs  # NaN (no frames) is silence too
@@ -98,6 +99,6 @@ class OpenSet:
         return Verdict.LABEL
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     norms: np.ndarray = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     return np.asarray(x / norms, dtype=np.float32)

@@ -46,6 +46,12 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(log_t.detach().exp())
 
 
+def logits_of(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Logits up to a constant per row, from probabilities a network gave at ``temperature``
+    (exact for one window; for a long clip, from the mean of its windows' probabilities)."""
+    return np.log(np.clip(probs, 1e-12, None)) * temperature
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1).numpy()
 

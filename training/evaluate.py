@@ -23,7 +23,7 @@ from tagger.audio import DecodedAudio, decode_file
 from tagger.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from tagger.features import SAMPLE_RATE
 from tagger.inference import Tagger
-from training.calibration import expected_calibration_error, fit_temperature, softmax
+from training.calibration import expected_calibration_error, fit_temperature, logits_of, softmax
 from training.data import TEST_FOLD, read_esc50, through_rate
 
 CONFIDENT = 0.8
@@ -121,14 +121,14 @@ def evaluate(model_path, data_dir=None, out_dir="runs/evaluation", fold: int = T
     if calibrate:
         # Log-probabilities times the current temperature are the logits up to a constant
         # per clip (exact for one window, the mean over windows for long clips).
-        logits = np.concatenate([np.log(np.clip(p, 1e-12, None)) * temperature for p in probs.values()])
+        logits = np.concatenate([logits_of(p, temperature) for p in probs.values()])
         targets = np.tile(y, len(probs))
         fitted = float(torch.tensor(fit_temperature(logits, targets)).half())
         calibration = {"temperature": fitted, "fitted_on_fold": fold, "fitted_with": str(model_path),
                        "conditions": list(CONDITIONS),
                        "ece_before": expected_calibration_error(softmax(logits), targets),
                        "ece_after": expected_calibration_error(softmax(logits, fitted), targets)}
-        probs = {k: softmax(np.log(np.clip(p, 1e-12, None)) * temperature, fitted) for k, p in probs.items()}
+        probs = {k: softmax(logits_of(p, temperature), fitted) for k, p in probs.items()}
         temperature = fitted
         target = temperature_to or (model_path if write_into_checkpoint else None)
         if target:

@@ -45,8 +45,8 @@ from tagger.audio import SAMPLE_RATE, DecodedAudio, decode_file
 from tagger.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from tagger.config import get_settings
 from tagger.inference import Tagger
-from tagger.verdicts import SILENCE_GATE_DBFS
-from training.calibration import fit_temperature, softmax
+from tagger.verdicts import SILENCE_GATE_DBFS, unit_rows
+from training.calibration import fit_temperature, logits_of, softmax
 from training.data import BAND_LIMITS, TEST_FOLD, load_spectrograms, read_esc50
 
 TARGET_PRECISION = 0.90  # on held-out folds 1–4; the fold-5 target is 0.88, ±1.8 points of sampling error
@@ -210,7 +210,7 @@ def held_out_confidences(teacher_dirs: list[Path], data_dir: str | None = None) 
         clips = [decode_file(data.root / "audio" / data.files[i]).samples for i in idx]
         probs = condition_probabilities(tagger, clips)
         t_now = float(tagger.model.logit_temperature)
-        logits = {k: np.log(np.clip(p, 1e-12, None)) * t_now for k, p in probs.items()}
+        logits = {k: logits_of(p, t_now) for k, p in probs.items()}
         temperature = fit_temperature(np.concatenate(list(logits.values())), np.tile(y, len(logits)))
         full = softmax(logits["full clip"], temperature)
         conf.append(full.max(1))
@@ -236,19 +236,15 @@ def embeddings(tagger: Tagger, windows: np.ndarray, batch: int = 64) -> np.ndarr
         for i in range(0, len(windows), batch):
             _, _, emb = tagger.engine.summarized(torch.from_numpy(np.asarray(windows[i : i + batch])).float())
             out.append(emb.float().numpy())
-    return _unit(np.concatenate(out))
+    return unit_rows(np.concatenate(out))
 
 
 def clip_embeddings(tagger: Tagger, clips: list[np.ndarray]) -> np.ndarray:
-    return _unit(np.stack([r.embedding for r in tagger.tag([DecodedAudio(x, SAMPLE_RATE, 1) for x in clips])]))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    return unit_rows(np.stack([r.embedding for r in tagger.tag([DecodedAudio(x, SAMPLE_RATE, 1) for x in clips])]))
 
 
 def prototypes(emb: np.ndarray, targets: np.ndarray, classes: int) -> np.ndarray:
-    return _unit(np.stack([emb[targets == c].mean(0) for c in range(classes)]))
+    return unit_rows(np.stack([emb[targets == c].mean(0) for c in range(classes)]))
 
 
 def nearest_similarity(emb: np.ndarray, protos: np.ndarray) -> np.ndarray:
