@@ -100,3 +100,22 @@ def test_export_formats():
     assert events_as([], "csv") == "start_s,end_s,label,confidence\n"
     with pytest.raises(ValueError, match="unknown events format"):
         events_as(events, "xml")
+
+
+def test_events_command_on_a_file_and_on_a_missing_clip(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tagger.config import SAMPLES_DIR
+
+    sample = sorted(SAMPLES_DIR.glob("*.ogg"))[0]
+    env = {**os.environ, "SOUNDTAG_DATABASE_URL": f"sqlite:///{tmp_path}/none.db"}
+    run = subprocess.run([sys.executable, "-m", "deploy.cli", "events", str(sample), "--format", "audacity",
+                          "--out", str(tmp_path / "labels.txt")], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    start, end, label = (tmp_path / "labels.txt").read_text().splitlines()[0].split("\t")
+    assert float(start) >= 0 and float(end) <= 5.01 and label
+    missing = subprocess.run([sys.executable, "-m", "deploy.cli", "events", "no-such-clip"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no stored clip and no file named 'no-such-clip'" in missing.stderr
