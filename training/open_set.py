@@ -49,8 +49,11 @@ from tagger.verdicts import SILENCE_GATE_DBFS, unit_rows
 from training.calibration import fit_temperature, logits_of, softmax
 from training.data import BAND_LIMITS, TEST_FOLD, load_spectrograms, read_esc50
 
-TARGET_PRECISION = 0.90  # on held-out folds 1–4; the fold-5 target is 0.88, ±1.8 points of sampling error
-IN_SET_REJECTED = 0.04  # the similarity line lets through all but this share of held-out in-set clips
+TARGET_PRECISION = 0.88  # on held-out folds 1–4, the issue's fold-5 target (fold 5 carries ±1.8 points)
+# The similarity line lets through all but this share of held-out in-set clips. On teacher 1's
+# held-out fold most of those are unsure anyway: at 0.10 the line cost 1.2 points of coverage
+# beyond the confidence test (0.700 → 0.688), and put 41 % of the fit family below it.
+IN_SET_REJECTED = 0.10
 SECONDS = 5.0
 WORDS = ("the quick brown fox jumps over a lazy dog while seven people wait for the late train under a grey sky "
          "please call me back tomorrow morning because the meeting moved to the second floor near the kitchen "
