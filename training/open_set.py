@@ -197,6 +197,11 @@ def silence_set(seed: int = 0) -> dict[str, list[np.ndarray]]:
 
 
 # -- fitting ----------------------------------------------------------------------------
+def teacher_checkpoint(path: Path) -> Path:
+    """A teacher is a run folder of `soundtag train --val-fold K`, or its exported checkpoint."""
+    return path / "last.safetensors" if path.is_dir() else path
+
+
 def held_out_confidences(teacher_dirs: list[Path], data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(calibrated top-1 confidence, right?) of every teacher on its held-out fold of 1–4."""
     from training.evaluate import condition_probabilities
@@ -204,10 +209,10 @@ def held_out_confidences(teacher_dirs: list[Path], data_dir: str | None = None) 
     data = read_esc50(data_dir)
     conf, right = [], []
     for run in teacher_dirs:
-        fold = int(read_metadata(run / "last.safetensors")["metrics"]["val_fold"])
+        fold = int(read_metadata(teacher_checkpoint(run))["metrics"]["val_fold"])
         if fold == TEST_FOLD:
             raise SystemExit(f"{run} held out fold {TEST_FOLD}, the test fold")
-        tagger = Tagger.load(run / "last.safetensors", device="auto", batch_size=64)
+        tagger = Tagger.load(teacher_checkpoint(run), device="auto", batch_size=64)
         idx = np.flatnonzero(data.folds == fold)
         y = data.targets[idx]
         clips = [decode_file(data.root / "audio" / data.files[i]).samples for i in idx]
@@ -291,8 +296,8 @@ def fit(model_path: Path, teacher_dirs: list[Path], data_dir: str | None = None,
     # share of its own training clips.
     shares = []
     for run in teacher_dirs:
-        teacher = Tagger.load(run / "last.safetensors", batch_size=64)
-        held = int(read_metadata(run / "last.safetensors")["metrics"]["val_fold"])
+        teacher = Tagger.load(teacher_checkpoint(run), batch_size=64)
+        held = int(read_metadata(teacher_checkpoint(run))["metrics"]["val_fold"])
         train_folds = [k for k in range(1, TEST_FOLD) if k != held]
         emb = all_embeddings(teacher)
         inside = np.isin(folds, train_folds)
@@ -357,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit the unknown decision on folds 1–4")
     f.add_argument("--model", required=True)
-    f.add_argument("--teachers", nargs="+", required=True, help="run folders of `soundtag train --val-fold K`")
+    f.add_argument("--teachers", nargs="+", required=True,
+                   help="run folders of `soundtag train --val-fold K`, or their exported checkpoints")
     f.add_argument("--write-into-checkpoint", action="store_true")
     f.add_argument("--data-dir")
     m = sub.add_parser("measure", help="fold 5, out-of-set and silence figures")
