@@ -29,8 +29,9 @@ from api.text import has_control_characters
 from tagger import repository
 from tagger.audio import READABLE_FORMATS, sha256_hex
 from tagger.events import events_as
-from tagger.records import CLIP_ID_MAX, Payload, Status, clip_id_problem
+from tagger.records import CLIP_ID_MAX, ClipRecord, Payload, Status, clip_id_problem
 from tagger.stages import PooledStages
+from tagger.tables import ClipFeatures
 from tagger.verdicts import Verdict
 
 router = APIRouter(prefix="/api", tags=["clips"])
@@ -57,13 +58,18 @@ def list_clips(
 @router.get("/clips/{clip_id:path}/visualization", response_model=Visualization,
             summary="Spectrogram, waveform, feature maps and timeline of a tagged clip")
 def get_visualization(clip_id: str, session: Annotated[Session, Depends(get_session)]) -> Visualization:
+    return visualization(*_clip_and_features(session, clip_id, "visualization"))
+
+
+def _clip_and_features(session: Session, clip_id: str, what: str) -> tuple[ClipRecord, ClipFeatures]:
+    """A tagged clip and its stored features; 404 for a missing clip or one without (failed)."""
     clip = repository.get_clip(session, clip_id)
     if clip is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such clip")
     features = repository.get_features(session, clip_id)
     if features is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"clip has no visualization (status: {clip.status})")
-    return visualization(clip, features)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"clip has no {what} (status: {clip.status})")
+    return clip, features
 
 
 @router.get("/clips/{clip_id:path}/events", response_model=EventList,
@@ -74,12 +80,7 @@ def get_events(
     session: Annotated[Session, Depends(get_session)],
     format_: Annotated[Literal["json", "csv", "audacity", "raven"], Query(alias="format")] = "json",
 ) -> Any:
-    clip = repository.get_clip(session, clip_id)
-    if clip is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such clip")
-    features = repository.get_features(session, clip_id)
-    if features is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"clip has no events (status: {clip.status})")
+    _, features = _clip_and_features(session, clip_id, "events")
     events = features.events or []
     if format_ == "json":
         return EventList(items=[EventOut(**e) for e in events])
