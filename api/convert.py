@@ -27,6 +27,13 @@ def _packed(entry: dict, raw) -> PackedArray:
                        data=base64.b64encode(raw.tobytes()).decode())
 
 
+def _frame_s(duration_s: float, columns: int) -> float:
+    """Seconds per stored spectrogram column: a frame's hop, times the frames a long
+    recording's columns were max-pooled over (``tagger.long_clips``)."""
+    frames = 1 + round(duration_s * SAMPLE_RATE) // HOP_LENGTH
+    return HOP_LENGTH / SAMPLE_RATE * max(1, round(frames / max(columns, 1)))
+
+
 def visualization(clip: ClipRecord, features: ClipFeatures) -> Visualization:
     spec_entry, spec = codec.decode_quantized(features.spectrogram)["spectrogram"]
     wave_entry, wave = codec.decode_quantized(features.waveform)["envelope"]
@@ -39,7 +46,7 @@ def visualization(clip: ClipRecord, features: ClipFeatures) -> Visualization:
         clip_id=clip.clip_id,
         top3=[TagOut(label=label, confidence=conf) for label, conf in clip.top3],
         duration_s=clip.duration_s,
-        axes=Axes(frame_s=HOP_LENGTH / SAMPLE_RATE, f_min=F_MIN, f_max=F_MAX, mel_scale="htk",
+        axes=Axes(frame_s=_frame_s(clip.duration_s or 0.0, spec.shape[-1]), f_min=F_MIN, f_max=F_MAX, mel_scale="htk",
                   spectrogram_unit="dB (mel power, reference 1)",
                   feature_map_span_s=feature_map_span_s(clip.duration_s or 0.0)),
         spectrogram=_packed(spec_entry, spec),

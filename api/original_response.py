@@ -33,7 +33,8 @@ def original_layer_name(name: str) -> str:
 
 
 def inference_response(clip: DecodedAudio, result: TagResult, layer_maps: dict[str, np.ndarray]) -> dict:
-    samples = clip.samples
+    # A recording too long to hold was streamed: its envelope's peaks stand in for its samples.
+    samples = clip.samples if clip.held_whole else result.envelope[1]
     step = max(1, len(samples) // WAVEFORM_POINTS)
     return {
         "predictions": [{"class": label, "confidence": conf} for label, conf in result.top3],
@@ -42,7 +43,7 @@ def inference_response(clip: DecodedAudio, result: TagResult, layer_maps: dict[s
         "waveform": {
             "values": samples[::step].astype(np.float32).tolist(),
             "sample_rate": SAMPLE_RATE,
-            "duration": len(samples) / SAMPLE_RATE,
+            "duration": clip.duration_s,
         },
     }
 

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +34,7 @@ READABLE_FORMATS = "WAV, FLAC, Ogg (Vorbis/Opus), AIFF, MP3, M4A/AAC, WebM/Opus"
 MIN_SAMPLE_RATE = 2_000
 MAX_SAMPLE_RATE = 768_000
 MIN_DURATION_S = 0.1
+DIGITAL_SILENCE = 1e-4  # |sample| below this is digital silence (ESC-50 pads clips with zeros)
 BLOCK_FRAMES = 65_536
 _UNKNOWN_LENGTH = 1 << 40  # libsndfile reports ~2**63 frames for streams of unknown length
 _LIBSNDFILE_FORMATS = {"wav", "flac", "ogg", "aiff", "caf"}
@@ -42,17 +44,28 @@ class AudioError(ValueError):
     """The input cannot be tagged; the message says why."""
 
 
+Source = str | bytes  # a file's path or the bytes of one: what ``decode_stream`` decodes again
+Sink = Callable[[np.ndarray], None]
+
+
 @dataclass(frozen=True)
 class DecodedAudio:
-    samples: np.ndarray  # mono float32 at SAMPLE_RATE; empty once ``without_samples``
+    samples: np.ndarray  # mono float32 at SAMPLE_RATE: all, the first ``hold_samples``, or none (``without_samples``)
     sample_rate: int  # of the original file
     channels: int  # of the original file
-    length: int = -1  # samples, when ``samples`` was left behind; -1: ``len(samples)``
+    length: int = -1  # samples in the clip when ``samples`` holds fewer; -1: ``len(samples)``
     envelope: np.ndarray | None = None  # (2, points) min/max, when computed where the clip was decoded
+    source: Source | None = None  # where to decode it again, when ``samples`` holds only its start
+    last_sound: int = -1  # one past its last sample louder than digital silence, when ``samples`` is partial
 
     @property
     def num_samples(self) -> int:
         return len(self.samples) if self.length < 0 else self.length
+
+    @property
+    def held_whole(self) -> bool:
+        """All its samples are in ``samples``."""
+        return self.length < 0
 
     @property
     def duration_s(self) -> float:
@@ -61,7 +74,9 @@ class DecodedAudio:
     def without_samples(self, envelope: np.ndarray) -> DecodedAudio:
         """The clip as a decoding process sends it back once its log-mel is computed there:
         its length and waveform envelope, not its samples (``tagger.pipeline.decode_for_model``)."""
-        return DecodedAudio(np.zeros(0, np.float32), self.sample_rate, self.channels, len(self.samples), envelope)
+        last_sound = sound_end(self.samples) if self.held_whole else self.last_sound
+        return DecodedAudio(np.zeros(0, np.float32), self.sample_rate, self.channels, self.num_samples, envelope,
+                            self.source, last_sound)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -74,6 +89,20 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sound_end(x: np.ndarray, first_block: int = 4096) -> int:
+    """One past the last sample louder than digital silence (0 if none), found from the
+    end in blocks that double in size: a clip that ends loud costs one small block, a
+    long clip is neither scanned nor copied as a whole."""
+    end, block = int(x.shape[-1]), first_block
+    while end > 0:
+        start = max(0, end - block)
+        loud = np.abs(x[start:end]) > DIGITAL_SILENCE  # any() and argmax() stop at the first hit
+        if loud.any():
+            return end - int(np.argmax(loud[::-1]))
+        end, block = start, min(2 * block, 1 << 20)
+    return 0
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -112,19 +141,37 @@ def is_audio_file(path: Path) -> bool:
         return True  # unreadable: let the caller record why
 
 
-def decode_bytes(data: bytes, max_duration_s: float | None = None) -> DecodedAudio:
+def decode_bytes(data: bytes, max_duration_s: float | None = None, hold_samples: int | None = None) -> DecodedAudio:
+    """``hold_samples``: keep at most this many samples; a longer clip comes back with its
+    first ones, its length and the bytes to ``decode_stream`` again."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise AudioError(f"expected audio bytes, got {type(data).__name__}")
     data = bytes(data)
     if not data:
         raise AudioError("empty file: no audio data")
-    samples, rate, channels = _decode(data, data[:16], _wav_declared_frames(data[:4096], len(data)), max_duration_s)
-    return DecodedAudio(samples, rate, channels)
+    return _decode(data, data[:16], _wav_declared_frames(data[:4096], len(data)), max_duration_s, hold_samples)
 
 
-def decode_file(path: str | Path, max_duration_s: float | None = None) -> DecodedAudio:
-    """Decode from disk in blocks: a long file is never held in memory as bytes."""
+def decode_file(path: str | Path, max_duration_s: float | None = None,
+                hold_samples: int | None = None) -> DecodedAudio:
+    """Decode from disk in blocks: a long file is never held in memory as bytes.
+    ``hold_samples`` as for ``decode_bytes``: then a long recording is never held at all."""
     path = Path(path)
+    size, head = _size_and_head(path)
+    return _decode(path, head[:16], _wav_declared_frames(head, size), max_duration_s, hold_samples)
+
+
+def decode_stream(source: Source, sink: Sink, max_duration_s: float | None = None) -> int:
+    """Decode a clip again, handing its mono samples at SAMPLE_RATE to ``sink`` block by
+    block instead of keeping them; returns how many there were."""
+    if isinstance(source, str):
+        size, head = _size_and_head(Path(source))
+        return _decode(Path(source), head[:16], _wav_declared_frames(head, size), max_duration_s, 0, sink).length
+    return _decode(source, source[:16], _wav_declared_frames(source[:4096], len(source)), max_duration_s, 0,
+                   sink).length
+
+
+def _size_and_head(path: Path) -> tuple[int, bytes]:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -133,12 +180,11 @@ def decode_file(path: str | Path, max_duration_s: float | None = None) -> Decode
         raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
     if size == 0:
         raise AudioError("empty file: no audio data")
-    samples, rate, channels = _decode(path, head[:16], _wav_declared_frames(head, size), max_duration_s)
-    return DecodedAudio(samples, rate, channels)
+    return size, head
 
 
 def _decode(raw: Path | bytes, head: bytes, wav_frames: tuple[int, int] | None,
-            max_duration_s: float | None) -> tuple[np.ndarray, int, int]:
+            max_duration_s: float | None, hold: int | None, sink: Sink | None = None) -> DecodedAudio:
     """``raw``: the file's path or its bytes."""
     fmt = sniff_format(head)
     errors = []
@@ -157,7 +203,7 @@ def _decode(raw: Path | bytes, head: bytes, wav_frames: tuple[int, int] | None,
             # A path goes to the decoder as it is: FFmpeg and libsndfile then read the file
             # themselves instead of through Python calls per read.
             with contextlib.nullcontext(str(raw)) if isinstance(raw, Path) else io.BytesIO(raw) as source:
-                samples, rate, channels, declared = reader(source, max_duration_s, wav_frames)
+                out, rate, channels, declared = reader(source, _Output(max_duration_s, hold, sink), wav_frames)
             break
         except _Unreadable as exc:
             errors.append(str(exc))
@@ -168,14 +214,18 @@ def _decode(raw: Path | bytes, head: bytes, wav_frames: tuple[int, int] | None,
     else:
         kind = f"{fmt.upper()} " if fmt else ""
         raise AudioError(f"not a readable {kind}audio file ({READABLE_FORMATS} are read): {errors[0]}")
-    got = len(samples) / SAMPLE_RATE
+    got = out.length / SAMPLE_RATE
     if declared is not None and declared > 0 and got < 0.98 * declared / rate - 0.01:
         raise AudioError(f"truncated: header {declared / rate:.2f} s, data {got:.3f} s")
-    if len(samples) == 0:
+    if out.length == 0:
         raise AudioError("file holds no audio samples (0 frames)")
     if got < MIN_DURATION_S:
         raise AudioError(f"clip is {got:.3f} s long, shorter than the {MIN_DURATION_S} s needed to hear anything")
-    return samples, rate, channels
+    samples = out.kept()
+    if len(samples) == out.length:
+        return DecodedAudio(samples, rate, channels)
+    return DecodedAudio(samples, rate, channels, out.length, source=str(raw) if isinstance(raw, Path) else raw,
+                        last_sound=out.last_sound or sound_end(samples))
 
 
 class _Unreadable(Exception):
@@ -190,8 +240,8 @@ def _check_stream(rate: int, channels: int) -> None:
                          "that recordings use")
 
 
-def _read_libsndfile(source: str | BinaryIO, max_duration_s: float | None,
-                     wav_frames: tuple[int, int] | None) -> tuple[np.ndarray, int, int, int | None]:
+def _read_libsndfile(source: str | BinaryIO, output: _Output,
+                     wav_frames: tuple[int, int] | None) -> tuple[_MonoResampler, int, int, int | None]:
     try:
         f = sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
@@ -208,8 +258,8 @@ def _read_libsndfile(source: str | BinaryIO, max_duration_s: float | None,
         declared = f.frames if f.frames > 0 else None
         if wav_frames is not None:
             declared = wav_frames[0]
-        _refuse_declared_length(declared, rate, max_duration_s)
-        out = _MonoResampler(rate, max_duration_s, declared)
+        _refuse_declared_length(declared, rate, output.max_duration_s)
+        out = _MonoResampler(rate, output, declared)
         try:
             while True:
                 # Mono at the model's rate (most recordings, all of ESC-50) is decoded
@@ -228,11 +278,12 @@ def _read_libsndfile(source: str | BinaryIO, max_duration_s: float | None,
             if out.frames_in == 0:
                 raise _Unreadable(_soundfile_reason(exc)) from None
             # A damaged tail: keep what decoded; a header that promised more says so below.
-        return out.finish(), rate, channels, declared
+        out.finish()
+        return out, rate, channels, declared
 
 
-def _read_ffmpeg(source: str | BinaryIO, max_duration_s: float | None,
-                 wav_frames: tuple[int, int] | None) -> tuple[np.ndarray, int, int, int | None]:
+def _read_ffmpeg(source: str | BinaryIO, output: _Output,
+                 wav_frames: tuple[int, int] | None) -> tuple[_MonoResampler, int, int, int | None]:
     import av  # FFmpeg; imported here so the common libsndfile path does not pay for it
 
     try:
@@ -250,8 +301,8 @@ def _read_ffmpeg(source: str | BinaryIO, max_duration_s: float | None,
         _check_stream(rate, channels)
         declared_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
         if declared_s is not None:
-            _refuse_declared_length(int(declared_s * rate), rate, max_duration_s)
-        out = _MonoResampler(rate, max_duration_s, int(declared_s * rate) if declared_s else None)
+            _refuse_declared_length(int(declared_s * rate), rate, output.max_duration_s)
+        out = _MonoResampler(rate, output, int(declared_s * rate) if declared_s else None)
         blocks = _FrameBlocks(out)
         try:
             for frame in container.decode(stream):
@@ -269,7 +320,8 @@ def _read_ffmpeg(source: str | BinaryIO, max_duration_s: float | None,
             raise _Unreadable("no audio could be decoded")
         # Lossy formats carry an estimate of their length; FLAC and WAV headers a promise.
         exact = container.format.name in ("flac", "wav")
-        return out.finish(), rate, channels, int(declared_s * rate) if exact and declared_s else None
+        out.finish()
+        return out, rate, channels, int(declared_s * rate) if exact and declared_s else None
 
 
 # FFmpeg's sample formats by their name less the planar "p".
@@ -327,20 +379,34 @@ def _as_float(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-class _MonoResampler:
-    """Down-mixes blocks to mono and resamples them to SAMPLE_RATE as they arrive."""
+@dataclass(frozen=True)
+class _Output:
+    """What becomes of the decoded samples: the duration limit, how many are kept (None:
+    all), and where every block goes as it is decoded (``decode_stream``)."""
 
-    def __init__(self, rate: int, max_duration_s: float | None, declared_frames: int | None) -> None:
-        self.rate, self.max_duration_s = rate, max_duration_s
+    max_duration_s: float | None
+    hold: int | None
+    sink: Sink | None = None
+
+
+class _MonoResampler:
+    """Down-mixes blocks to mono and resamples them to SAMPLE_RATE as they arrive; keeps
+    the first ``hold`` of them and hands each to the sink."""
+
+    def __init__(self, rate: int, output: _Output, declared_frames: int | None) -> None:
+        self.rate, self.max_duration_s = rate, output.max_duration_s
+        self.hold, self.sink = output.hold, output.sink
         self.frames_in = 0
-        self.nonfinite = False
         self.stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
         # Sized from the header so a long file is written in place, not grown and copied;
         # pages a lying header promised but never fills are never touched, so cost nothing.
         guess = int(declared_frames * SAMPLE_RATE / rate) + 1024 if declared_frames else 10 * SAMPLE_RATE
-        cap = (max_duration_s or 3600) * SAMPLE_RATE + 1024
+        cap = (output.max_duration_s or 3600) * SAMPLE_RATE + 1024
+        if self.hold is not None:
+            cap = min(cap, self.hold)
         self.buffer = np.empty(int(min(guess, cap)), dtype=np.float32)
-        self.length = 0
+        self.length = 0  # samples out, kept or not
+        self.last_sound = 0  # one past the last sample out that is not digital silence, past those kept
 
     def add(self, block: np.ndarray) -> None:
         self._count(len(block))
@@ -350,8 +416,10 @@ class _MonoResampler:
 
     def direct_target(self, frames: int) -> np.ndarray | None:
         """Where the next mono block may be decoded in place, as (frames, 1); None when
-        it has to be resampled first."""
-        if self.stream is not None:
+        it has to be resampled, handed on or left out first."""
+        if self.stream is not None or self.sink is not None:
+            return None
+        if self.hold is not None and self.length + frames > self.hold:
             return None
         if len(self.buffer) - self.length < 1024:  # full (the header's length was a guess or a lie)
             self._reserve(self.length + frames)
@@ -369,20 +437,32 @@ class _MonoResampler:
         if self.max_duration_s is not None and self.frames_in > self.max_duration_s * self.rate:
             raise AudioError(f"clip is over the limit of {self.max_duration_s:.0f} s (SOUNDTAG_MAX_DURATION_S)")
 
-    def finish(self) -> np.ndarray:
+    def finish(self) -> None:
         if self.stream is not None:
             self._append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
-        return self.buffer[: self.length]
+
+    def kept(self) -> np.ndarray:
+        return self.buffer[: min(self.length, len(self.buffer))]
 
     def _append(self, part: np.ndarray) -> None:
+        if self.sink is not None and len(part):
+            self.sink(part)
         end = self.length + len(part)
-        self._reserve(end)
-        self.buffer[self.length : end] = part
+        keep = end if self.hold is None else min(end, self.hold)
+        if keep > self.length:
+            self._reserve(keep)
+            self.buffer[self.length : keep] = part[: keep - self.length]
+        if end > keep:  # beyond what is kept: remember only where the sound ends
+            skip = max(keep - self.length, 0)
+            loud = np.flatnonzero(np.abs(part[skip:]) > DIGITAL_SILENCE)
+            if len(loud):
+                self.last_sound = self.length + skip + int(loud[-1]) + 1
         self.length = end
 
     def _reserve(self, end: int) -> None:
         if end > len(self.buffer):
-            grown = np.empty(max(end, len(self.buffer) * 3 // 2), dtype=np.float32)
+            cap = self.hold if self.hold is not None else end + len(self.buffer)
+            grown = np.empty(max(end, min(len(self.buffer) * 3 // 2, cap)), dtype=np.float32)
             grown[: self.length] = self.buffer[: self.length]
             self.buffer = grown
 

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     # Limits that protect every entry point from hostile or accidental input.
     max_upload_bytes: int = 50 * 1024 * 1024
-    max_duration_s: float = 600.0
+    max_duration_s: float = 24 * 3600.0
     # How long ingest, the worker and the API's uploads wait out a database outage before
     # giving up (ingest exits non-zero; the worker stops without acknowledging the batch).
     db_retry_s: float = Field(default=120.0, ge=0)

@@ -19,6 +19,7 @@ import torch
 import torchaudio.functional as F_audio
 
 from tagger.audio import SAMPLE_RATE as SAMPLE_RATE  # the decoder's output rate, re-exported
+from tagger.audio import DecodedAudio, sound_end
 
 N_FFT = 1024
 HOP_LENGTH = 512
@@ -50,7 +51,6 @@ PREPROCESSING = {
 # window, a clip is tagged as that one window instead of as two that overlap almost whole
 # (which doubled the network's cost of every 5 s M4A clip).
 WINDOW_SLACK = 2048
-SILENCE = 1e-4  # |sample| below this is digital silence (ESC-50 pads clips with zeros)
 
 
 MEL_BANDS = 4  # groups of neighbouring filters, each multiplied only over the bins it covers
@@ -113,39 +113,72 @@ def _reflect_pad(waveforms: torch.Tensor, left: int, right: int) -> torch.Tensor
     return torch.cat(parts, dim=-1) if len(parts) > 1 else waveforms
 
 
-LONG_CLIP_CHUNK_FRAMES = 4096  # ≈ 47 s of audio per STFT call for clips longer than that
-
-
 @torch.inference_mode()
 def log_mel(waveforms: torch.Tensor) -> torch.Tensor:
     """Log-mel (dB) of a batch of equal-length mono 44.1 kHz waveforms, shape (B, samples).
 
     Returns float32 (B, 1, N_MELS, 1 + samples // HOP_LENGTH): centred frames, the
-    clip's edges reflected. A single long clip is transformed in chunks of frames, so a
-    30-minute file never holds its whole complex STFT (0.6 GB) at once; the frames are
-    the same as in one call.
+    clip's edges reflected. A recording longer than a minute goes through ``MelStream``
+    instead (``tagger.long_clips``), a block at a time.
     """
     if waveforms.dim() == 1:
         waveforms = waveforms.unsqueeze(0)
     waveforms = waveforms.float()
-    frames = 1 + waveforms.shape[-1] // HOP_LENGTH
-    if waveforms.shape[0] == 1 and frames > 2 * LONG_CLIP_CHUNK_FRAMES:
-        return _long_log_mel(waveforms[0])
     pad = N_FFT // 2
     return _to_db(_mel_power(waveforms, pad, pad)).unsqueeze(1)
 
 
-def _long_log_mel(x: torch.Tensor) -> torch.Tensor:
-    n, pad = x.shape[-1], N_FFT // 2
-    frames = 1 + n // HOP_LENGTH
-    parts = []
-    for f0 in range(0, frames, LONG_CLIP_CHUNK_FRAMES):
-        f1 = min(frames, f0 + LONG_CLIP_CHUNK_FRAMES)
-        start, end = f0 * HOP_LENGTH - pad, (f1 - 1) * HOP_LENGTH + pad
-        segment = x[max(start, 0) : min(end, n)]
-        # The clip's own edges: reflect, as the centred transform does.
-        parts.append(_mel_power(segment[None], max(0, -start), max(0, end - n)))
-    return _to_db(torch.cat(parts, dim=-1)).unsqueeze(1)
+def power_to_db(power: torch.Tensor) -> torch.Tensor:
+    """Mel power frames → dB, floored TOP_DB below their own peak (what ``log_mel`` does to a clip)."""
+    return _to_db(power)
+
+
+class MelStream:
+    """The mel power frames of one recording handed over in blocks of samples: the same
+    frames as one ``log_mel`` call (centred, the recording's edges reflected), holding no
+    more than a block and one FFT's overlap of samples."""
+
+    _EDGE = N_FFT // 2
+
+    def __init__(self) -> None:
+        self._pending = np.zeros(0, np.float32)  # reflected start, then samples not yet past a frame
+        self._tail = np.zeros(0, np.float32)  # the last EDGE + 1 samples: the end's reflection
+        self._started = False
+        self.samples = 0
+
+    @torch.inference_mode()
+    def push(self, samples: np.ndarray) -> torch.Tensor:
+        """(N_MELS, frames) power of the frames these samples complete."""
+        samples = np.asarray(samples, dtype=np.float32)
+        self.samples += len(samples)
+        self._tail = np.concatenate([self._tail, samples[-(self._EDGE + 1) :]])[-(self._EDGE + 1) :]
+        self._pending = np.concatenate([self._pending, samples])
+        if not self._started:
+            if len(self._pending) <= self._EDGE:
+                return _no_frames()
+            self._pending = np.concatenate([self._pending[1 : self._EDGE + 1][::-1], self._pending])
+            self._started = True
+        return self._frames((len(self._pending) - N_FFT) // HOP_LENGTH + 1)
+
+    @torch.inference_mode()
+    def finish(self) -> torch.Tensor:
+        """The last frames, the recording's end reflected."""
+        if not self._started:
+            raise ValueError(f"cannot reflect {self._EDGE} samples of a {self.samples}-sample signal")
+        self._pending = np.concatenate([self._pending, self._tail[:-1][::-1]])
+        return self._frames((len(self._pending) - N_FFT) // HOP_LENGTH + 1)
+
+    def _frames(self, count: int) -> torch.Tensor:
+        if count <= 0:
+            return _no_frames()
+        used = (count - 1) * HOP_LENGTH + N_FFT
+        power = _mel_power(torch.from_numpy(self._pending[:used].copy())[None], 0, 0)[0]
+        self._pending = self._pending[count * HOP_LENGTH :]
+        return power
+
+
+def _no_frames() -> torch.Tensor:
+    return torch.zeros(N_MELS, 0)
 
 
 def clip_log_mel(samples: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -163,7 +196,7 @@ def window_input(samples: torch.Tensor) -> torch.Tensor:
     with windows inside it (``window_starts``).
     """
     n = samples.shape[-1]
-    end = _sound_end(samples) or n
+    end = sound_end(samples.numpy()) or n
     if end > WINDOW_SAMPLES + WINDOW_SLACK:
         return samples
     if end > WINDOW_SAMPLES:
@@ -174,19 +207,13 @@ def window_input(samples: torch.Tensor) -> torch.Tensor:
     return sound.repeat(-(-WINDOW_SAMPLES // sound.shape[-1]))[:WINDOW_SAMPLES]
 
 
-def _sound_end(samples: torch.Tensor, first_block: int = 4096) -> int:
-    """One past the last sample louder than digital silence (0 if none), found from the
-    end in blocks that double in size: a clip that ends loud costs one small block, a
-    long clip is neither scanned nor copied as a whole."""
-    x = samples.numpy()  # numpy's any() and argmax() on a mask stop at the first hit
-    end, block = int(x.shape[-1]), first_block
-    while end > 0:
-        start = max(0, end - block)
-        loud = np.abs(x[start:end]) > SILENCE
-        if loud.any():
-            return end - int(np.argmax(loud[::-1]))
-        end, block = start, min(2 * block, 1 << 20)
-    return 0
+def fits_one_window(clip: DecodedAudio) -> bool:
+    """Tagged as one window (``window_input``), not as windows inside it (``tagger.long_clips``)."""
+    if clip.held_whole:
+        end = sound_end(clip.samples) or len(clip.samples)
+    else:
+        end = clip.last_sound or clip.num_samples
+    return end <= WINDOW_SAMPLES + WINDOW_SLACK
 
 
 def window_starts(frames: int) -> list[int]:

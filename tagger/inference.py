@@ -1,12 +1,12 @@
 """The one inference core: decoded clips → top-3, timeline, feature maps, embedding.
 
-Used by bulk ingest, the Faust worker and the API. A batch of clips becomes one
-stack of 5 s windows (short clips repeated to fill one, long ones tagged with windows
-inside the clip that overlap by half, the last ending at the clip's end),
-run through the network in chunks of ``batch_size``. A clip's top-3 is the mean of
-its windows' class probabilities; clips longer than one window also get a per-window
-timeline, and their feature maps come from one extra fully-convolutional pass over
-the clip (its first minute) so the page can draw them.
+Used by bulk ingest, the Faust worker and the API. Clips that fit one 5 s window (short
+ones repeated to fill it) run through the network together, in chunks of ``batch_size``.
+A longer clip is tagged as a stream of windows inside it that overlap by half, the last
+ending at the clip's end (``tagger.long_clips``): from its samples when it was held, or
+decoded again block by block when it was too long to hold. Its top-3 is the mean of its
+audible windows' probabilities; it also gets a per-window timeline, and its feature maps
+and embedding come from one fully-convolutional pass over its first minute.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tagger.audio import DecodedAudio
+from tagger.audio import DecodedAudio, decode_stream
 from tagger.checkpoint import Checkpoint, load_checkpoint
 from tagger.device import resolve_device
 from tagger.engine import (
@@ -39,13 +39,18 @@ from tagger.features import (
     WINDOW_SAMPLES,
     WINDOW_SECONDS,
     clip_log_mel,
-    window_starts,
+    fits_one_window,
+    log_mel,
 )
+from tagger.long_clips import RecordingStream, StreamedRecording
 from tagger.verdicts import OpenSet, Verdict, frame_levels_dbfs
 
 ENVELOPE_POINTS = 1000
 FEATURE_MAP_MAX_SECONDS = 60  # feature maps of a long clip cover its first minute
-FEATURE_MAP_MAX_FRAMES = 1 + FEATURE_MAP_MAX_SECONDS * SAMPLE_RATE // HOP_LENGTH
+# Decoders keep this much of a clip (``hold_samples``): all of most clips, and of a longer
+# recording what its feature maps need; the rest is decoded again as a stream.
+HELD_SAMPLES = FEATURE_MAP_MAX_SECONDS * SAMPLE_RATE
+STREAM_BLOCK = 1 << 18  # samples of a held clip per step of its stream (6 s)
 
 
 def feature_map_span_s(duration_s: float) -> float:
@@ -117,32 +122,37 @@ class Tagger:
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     # -- clips ---------------------------------------------------------------
-    def tag(self, clips: list[DecodedAudio], specs: list[torch.Tensor] | None = None) -> list[TagResult]:
+    def tag(self, clips: list[DecodedAudio], specs: list[torch.Tensor | None] | None = None) -> list[TagResult]:
         """Each clip's top 3, probabilities, feature maps and, past one window, its timeline.
 
         ``specs``: the clips' ``features`` when the caller computed them already (the
-        pipeline does, on its decode threads)."""
+        pipeline does, on its decode threads); None for a clip longer than one window."""
         if specs is None:
             with intra_op_threads(self.threads):
                 specs = [self.features(c) for c in clips]
-        single = [i for i, spec in enumerate(specs) if len(window_starts(spec.shape[-1])) == 1]
-        long = [i for i in range(len(clips)) if i not in set(single)]
-        results = self._tag_single_windows(clips, specs, single) | self._tag_long(clips, specs, long)
+        single = {i: spec for i, spec in enumerate(specs) if spec is not None}
+        results = self._tag_single_windows(clips, single)
+        with intra_op_threads(self.threads):
+            results |= {i: self._tag_long(clip) for i, clip in enumerate(clips) if i not in single}
         return [results[i] for i in range(len(clips))]
 
-    def features(self, clip: DecodedAudio) -> torch.Tensor:
-        """(1, 1, n_mels, frames): the log-mel of what the model sees of a clip (``window_input``).
+    def features(self, clip: DecodedAudio) -> torch.Tensor | None:
+        """(1, 1, n_mels, frames): the log-mel of the one window the model sees of a clip
+        (``window_input``); None for a clip longer than that (``_tag_long`` streams it).
 
         One clip at a time, on the calling thread: the pipeline runs it on its decode
         threads, in parallel, next to the decoding."""
-        if clip.length >= 0:
+        if not fits_one_window(clip):
+            return None
+        if not len(clip.samples):
             raise ValueError("the clip came without its samples; its features were computed where it was decoded")
         return clip_log_mel(clip.samples, self.device)
 
-    def _tag_single_windows(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
-                            chosen: list[int]) -> dict[int, TagResult]:
-        """The common case: probabilities and feature maps from one batched pass."""
+    def _tag_single_windows(self, clips: list[DecodedAudio], specs: dict[int, torch.Tensor]) -> dict[int, TagResult]:
+        """The common case: probabilities and feature maps from one batched pass (``specs``:
+        the one-window clips' log-mels by their place in ``clips``)."""
         out = {}
+        chosen = list(specs)
         for c in range(0, len(chosen), self.batch_size):
             chunk = chosen[c : c + self.batch_size]
             batch = torch.stack([specs[i][0] for i in chunk])
@@ -161,35 +171,45 @@ class Tagger:
                 out[i] = result
         return out
 
-    def _tag_long(self, clips: list[DecodedAudio], specs: list[torch.Tensor],
-                  chosen: list[int]) -> dict[int, TagResult]:
-        """Clips longer than a window: every window's probabilities (batched across clips),
-        averaged; feature maps of the clip's first minute (all of a long recording's would
-        cost gigabytes: they are 16× the spectrogram at the stem)."""
-        windows = [(i, start) for i in chosen for start in window_starts(specs[i].shape[-1])]
-        probs = self.probabilities([specs[i][0, ..., s : s + WINDOW_FRAMES] for i, s in windows])
-        rows: dict[int, list[int]] = {i: [] for i in chosen}
-        for n, (i, _) in enumerate(windows):
-            rows[i].append(n)
-        out = {}
-        for i in chosen:
-            levels = frame_levels_dbfs(specs[i][0, 0, :, : 1 + clips[i].num_samples // HOP_LENGTH])
-            loudest = [_loudest(levels[s : s + WINDOW_FRAMES]) for _, s in (windows[n] for n in rows[i])]
-            verdicts = [self.open_set.decide(probs[n], level) for n, level in zip(rows[i], loudest, strict=True)]
-            # The clip's answer is its audible windows' mean: silent stretches of a long
-            # recording would otherwise pull it towards whatever silence is mistaken for.
-            audible = [n for n, v in zip(rows[i], verdicts, strict=True) if v != Verdict.SILENCE] or rows[i]
-            _, maps, emb = self._summarized(specs[i][..., :FEATURE_MAP_MAX_FRAMES])
-            clip_probs = probs[audible].mean(0)
-            result = self._result(clips[i], specs[i], clip_probs, _clip_maps(maps, 0), emb[0])
-            result.verdict = self.open_set.decide(clip_probs, max(loudest), result.embedding)
-            result.timeline = [self._window_entry(clips[i], windows[n][1], probs[n], v)
-                               for n, v in zip(rows[i], verdicts, strict=True)]
-            result.events = detect_events(
-                [Window(w["start_s"], w["end_s"], w["verdict"], *w["top3"][0]) for w in result.timeline],
-                levels, FRAME_SECONDS, self.open_set.silence_gate_dbfs)
-            out[i] = result
-        return out
+    def _tag_long(self, clip: DecodedAudio) -> TagResult:
+        """A clip longer than a window: every window's probabilities, streamed
+        (``tagger.long_clips``); the clip's answer is its audible windows' mean, and its
+        feature maps and embedding are those of its first minute (all of a long
+        recording's would cost gigabytes: they are 16× the spectrogram at the stem)."""
+        streamed = self._stream(clip)
+        starts, probs = streamed.starts, streamed.probabilities
+        loudest = [_loudest(streamed.levels[s : s + WINDOW_FRAMES]) for s in starts]
+        verdicts = [self.open_set.decide(p, level) for p, level in zip(probs, loudest, strict=True)]
+        # The clip's answer is its audible windows' mean: silent stretches of a long
+        # recording would otherwise pull it towards whatever silence is mistaken for.
+        audible = [n for n, v in enumerate(verdicts) if v != Verdict.SILENCE] or list(range(len(starts)))
+        first_minute = log_mel(torch.from_numpy(clip.samples[:HELD_SAMPLES]).to(self.device))
+        _, maps, emb = self._summarized(first_minute)
+        clip_probs = probs[audible].mean(0)
+        result = TagResult(
+            top3=self._top3(clip_probs), probabilities=clip_probs.astype(np.float32),
+            spectrogram=streamed.spectrogram, feature_maps=_clip_maps(maps, 0),
+            embedding=emb[0].float().cpu().numpy(),
+            envelope=clip.envelope if clip.envelope is not None else streamed.envelope)
+        result.verdict = self.open_set.decide(clip_probs, max(loudest), result.embedding)
+        result.timeline = [self._window_entry(clip, start, p, v)
+                           for start, p, v in zip(starts, probs, verdicts, strict=True)]
+        result.events = detect_events(
+            [Window(w["start_s"], w["end_s"], w["verdict"], *w["top3"][0]) for w in result.timeline],
+            streamed.levels, FRAME_SECONDS, self.open_set.silence_gate_dbfs)
+        return result
+
+    def _stream(self, clip: DecodedAudio) -> StreamedRecording:
+        stream = RecordingStream(clip.num_samples, self.probabilities, self.batch_size, ENVELOPE_POINTS)
+        if clip.held_whole:
+            for start in range(0, len(clip.samples), STREAM_BLOCK):
+                stream.push(clip.samples[start : start + STREAM_BLOCK])
+        elif clip.source is not None:
+            # Bounded by what the first decoding found, should the file have grown since.
+            decode_stream(clip.source, stream.push, max_duration_s=clip.duration_s + 1.0)
+        else:
+            raise ValueError("a long clip came without its samples or a way to decode it again")
+        return stream.finish()
 
     def _window_entry(self, clip: DecodedAudio, start_frame: int, probs: np.ndarray,
                       verdict: str) -> dict[str, Any]:
@@ -202,7 +222,7 @@ class Tagger:
         """Channel means of the stem, every stage and every residual block (before and after
         its last activation) for one clip, over what the model sees of it."""
         with intra_op_threads(self.threads):
-            spec = self.features(clip)[..., :FEATURE_MAP_MAX_FRAMES]
+            spec = clip_log_mel(clip.samples[:HELD_SAMPLES], self.device)
             taps: dict[str, torch.Tensor] = {}
             _, feats, _ = self._forward(spec, with_features=True, block_taps=taps)
         ordered = {"stem": feats["stem"]}

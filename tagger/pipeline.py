@@ -20,8 +20,8 @@ import torch
 
 from tagger import codec
 from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, file_sha256, sha256_hex
-from tagger.features import clip_log_mel
-from tagger.inference import Tagger, TagResult, waveform_envelope
+from tagger.features import clip_log_mel, fits_one_window
+from tagger.inference import HELD_SAMPLES, Tagger, TagResult, waveform_envelope
 from tagger.records import CLIP_ID_MAX, ClipRecord, Payload, Status, clip_id_problem
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,10 @@ class Decoded:
 
     records: list[ClipRecord]
     audio: list[tuple[int, DecodedAudio]]
-    features: list[torch.Tensor] | None = None  # aligned with ``audio``
+    features: list[torch.Tensor | None] | None = None  # aligned with ``audio``; None: longer than a window
 
 
-Featurize = Callable[[DecodedAudio], torch.Tensor]
+Featurize = Callable[[DecodedAudio], torch.Tensor | None]
 MapFn = Callable[[Callable[[Payload], "_Decoded"], list[Payload]], Iterable["_Decoded"]]
 DecodeElsewhere = Callable[[list[Payload]], list["_Decoded"]]
 
@@ -94,8 +94,10 @@ def decode_payloads(payloads: list[Payload], max_duration_s: float | None = None
     else:
         done = decode_elsewhere(payloads)
     audio = [(i, d.audio) for i, d in enumerate(done) if d.audio is not None]
-    features = [torch.as_tensor(d.features) for d in done if d.audio is not None and d.features is not None]
-    return Decoded([d.record for d in done], audio, features if len(features) == len(audio) else None)
+    if featurize is None and decode_elsewhere is None:
+        return Decoded([d.record for d in done], audio)
+    features = [None if d.features is None else torch.as_tensor(d.features) for d in done if d.audio is not None]
+    return Decoded([d.record for d in done], audio, features)
 
 
 def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
@@ -103,7 +105,8 @@ def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
     the tagging process needs of it computed there, on the CPU: its log-mel and waveform
     envelope. The samples stay behind: a 5 s clip's are 8× its log-mel, and receiving them
     was the largest piece of the tagging process's own work. The log-mel crosses as a
-    numpy array (torch would pass each tensor through shared memory: a file per clip)."""
+    numpy array (torch would pass each tensor through shared memory: a file per clip). A
+    clip longer than a window goes as it was decoded: the tagging process streams it."""
     d = _decode_one(p, max_duration_s, featurize=_cpu_log_mel)
     if d.audio is None or not isinstance(d.features, torch.Tensor):
         return d
@@ -130,8 +133,8 @@ def died_decoding(payload: Payload, how: str) -> list[_Decoded]:
     return [_Decoded(record)]
 
 
-def _cpu_log_mel(audio: DecodedAudio) -> torch.Tensor:
-    return clip_log_mel(audio.samples)
+def _cpu_log_mel(audio: DecodedAudio) -> torch.Tensor | None:
+    return clip_log_mel(audio.samples) if fits_one_window(audio) else None
 
 
 def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize | None = None) -> _Decoded:
@@ -149,9 +152,9 @@ def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize |
     try:
         if p.path:
             rec.sha256 = rec.sha256 or file_sha256(p.path)
-            decoded = decode_file(p.path, max_duration_s)
+            decoded = decode_file(p.path, max_duration_s, HELD_SAMPLES)
         else:
-            decoded = decode_bytes(p.data, max_duration_s)
+            decoded = decode_bytes(p.data, max_duration_s, HELD_SAMPLES)
     except OSError as exc:
         rec.error = f"cannot read {p.path}: {exc.strerror or exc}"
         return _Decoded(rec)
@@ -239,7 +242,7 @@ def _encode_isolating_failures(results: list[TagResult]) -> list[dict[str, Any] 
 
 
 def _tag_isolating_failures(tagger: Tagger, clips: list[DecodedAudio],
-                            features: list[torch.Tensor] | None) -> list[TagResult | Exception]:
+                            features: list[torch.Tensor | None] | None) -> list[TagResult | Exception]:
     """Tag a batch; if the batch fails, retry clip by clip so one bad clip fails alone."""
     if not clips:
         return []

@@ -50,7 +50,12 @@ def frame_levels_dbfs(spectrogram: torch.Tensor | np.ndarray) -> np.ndarray:
     """(n_mels, frames) log-mel in dB (reference 1, as ``tagger.features.log_mel`` gives it)
     → the level in dBFS (RMS) around each frame."""
     db = torch.as_tensor(spectrogram, dtype=torch.float32)
-    power = torch.pow(10.0, db / 10.0).sum(dim=-2)
+    return levels_dbfs(torch.pow(10.0, db / 10.0).sum(dim=-2))
+
+
+def levels_dbfs(frame_power: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Each frame's mel power summed over the bands → the level in dBFS (RMS) around it."""
+    power = torch.as_tensor(frame_power, dtype=torch.float32)
     if power.shape[-1] >= LEVEL_FRAMES:
         power = torch.nn.functional.avg_pool1d(power[None, None], LEVEL_FRAMES, stride=1,
                                                padding=LEVEL_FRAMES // 2, count_include_pad=False)[0, 0]

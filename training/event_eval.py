@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from tagger.audio import SAMPLE_RATE, DecodedAudio, decode_file
-from tagger.features import SILENCE
+from tagger.audio import DIGITAL_SILENCE, SAMPLE_RATE, DecodedAudio, decode_file
 from tagger.inference import Tagger
 from training.data import TEST_FOLD, read_esc50
 
@@ -53,7 +52,7 @@ def build_recording(clips: list[tuple[np.ndarray, str]], rng: np.random.Generato
     for (clip, label), gap in zip(clips, gaps, strict=True):
         at += int(gap)
         x[at : at + len(clip)] += clip
-        sound = np.flatnonzero(np.abs(clip) > SILENCE)
+        sound = np.flatnonzero(np.abs(clip) > DIGITAL_SILENCE)
         if len(sound):
             truth.append({"start_s": (at + sound[0]) / SAMPLE_RATE, "end_s": (at + sound[-1] + 1) / SAMPLE_RATE,
                           "label": label})

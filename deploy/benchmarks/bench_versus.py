@@ -154,7 +154,8 @@ def stage_cpu(tagger, clips: list[Path], url: str, batch: int = 32,
         with timed("log_mel"):
             decoded.features = [tagger.features(a) for _, a in decoded.audio]
         with timed("model"):
-            tagger.engine.summarized(torch.cat(decoded.features))  # the network alone, as tagging runs it
+            # The network alone, as tagging runs it (these clips are 5 s: one window each).
+            tagger.engine.summarized(torch.cat([f for f in decoded.features if f is not None]))
         with timed("summaries_results"):
             tagged = run_model(tagger, decoded)  # the network again, taken off below
         with timed("encoding"):

@@ -169,3 +169,36 @@ def cpu_name() -> str:
     model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
     kind = "AVX-512 BF16" if "avx512_bf16" in info else "AVX2 only, fp32" if "avx2" in info else "no AVX2"
     return f"{model.group(1).strip() if model else 'unknown CPU'} ({kind}, {os.cpu_count()} cores)"
+
+
+def write_noise_wav(path: Path, seconds: int, sample_rate: int = 44_100) -> Path:
+    """A 16-bit WAV of band-passed noise of any length, written a minute at a time."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seconds)
+    with sf.SoundFile(path, "w", sample_rate, 1, "PCM_16") as f:
+        for start in range(0, seconds, 60):
+            walk = np.cumsum(rng.standard_normal(min(60, seconds - start) * sample_rate))
+            f.write((0.025 * (walk - np.convolve(walk, np.ones(64) / 64, "same"))).astype(np.float32))
+    return path
+
+
+# Peak RSS (kB) of everything `soundtag ingest PATH` ran, its pool processes included.
+_PEAK_OF_INGEST = """
+import resource, subprocess, sys, time
+t0 = time.perf_counter()
+done = subprocess.run([sys.executable, "-m", "deploy.cli", "ingest", sys.argv[1], "--quiet"], stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode, time.perf_counter() - t0)
+"""
+
+
+def ingest_peak(path: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of `soundtag ingest PATH` in a fresh process tree."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_OF_INGEST, str(path)], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    if out[1] != "0":
+        raise RuntimeError(f"soundtag ingest {path} exited {out[1]}")
+    return int(out[0]) / 1024, float(out[2])

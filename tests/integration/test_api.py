@@ -10,6 +10,7 @@ from sqlalchemy import text
 from api.main import create_app
 from tagger import db
 from tagger.config import Settings
+from tagger.features import window_starts
 from tests.helpers import DEADLY, ENCODED_FORMATS, audio_bytes, deadly_decoder_path, encoded_bytes
 
 API_KEY = "s3cret-key"
@@ -18,7 +19,7 @@ API_KEY = "s3cret-key"
 @pytest.fixture(scope="module")
 def settings(pg_url, random_checkpoint, untrained_allowed):
     return Settings(database_url=pg_url, model_path=random_checkpoint, device="cpu",
-                    api_key=API_KEY, max_upload_bytes=2_000_000, max_duration_s=20.0)
+                    api_key=API_KEY, max_upload_bytes=2_000_000, max_duration_s=300.0)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,20 @@ def test_visualization_of_a_long_clip_has_a_timeline(client):
     assert axes["frame_s"] == pytest.approx(512 / 44100) and (axes["f_min"], axes["f_max"]) == (20.0, 22050.0)
 
 
+def test_an_upload_too_long_to_hold_is_streamed_and_its_pictures_stay_bounded(client):
+    # Four minutes of Opus: decoded again from the upload's bytes, a window at a time.
+    r = _upload(client, [("long.webm", encoded_bytes("webm", "libopus", 48000, seconds=240.0, seed=8))],
+                clip_id="four-minutes")
+    assert r.status_code == 201 and r.json()["items"][0]["status"] == "tagged"
+    vis = client.get("/api/clips/four-minutes/visualization").json()
+    frames = 1 + 240 * 44100 // 512
+    assert len(vis["timeline"]) == len(window_starts(frames))
+    assert vis["timeline"][-1]["end_s"] == pytest.approx(240.0, abs=0.05)
+    columns = vis["spectrogram"]["shape"][1]
+    assert columns == -(-frames // 6) and vis["axes"]["frame_s"] == pytest.approx(6 * 512 / 44100)
+    assert vis["axes"]["feature_map_span_s"] == 60.0 and vis["waveform"]["shape"] == [2, 1000]
+
+
 def test_a_short_clips_feature_maps_span_the_window_it_was_repeated_into(client):
     _upload(client, [("short.wav", audio_bytes("WAV", 1.0, seed=8))], clip_id="short-one")
     vis = client.get("/api/clips/short-one/visualization").json()
@@ -133,8 +148,8 @@ def test_errors(client):
     # nothing decodable: 422, and the failure is recorded
     r = _upload(client, [("empty.wav", b"")])
     assert r.status_code == 422 and "empty" in r.json()["detail"]
-    # over the duration limit (20 s here)
-    r = _upload(client, [("long.wav", audio_bytes("WAV", 25.0, sr=8000))])
+    # over the duration limit (300 s here)
+    r = _upload(client, [("long.wav", audio_bytes("WAV", 310.0, sr=2000))])
     assert r.status_code == 422 and "over the limit" in r.json()["detail"]
     # over the size limit (2 MB here): refused before it is read
     r = _upload(client, [("big.wav", b"\0" * 3_000_000)])

@@ -25,6 +25,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.dev_broker import start_broker
 from deploy.processes import free_port
+from tagger.features import window_starts
 from tests.helpers import (
     DEADLY,
     ENCODED_FORMATS,
@@ -311,13 +312,18 @@ def test_compressed_formats_and_odd_rates_are_published_and_tagged(worker, strea
     (folder / "odd-rate.wav").write_bytes(audio_bytes("WAV", 2.0, sr=44099, seed=64))
     (folder / "cut.wav").write_bytes(audio_bytes("WAV", 1.0, seed=65)[: 44 + 264])
     (folder / "notes.txt").write_text("not audio")
+    # Longer than the worker holds (60 s) and within the message limit: decoded again from the message.
+    (folder / "long.webm").write_bytes(encoded_bytes("webm", "libopus", 48000, seconds=90.0, seed=66))
     summary = publish([folder], topic="audio-clips", bootstrap=broker, progress=False)
-    assert (summary.sent, summary.failed, summary.not_audio) == (5, 0, [str(folder / "notes.txt")])
+    assert (summary.sent, summary.failed, summary.not_audio) == (6, 0, [str(folder / "notes.txt")])
     ids = {p.name: sha256_hex(p.read_bytes()) for p in folder.iterdir() if p.suffix != ".txt"}
     _wait_rows(stream_db[1], list(ids.values()))
     _assert_exactly_once(stream_db[1], [v for k, v in ids.items() if k != "cut.wav"])
     error = _query(stream_db[1], "SELECT error FROM clips WHERE id = %s", (ids["cut.wav"],))[0][0]
     assert error == "truncated: header 1.00 s, data 0.003 s"
+    windows = _query(stream_db[1], "SELECT json_array_length(timeline) FROM clip_features WHERE clip_id = %s",
+                     (ids["long.webm"],))[0][0]
+    assert windows == len(window_starts(1 + 90 * 44100 // 512))
 
 
 def _stop_mid_stream_then_restart(sig, prefix, seed, worker, worker_env, producer, url, log_path) -> None:

@@ -136,10 +136,15 @@ def test_log_mel_equals_torchaudios_transforms():
     assert torch.allclose(ours, reference, atol=1e-3), (ours - reference).abs().max()
 
 
-def test_a_long_clip_is_transformed_in_chunks_with_the_same_frames():
-    from tagger.features import LONG_CLIP_CHUNK_FRAMES
+def test_a_recording_streamed_in_blocks_gets_the_frames_of_one_call():
+    from tagger.features import MelStream, power_to_db
 
-    x = 0.1 * torch.randn(512 * (2 * LONG_CLIP_CHUNK_FRAMES + 777) + 123, generator=torch.Generator().manual_seed(0))
-    chunked = log_mel(x)
+    x = 0.1 * torch.randn(512 * 3000 + 123, generator=torch.Generator().manual_seed(0))
+    stream, parts, at = MelStream(), [], 0
+    for size in (100, 413, 20, 65_536, 7, 100_000, 1_000_000):  # blocks of any size, one shorter than the edge
+        parts.append(stream.push(x[at : at + size].numpy()))
+        at += size
+    parts += [stream.push(x[at:].numpy()), stream.finish()]
+    streamed = power_to_db(torch.cat(parts, dim=-1))[None, None]
     whole = torchaudio_log_mel(x[None])
-    assert chunked.shape == whole.shape and torch.allclose(chunked, whole, atol=1e-3)
+    assert streamed.shape == whole.shape and torch.allclose(streamed, whole, atol=1e-3)

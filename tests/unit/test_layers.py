@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"tagger.records", "tagger.errors", "tagger.audio", "tagger.config", "tagger.device", "tagger.codec",
      "tagger.files"},
     {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.engine", "tagger.inference", "tagger.pipeline",
-     "tagger.verdicts", "tagger.events"},
+     "tagger.verdicts", "tagger.events", "tagger.long_clips"},
     {"tagger.tables", "tagger.repository", "tagger.db", "migrations"},  # the store
     # wired to the store
     {"tagger.stages", "tagger.pool", "tagger.ingest", "tagger.ingest_processes", "tagger.startup"},
