@@ -81,7 +81,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 TRAIN_OPTIONS = {  # --flag → TrainConfig field; defaults live in TrainConfig alone
     "data_dir": "data_dir", "out_dir": "out_dir", "epochs": "epochs", "batch_size": "batch_size", "lr": "max_lr",
     "seed": "seed", "val_fold": "val_fold", "crop_p": "crop_p", "band_p": "band_p", "mix": "mix",
-    "threads": "num_threads", "limit": "limit", "resume": "resume",
+    "threads": "num_threads", "limit": "limit", "resume": "resume", "distill": "distill",
 }
 
 
@@ -91,6 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {field: getattr(args, flag) for flag, field in TRAIN_OPTIONS.items() if hasattr(args, flag)}
     if args.no_time_roll:
         given["time_roll"] = False
+    if getattr(args, "teachers", None):
+        given["teachers"] = tuple(args.teachers)
     cfg = TrainConfig(device=get_settings().device, **given)
     if args.cv:
         from training.train import cross_validate
@@ -239,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--cv", action="store_true", default=False, help="4-fold cross-validation on folds 1–4")
     p.add_argument("--limit", type=int, help="train on only N clips (smoke test)")
+    p.add_argument("--teachers", nargs="+", metavar="CHECKPOINT",
+                   help="distil: train on these models' averaged probabilities over each augmented view")
+    p.add_argument("--distill", type=float, help="the teachers' share of each target (default: 0.9)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
     p.add_argument("--export", default=None, help="write the last epoch's weights as an fp16 checkpoint here")
     p.set_defaults(func=cmd_train)

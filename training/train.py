@@ -12,6 +12,9 @@ mixed as sound (``mix="sound"``; ``"db"`` is MixUp of the dB inputs with
 Beta(0.2, 0.2)), label smoothing 0.1, dropout 0.5, AdamW with OneCycleLR. bf16
 autocast on CPUs that support it and fp16 autocast on CUDA.
 
+Distillation (``teachers``): each batch's targets become ``distill`` × the teachers'
+averaged probabilities on the same augmented view plus (1 − ``distill``) × the labels.
+
 Every epoch writes ``last.pt`` (model, optimizer, scheduler, epoch, RNG) so
 ``--resume`` continues a killed run exactly, and ``last.safetensors``.
 """
@@ -59,6 +62,8 @@ class TrainConfig:
     limit: int | None = None  # use only this many training clips (smoke tests)
     num_threads: int | None = None
     resume: bool = False
+    teachers: tuple[str, ...] = ()  # checkpoints whose averaged probabilities are the soft targets
+    distill: float = 0.9  # the teachers' share of each target, when there are teachers
 
 
 def mix_as_sound(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +123,7 @@ def crop_and_repeat(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Te
     return out
 
 
-# What a run saved before a setting existed used, so such runs still resume.
-_LEGACY_CONFIG: dict = {"mix": "db"}  # runs saved before a setting existed used its old behaviour
+_LEGACY_CONFIG: dict = {"mix": "db", "teachers": (), "distill": 0.9}  # what runs saved before a setting used
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -183,8 +187,10 @@ def train(cfg: TrainConfig) -> dict:
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         saved_cfg = json.loads(ckpt["config"])
         for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit", "time_roll", "crop_p", "band_p",
-                    "mix"):
+                    "mix", "teachers", "distill"):
             saved = saved_cfg.get(key, _LEGACY_CONFIG.get(key))
+            if key == "teachers" and saved is not None:
+                saved = tuple(saved)
             if saved != getattr(cfg, key):
                 raise SystemExit(f"--resume: {key}={getattr(cfg, key)} differs from the run in {out} ({saved})")
         model.load_state_dict(ckpt["model"])
@@ -197,6 +203,7 @@ def train(cfg: TrainConfig) -> dict:
 
     writer = _summary_writer(out)
     dtype = autocast_dtype(device)
+    teachers = _load_teachers(cfg.teachers, data.class_names, device)
     beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha)
     epochs_bar = tqdm(range(state["epoch"], cfg.epochs), desc="epochs", unit="epoch", initial=state["epoch"],
                       total=cfg.epochs)
@@ -225,6 +232,8 @@ def train(cfg: TrainConfig) -> dict:
                 x = lam * x + (1 - lam) * x[mix]
                 y = lam * y + (1 - lam) * y[mix]
             x = x.to(device).contiguous(memory_format=torch.channels_last)
+            if teachers:
+                y = (1 - cfg.distill) * y.to(device) + cfg.distill * _teachers_probs(teachers, x, dtype)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(x)
             loss = soft_cross_entropy(logits, y.to(device))
@@ -261,6 +270,26 @@ def train(cfg: TrainConfig) -> dict:
         writer.close()
     (out / "history.json").write_text(json.dumps(state, indent=1))
     return state
+
+
+def _load_teachers(paths: tuple[str, ...], class_names: list[str], device: torch.device) -> list[AudioCNN]:
+    from tagger.checkpoint import load_checkpoint
+
+    teachers = []
+    for path in paths:
+        ckpt = load_checkpoint(path, device)
+        if ckpt.class_names != class_names:
+            raise SystemExit(f"teacher {path} has other classes than the data")
+        teachers.append(ckpt.model.float().to(memory_format=torch.channels_last).eval())
+    return teachers
+
+
+@torch.inference_mode()
+def _teachers_probs(teachers: list[AudioCNN], x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The teachers' averaged probabilities on a batch, as the student sees it."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        probs = [torch.softmax(teacher(x).float(), dim=-1) for teacher in teachers]
+    return torch.stack(probs).mean(0).clone()
 
 
 def _save_last(path: Path, model, optimizer, scheduler, gen, state, cfg) -> None:

@@ -127,6 +127,20 @@ def test_resume_refuses_a_different_configuration(tiny_esc50, cache_env, tmp_pat
         train(_cfg(tiny_esc50, tmp_path / "r", resume=True))
 
 
+def test_a_student_learns_from_its_teachers_soft_targets(tiny_esc50, cache_env, trained_run, tmp_path):
+    from training.train import _teachers_probs
+
+    teacher = trained_run[0] / "last.safetensors"
+    state = train(_cfg(tiny_esc50, tmp_path / "student", teachers=(str(teacher),), distill=0.9, epochs=2))
+    assert state["epoch"] == 2 and all(np.isfinite(h["loss"]) for h in state["history"])
+    from tagger.checkpoint import load_checkpoint
+
+    probs = _teachers_probs([load_checkpoint(teacher).model.float().eval()] * 2, torch.randn(3, 1, 64, 431), None)
+    assert probs.shape == (3, len(CLASSES)) and torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
+    with pytest.raises(SystemExit, match="teachers"):  # a run resumes only with the teachers it began with
+        train(_cfg(tiny_esc50, tmp_path / "student", resume=True, epochs=2))
+
+
 def test_fold_5_never_trains_validates_or_calibrates(tiny_esc50, cache_env, tmp_path):
     with pytest.raises(SystemExit, match="test fold"):
         train(_cfg(tiny_esc50, tmp_path / "x", val_fold=5))
