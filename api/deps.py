@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
@@ -15,6 +15,9 @@ from tagger.config import Settings
 from tagger.inference import Tagger
 from tagger.stages import PooledStages
 
+if TYPE_CHECKING:
+    from api.similarity import SimilarityIndex
+
 
 @dataclass
 class AppState:
@@ -23,6 +26,7 @@ class AppState:
     tagger: Tagger | None
     model_error: str | None = None
     runner: PooledStages | None = None  # uploads tagged and stored in the pool, when the model loaded
+    similar: SimilarityIndex | None = None  # the served model's clips by embedding, when the model loaded
 
 
 def get_state(request: Request) -> AppState:

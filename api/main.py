@@ -15,6 +15,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from api.deps import AppState
 from api.metrics import MetricsMiddleware
 from api.routes import clips, original, system
+from api.routes import similar as similar_routes
+from api.similarity import SimilarityIndex
 from api.text import control_character_problem
 from tagger import __version__
 from tagger.config import Settings, get_settings
@@ -132,9 +134,15 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
                 pool.close(wait=False)
                 error = str(exc)
                 log.error("tagging processes did not start: %s", error)
+        similar = None
+        if model is not None:
+            similar = SimilarityIndex(sessions, model.version)
+            similar.start()
         app.state.soundtag = AppState(settings=settings, sessions=sessions, tagger=model,
-                                      model_error=error, runner=runner)
+                                      model_error=error, runner=runner, similar=similar)
         yield
+        if similar is not None:
+            similar.close()
         if runner is not None:
             runner.close()
 
@@ -144,6 +152,7 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
         description="Tags environmental sounds with the 50 ESC-50 classes and shows why.",
         lifespan=lifespan,
     )
+    app.include_router(similar_routes.router)  # before clips: its /clips/{id}/similar is more specific
     app.include_router(clips.router)
     app.include_router(original.router)
     app.include_router(system.router)

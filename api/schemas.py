@@ -37,6 +37,19 @@ class ClipList(BaseModel):
     next_cursor: str | None = None
 
 
+class SimilarClip(ClipOut):
+    score: float = Field(description="cosine similarity of the embeddings, 1 for the same sound")
+
+
+class SimilarList(BaseModel):
+    items: list[SimilarClip] = Field(description="nearest first")
+
+
+class SearchResult(SimilarList):
+    top3: list[TagOut] = Field(description="the searched-with file's own top 3 (it is not stored)")
+    verdict: Verdict
+
+
 class LabelCount(BaseModel):
     label: str
     top1: int = Field(description="clips whose top label this is")

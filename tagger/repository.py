@@ -12,7 +12,7 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -135,7 +135,40 @@ def list_clips(
     limit: int = 50,
 ) -> tuple[list[ClipRecord], str | None]:
     """Clips ordered by id, ``limit`` at a time; returns (clips, next_cursor)."""
-    query = select(Clip)
+    query = _filtered(select(Clip), label, min_confidence, status, verdict)
+    if cursor:
+        query = query.where(Clip.id > decode_cursor(cursor))
+    rows = list(session.scalars(query.order_by(Clip.id).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return [to_record(c) for c in rows[:limit]], next_cursor
+
+
+def clip_ids(session: Session, label: str | None = None, min_confidence: float | None = None,
+             verdict: str | None = None) -> set[str]:
+    """The ids of the tagged clips ``list_clips`` would list with these filters."""
+    query = _filtered(select(Clip.id), label, min_confidence, Status.TAGGED.value, verdict)
+    return set(session.scalars(query))
+
+
+def get_clips(session: Session, ids: list[str]) -> dict[str, ClipRecord]:
+    return {c.id: to_record(c) for c in session.scalars(select(Clip).where(Clip.id.in_(ids)))}
+
+
+def embeddings_after(session: Session, model_version: str, after: tuple[datetime, str] | None,
+                     limit: int = 10_000) -> list[tuple[str, datetime, bytes]]:
+    """(clip id, tagged at, stored embedding) of clips tagged by ``model_version`` after
+    ``after`` (a tagged-at time and clip id), in that order, ``limit`` at a time."""
+    query = (select(Clip.id, Clip.tagged_at, ClipFeatures.embedding)
+             .join(ClipFeatures, ClipFeatures.clip_id == Clip.id)
+             .where(Clip.model_version == model_version, Clip.status == Status.TAGGED.value))
+    if after is not None:
+        query = query.where(tuple_(Clip.tagged_at, Clip.id) > tuple_(*after))
+    rows = session.execute(query.order_by(Clip.tagged_at, Clip.id).limit(limit))
+    return [(clip_id, tagged_at, bytes(blob)) for clip_id, tagged_at, blob in rows if tagged_at is not None]
+
+
+def _filtered(query: Any, label: str | None, min_confidence: float | None, status: str | None,
+              verdict: str | None) -> Any:
     if label is not None:
         cond = [Tag.clip_id == Clip.id, Tag.label == label]
         if min_confidence is not None:
@@ -149,11 +182,7 @@ def list_clips(
         query = query.where(Clip.status == status)
     if verdict is not None:
         query = query.where(Clip.verdict == verdict)
-    if cursor:
-        query = query.where(Clip.id > decode_cursor(cursor))
-    rows = list(session.scalars(query.order_by(Clip.id).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return [to_record(c) for c in rows[:limit]], next_cursor
+    return query
 
 
 def label_counts(session: Session) -> list[dict[str, Any]]:

@@ -50,6 +50,8 @@ class Clip(Base):
 
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in Status)})", name="clips_status_valid"),
+        # What each API process's similarity index reads to keep in step (migration 0004).
+        Index("ix_clips_model_tagged", "model_version", "tagged_at", "id"),
     )
 
 

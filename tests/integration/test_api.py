@@ -11,7 +11,7 @@ from api.main import create_app
 from tagger import db
 from tagger.config import Settings
 from tagger.features import window_starts
-from tests.helpers import DEADLY, ENCODED_FORMATS, audio_bytes, deadly_decoder_path, encoded_bytes
+from tests.helpers import DEADLY, ENCODED_FORMATS, audio_bytes, deadly_decoder_path, encoded_bytes, wait_until
 
 API_KEY = "s3cret-key"
 
@@ -371,3 +371,49 @@ def test_events_of_a_long_clip_in_every_format(client):
     assert client.get("/api/clips/nope/events").status_code == 404
     _upload(client, [("junk.wav", b"not audio")], clip_id="junk-one")
     assert client.get("/api/clips/junk-one/events").status_code == 404
+
+
+def _similar_ready(client, clip_id, **params):
+    def answer():
+        r = client.get(f"/api/clips/{clip_id}/similar", params=params)
+        return r if r.status_code == 200 else None
+
+    return wait_until(answer, 30, f"{clip_id} to be found by similarity")
+
+
+def test_sounds_like_this_one_from_a_stored_clip_and_from_a_file(client):
+    for i in range(6):
+        r = _upload(client, [(f"s{i}.wav", audio_bytes("WAV", 2.0, seed=40 + i))], clip_id=f"sim-{i}")
+        assert r.status_code == 201
+    r = _similar_ready(client, "sim-5", k=3)  # a new clip is found within seconds
+    items = r.json()["items"]
+    assert len(items) == 3 and "sim-5" not in [i["clip_id"] for i in items]
+    assert [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
+    assert all({"clip_id", "score", "source", "top3", "verdict"} <= set(i) for i in items)
+    label = items[0]["top3"][0]["label"]
+    filtered = client.get("/api/clips/sim-5/similar", params={"k": 50, "label": label}).json()["items"]
+    assert filtered and all(label in [t["label"] for t in i["top3"]] for i in filtered)
+    assert client.get("/api/clips/sim-5/similar", params={"verdict": "silence"}).json()["items"] == []
+    # The file itself, searched with: the stored copy comes first, nothing new is stored.
+    before = client.get("/api/summary").json()
+    found = client.post("/api/search", params={"k": 2}, files={"file": ("q.wav", audio_bytes("WAV", 2.0, seed=45))},
+                        headers={"X-API-Key": API_KEY})
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert body["items"][0]["clip_id"] == "sim-5" and body["items"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert len(body["top3"]) == 3 and body["verdict"] in ("label", "unknown", "silence")
+    assert client.get("/api/summary").json()["status_counts"] == before["status_counts"]
+
+
+def test_similar_and_search_refuse_what_they_cannot_answer(client):
+    assert client.get("/api/clips/no-such-clip/similar").status_code == 404
+    _upload(client, [("bad.wav", b"RIFF not really")], clip_id="sim-failed")
+    r = client.get("/api/clips/sim-failed/similar")
+    assert r.status_code == 409 and "tag it again" in r.json()["detail"]
+    assert client.get("/api/clips/sim-failed/similar", params={"k": 0}).status_code == 422
+    assert client.get("/api/clips/sim-failed/similar", params={"k": 101}).status_code == 422
+    headers = {"X-API-Key": API_KEY}
+    bad = client.post("/api/search", files={"file": ("x.wav", b"not audio at all")}, headers=headers)
+    assert bad.status_code == 422 and "x.wav" in bad.json()["detail"]
+    assert client.post("/api/search", files={"file": ("x.wav", b"\0" * 3_000_000)}, headers=headers).status_code == 413
+    assert client.post("/api/search", files={"file": ("x.wav", audio_bytes())}).status_code == 401

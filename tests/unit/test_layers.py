@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
      "tagger.files"},
     {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.engine", "tagger.inference", "tagger.pipeline",
      "tagger.verdicts", "tagger.events", "tagger.long_clips"},
-    {"tagger.tables", "tagger.repository", "tagger.db", "migrations"},  # the store
+    {"tagger.tables", "tagger.repository", "tagger.db", "tagger.vector_index", "migrations"},  # the store
     # wired to the store
     {"tagger.stages", "tagger.pool", "tagger.ingest", "tagger.ingest_processes", "tagger.startup"},
     {"api", "stream", "training"},  # shells, each on its own

@@ -1,0 +1,113 @@
+"""Sounds like this one: the nearest stored clips to a stored clip, or to a file searched with."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+
+from api.convert import clip_out
+from api.deps import AppState, get_runner, get_state, require_api_key
+from api.schemas import SearchResult, SimilarClip, SimilarList, TagOut
+from api.similarity import SimilarityIndex, died_embedding, embed_task
+from api.text import has_control_characters
+from tagger import repository
+from tagger.audio import READABLE_FORMATS
+from tagger.records import Payload
+from tagger.stages import PooledStages
+from tagger.vector_index import Neighbour
+from tagger.verdicts import Verdict
+
+router = APIRouter(prefix="/api", tags=["similar"])
+MAX_K = 100
+LOADING_RETRY_S = 5
+
+
+class Filters:
+    """The clip list's filters, applied to the neighbours."""
+
+    def __init__(
+        self,
+        label: Annotated[str | None, Query(max_length=64, description="only clips with this label in their top 3")]
+        = None,
+        min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+        verdict: Annotated[Verdict | None, Query(description="label, unknown or silence")] = None,
+    ) -> None:
+        self.label, self.min_confidence, self.verdict = label, min_confidence, verdict
+
+    @property
+    def any(self) -> bool:
+        return self.label is not None or self.min_confidence is not None or self.verdict is not None
+
+
+def get_index(state: Annotated[AppState, Depends(get_state)]) -> SimilarityIndex:
+    index = state.similar
+    if index is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {state.model_error}")
+    if not index.loaded.is_set():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the similarity index is loading; try again shortly",
+                            headers={"Retry-After": str(LOADING_RETRY_S)})
+    return index
+
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description="how many clips")]
+
+
+@router.get("/clips/{clip_id:path}/similar", response_model=SimilarList,
+            summary="The stored clips that sound most like this one (cosine on the embedding)",
+            responses={404: {"description": "no such clip"},
+                       409: {"description": "the clip has no embedding of the served model (failed, or tagged by "
+                                            "another model)"}})
+def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
+            index: Annotated[SimilarityIndex, Depends(get_index)], filters: Annotated[Filters, Depends()],
+            k: K = 10) -> SimilarList:
+    vector = index.index.vector(clip_id)
+    if vector is None:
+        with state.sessions() as session:
+            clip = repository.get_clip(session, clip_id)
+        if clip is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no clip {clip_id!r}")
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"clip {clip_id!r} has no embedding of model {index.model_version} "
+                            f"(status {clip.status}, model {clip.model_version}); tag it again to search from it")
+    return SimilarList(items=_neighbours(state, index, vector, k, filters, exclude=clip_id))
+
+
+@router.post("/search", response_model=SearchResult, dependencies=[Depends(require_api_key)],
+             summary="Search the collection with a file: it is tagged on the fly and not stored",
+             responses={401: {"description": "API key missing or wrong"}, 413: {"description": "upload too large"},
+                        422: {"description": "not decodable audio"}})
+async def search(
+    file: Annotated[UploadFile, File(description=f"an audio file: {READABLE_FORMATS}")],
+    state: Annotated[AppState, Depends(get_state)],
+    runner: Annotated[PooledStages, Depends(get_runner)],
+    index: Annotated[SimilarityIndex, Depends(get_index)],
+    filters: Annotated[Filters, Depends()],
+    k: K = 10,
+) -> SearchResult:
+    limit = state.settings.max_upload_bytes
+    name = file.filename or "unnamed"
+    if has_control_characters(name):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"file name {name!r} contains control characters")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{name!r} is over the upload limit of {limit} bytes")
+    answer = (await runner.pool.arun(embed_task, [Payload(data=data, source=f"search:{name}")], died_embedding))[0]
+    if isinstance(answer, str):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {answer}")
+    items = await run_in_threadpool(_neighbours, state, index, answer["embedding"], k, filters)
+    return SearchResult(items=items, top3=[TagOut(label=label, confidence=c) for label, c in answer["top3"]],
+                        verdict=Verdict(answer["verdict"]))
+
+
+def _neighbours(state: AppState, index: SimilarityIndex, vector: np.ndarray, k: int, filters: Filters,
+                exclude: str | None = None) -> list[SimilarClip]:
+    with state.sessions() as session:
+        among = (repository.clip_ids(session, filters.label, filters.min_confidence, filters.verdict)
+                 if filters.any else None)
+        found: list[Neighbour] = index.index.search(vector, k, exclude=exclude, among=among)
+        clips = repository.get_clips(session, [n.clip_id for n in found])
+    return [SimilarClip(**clip_out(clips[n.clip_id]).model_dump(), score=round(n.score, 6))
+            for n in found if n.clip_id in clips]
