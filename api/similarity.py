@@ -75,7 +75,8 @@ class SimilarityIndex:
             vectors.append(vector)
             self._tagged_at[clip_id] = tagged_at
         if ids:
-            self.index.upsert(ids, np.stack(vectors))
+            # The first load may take every core; later ones run beside requests.
+            self.index.upsert(ids, np.stack(vectors), threads=1 if self.loaded.is_set() else 0)
         return len(ids)
 
     def _run(self) -> None:

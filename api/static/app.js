@@ -288,6 +288,7 @@ async function showClip(id, push) {
   renderTop3(clip.top3);
   current = { id: clip.clip_id, duration: clip.duration_s || 0 };
   $("pictures").hidden = clip.status !== "tagged";
+  $("more-like-this").hidden = clip.status !== "tagged";
   showAudio(clip.clip_id);
   if (clip.status !== "tagged") { view.dataset.loaded = clip.clip_id; return; }
   const vis = await api(`/api/clips/${encodeURIComponent(id)}/visualization`);
@@ -468,6 +469,48 @@ async function loadClips(reset) {
   $("more").hidden = !nextCursor;
 }
 
+// ------------------------------------------------------------- similar ---
+function filterParams(params) {
+  const label = $("label-filter").value, minc = $("min-conf").value, verdict = $("verdict-filter").value;
+  if (label) params.set("label", label);
+  if (minc) params.set("min_confidence", minc);
+  if (verdict) params.set("verdict", verdict);
+  return params;
+}
+
+function renderSimilar(what, items) {
+  $("similar-query").textContent = items.length ? `The ${items.length} stored clips most like ${what}:` : `No stored clip is like ${what} (with these filters).`;
+  const tbody = document.querySelector("#similar-table tbody");
+  tbody.replaceChildren();
+  for (const c of items) {
+    const tr = el("tr"), top = c.top3[0];
+    tr.append(linkCell(c.clip_id), el("td", c.score.toFixed(3)), el("td", top ? `${top.label} ${pct(top.confidence, 0)}` : "—"),
+      el("td", c.verdict || "—", c.verdict ? `verdict-${c.verdict}` : undefined), el("td", c.source, "wide"));
+    tr.dataset.clipId = c.clip_id;
+    tbody.append(tr);
+  }
+  $("similar-table").hidden = !items.length;
+  $("similar-section").scrollIntoView({ block: "nearest" });
+}
+
+async function moreLikeThis() {
+  const id = current.id;
+  $("similar-query").textContent = `Looking for clips like ${id}…`;
+  const body = await api(`/api/clips/${encodeURIComponent(id)}/similar?${filterParams(new URLSearchParams({ k: "10" }))}`);
+  renderSimilar(`clip ${id}`, body.items);
+}
+
+async function searchWith(file) {
+  if (!file) return;
+  $("similar-query").textContent = `Tagging ${file.name} to search with…`;
+  const form = new FormData(); form.append("file", file);
+  const body = await api(`/api/search?${filterParams(new URLSearchParams({ k: "10" }))}`, { method: "POST", body: form, headers: apiKeyHeader() });
+  const top = body.top3[0];
+  renderSimilar(`${file.name} (${body.verdict}${top ? `, ${top.label} ${pct(top.confidence, 0)}` : ""})`, body.items);
+}
+
+function similarProblem(e) { $("similar-query").textContent = `Could not search: ${e.message}`; }
+
 function linkCell(id) {
   const a = el("a", id.length > 16 ? id.slice(0, 16) + "…" : id), td = el("td");
   a.href = `/?clip=${encodeURIComponent(id)}`;
@@ -555,6 +598,14 @@ function init() {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); sendFiles([...e.dataTransfer.files]); });
+  $("more-like-this").addEventListener("click", () => moreLikeThis().catch(similarProblem));
+  const searchDrop = $("search-drop"), searchFile = $("search-file");
+  searchFile.addEventListener("change", (e) => { searchWith(e.target.files[0]).catch(similarProblem); e.target.value = ""; });
+  searchDrop.addEventListener("click", () => searchFile.click());
+  searchDrop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); searchFile.click(); } });
+  searchDrop.addEventListener("dragover", (e) => { e.preventDefault(); searchDrop.classList.add("over"); });
+  searchDrop.addEventListener("dragleave", () => searchDrop.classList.remove("over"));
+  searchDrop.addEventListener("drop", (e) => { e.preventDefault(); searchDrop.classList.remove("over"); searchWith(e.dataTransfer.files[0]).catch(similarProblem); });
   $("record").addEventListener("click", () => toggleRecording().catch((e) => { $("record-status").textContent = microphoneProblem(e); }));
   $("api-key").value = localStorage.getItem("soundtag-api-key") || "";
   $("api-key").addEventListener("change", (e) => localStorage.setItem("soundtag-api-key", e.target.value));

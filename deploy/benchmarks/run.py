@@ -19,7 +19,7 @@ import torch
 
 from deploy.benchmarks.common import cpu_name
 
-SUITES = ("core", "formats", "versus", "engines", "api", "stream", "long")  # and "gpu", asked for by name
+SUITES = ("core", "formats", "versus", "engines", "api", "stream", "long", "similar")  # and "gpu", asked for by name
 
 
 def main() -> int:

@@ -471,3 +471,26 @@ def test_a_page_on_another_origin_calls_inference(server, other_origins, browser
     page.evaluate("([api, b64]) => run(api, b64)", [server, b64])
     assert page.locator("#out").text_content().startswith("error: TypeError")
     page.close()
+
+
+def test_more_like_this_and_search_by_a_dropped_file(server, page):
+    page.goto(server + "/")
+    names = sorted(p.name for p in SAMPLES.glob("*.ogg"))[:4]
+    for name in names:
+        _upload(page, name, (SAMPLES / name).read_bytes(), "audio/ogg")
+    shown = page.locator("#clip-id").text_content()
+    # A new clip is in every API process's index within seconds: ask until it answers.
+    page.wait_for_function("""async () => (await fetch('/api/clips/' + encodeURIComponent(
+        document.querySelector('#clip-id').textContent) + '/similar')).ok""", timeout=30_000)
+    page.click("#more-like-this")
+    page.wait_for_function("document.querySelectorAll('#similar-table tbody tr').length >= 3")
+    rows = page.eval_on_selector_all("#similar-table tbody tr", "rs => rs.map(r => r.dataset.clipId)")
+    assert shown not in rows
+    scores = page.eval_on_selector_all("#similar-table tbody tr td:nth-child(2)", "ts => ts.map(t => +t.textContent)")
+    assert scores == sorted(scores, reverse=True)
+
+    page.set_input_files("#search-file", files=[{"name": names[0], "mimeType": "audio/ogg",
+                                                 "buffer": (SAMPLES / names[0]).read_bytes()}])
+    page.wait_for_function(f"document.querySelector('#similar-query').textContent.includes('{names[0]}')")
+    page.wait_for_function("+document.querySelector('#similar-table tbody tr td:nth-child(2)').textContent > 0.999")
+    page.screenshot(path=str(OUT / "page-similar.png"), full_page=True)
