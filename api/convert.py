@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from api.schemas import Axes, ClipOut, EventOut, FeatureTap, PackedArray, TagOut, Visualization, WindowOut
+from api.schemas import Axes, ClipOut, CustomLabel, EventOut, FeatureTap, PackedArray, TagOut, Visualization, WindowOut
 from tagger import codec
 from tagger.features import F_MAX, F_MIN, HOP_LENGTH, SAMPLE_RATE
 from tagger.inference import feature_map_span_s
@@ -19,6 +19,7 @@ def clip_out(rec: ClipRecord) -> ClipOut:
         sample_rate=rec.sample_rate, channels=rec.channels, sha256=rec.sha256, model_version=rec.model_version,
         received_at=rec.received_at, tagged_at=rec.tagged_at, verdict=Verdict(rec.verdict) if rec.verdict else None,
         top3=[TagOut(label=label, confidence=conf) for label, conf in rec.top3],
+        custom=[CustomLabel(**c) for c in rec.custom],
     )
 
 

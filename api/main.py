@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api.deps import AppState
 from api.metrics import MetricsMiddleware
-from api.routes import clips, original, system
+from api.routes import clips, label_sets, original, system
 from api.routes import similar as similar_routes
 from api.similarity import SimilarityIndex
 from api.text import control_character_problem
@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
     )
     app.include_router(similar_routes.router)  # before clips: its /clips/{id}/similar is more specific
     app.include_router(clips.router)
+    app.include_router(label_sets.router)
     app.include_router(original.router)
     app.include_router(system.router)
     app.add_middleware(MetricsMiddleware)

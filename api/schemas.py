@@ -14,6 +14,12 @@ class TagOut(BaseModel):
     confidence: float
 
 
+class CustomLabel(BaseModel):
+    label_set: str
+    label: str = Field(description="one of the set's labels, or 'unknown' when none fits")
+    confidence: float
+
+
 class ClipOut(BaseModel):
     clip_id: str
     source: str
@@ -30,6 +36,7 @@ class ClipOut(BaseModel):
                                                       "fits; top3 still shown) or 'silence' (nothing audible); "
                                                       "null for failed clips")
     top3: list[TagOut] = []
+    custom: list[CustomLabel] = Field([], description="the clip's label in each of the users' label sets")
 
 
 class ClipList(BaseModel):
@@ -48,6 +55,26 @@ class SimilarList(BaseModel):
 class SearchResult(SimilarList):
     top3: list[TagOut] = Field(description="the searched-with file's own top 3 (it is not stored)")
     verdict: Verdict
+
+
+class LabelSetOut(BaseModel):
+    name: str
+    version: int
+    created_at: datetime | None = None
+    model_version: str = Field(description="the model whose embeddings it was taught on")
+    labels: list[str]
+    examples: dict[str, int] = Field(description="examples per label ('background': none of these)")
+    cv_accuracy: float = Field(description="cross-validated accuracy over all examples")
+    cv_accuracy_by_label: dict[str, float]
+
+
+class LabelSetList(BaseModel):
+    items: list[LabelSetOut]
+
+
+class TeachRequest(BaseModel):
+    label: str = Field(min_length=1, max_length=64, description="the label these clips are examples of")
+    clip_ids: list[str] = Field(min_length=1, max_length=1000)
 
 
 class LabelCount(BaseModel):

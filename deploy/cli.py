@@ -151,6 +151,35 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 and not summary.gave_up else 1
 
 
+def cmd_teach(args: argparse.Namespace) -> int:
+    """A label set of one's own from a folder with a subfolder of examples per label."""
+    from pathlib import Path
+
+    from tagger.label_sets import TeachError
+    from tagger.startup import load_tagger, open_database
+    from tagger.teaching import teach_from_folder
+
+    if error := _paths_exist([args.folder]):
+        return _fail(error)
+    settings = get_settings()
+    try:
+        taught = teach_from_folder(Path(args.folder), args.name, load_tagger(settings), open_database(settings),
+                                   settings.max_duration_s, progress=not args.quiet)
+    except TeachError as exc:
+        return _fail(str(exc))
+    for path, why in taught.unreadable:
+        print(f"  not used: {path}: {why}", file=sys.stderr)
+    for warning in taught.warnings:
+        print(f"soundtag: warning: {warning}", file=sys.stderr)
+    metrics = taught.head.metrics
+    print(f"label set {taught.name!r} version {taught.version}: {metrics['cv_folds']}-fold cross-validated accuracy "
+          f"{metrics['cv_accuracy']:.1%}")
+    for label, accuracy in metrics["cv_accuracy_by_label"].items():
+        print(f"  {label:<24} {accuracy:6.1%}  ({metrics['examples'][label]} examples)")
+    print(f"{taught.labelled} stored clips labelled; new clips are labelled as they are tagged")
+    return 0
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     """A stored clip's events, or an audio file's, tagged here and not stored."""
     from pathlib import Path
@@ -216,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "audacity", "raven", "json"], default="csv")
     p.add_argument("--out", default=None, help="write here instead of to standard output")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("teach", help="teach labels of your own from a folder: one subfolder of examples per label")
+    p.add_argument("folder", help="a folder with a subfolder per label (at least 5 examples each; 'background': "
+                                  "none of these)")
+    p.add_argument("--name", required=True, help="the label set's name (teaching it again makes a new version)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_teach)
 
     p = sub.add_parser("db", help="database schema")
     dbsub = p.add_subparsers(dest="db_command", required=True)

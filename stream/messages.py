@@ -48,6 +48,7 @@ def tag_event(record: ClipRecord, tagged_at: datetime | None = None) -> dict:
         "source": record.source,
         "top3": [{"label": label, "confidence": round(conf, 6)} for label, conf in record.top3],
         "verdict": record.verdict,
+        "custom": record.custom,
         "model_version": record.model_version,
         "duration_s": record.duration_s,
         "tagged_at": (tagged_at or datetime.now(UTC)).isoformat(),

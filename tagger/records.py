@@ -47,6 +47,7 @@ class ClipRecord:
     top3: list[tuple[str, float]] = field(default_factory=list)
     verdict: str | None = None  # label, unknown or silence once tagged (tagger.verdicts)
     features: dict[str, Any] | None = None  # the clip_features columns (encoded blobs, timeline) to store
+    custom: list[dict[str, Any]] = field(default_factory=list)  # [{label_set, label, confidence}] (label sets)
     received_at: datetime | None = None  # set by the database
     tagged_at: datetime | None = None  # set by the database
 

@@ -16,6 +16,7 @@ from sqlalchemy import and_, delete, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from tagger.label_set_store import label_records
 from tagger.records import ClipRecord, Status
 from tagger.tables import Clip, ClipFeatures, Tag
 
@@ -68,6 +69,7 @@ def save_clips(session: Session, records: list[ClipRecord]) -> None:
         fstmt = fstmt.on_conflict_do_update(index_elements=[ClipFeatures.clip_id],
                                             set_={k: fstmt.excluded[k] for k in features[0] if k != "clip_id"})
         session.execute(fstmt, features)
+    label_records(session, tagged)  # the users' own label sets, on every entry point
 
 
 def _final_records(records: list[ClipRecord]) -> list[ClipRecord]:
@@ -102,6 +104,7 @@ def to_record(clip: Clip) -> ClipRecord:
         sample_rate=clip.sample_rate, channels=clip.channels, duration_s=clip.duration_s, error=clip.error,
         model_version=clip.model_version, top3=[(t.label, t.confidence) for t in clip.tags], verdict=clip.verdict,
         received_at=clip.received_at, tagged_at=clip.tagged_at,
+        custom=[{"label_set": c.label_set, "label": c.label, "confidence": c.confidence} for c in clip.custom_labels],
     )
 
 

@@ -47,6 +47,9 @@ class Clip(Base):
     tags: Mapped[list[Tag]] = relationship(
         back_populates="clip", order_by="Tag.rank", cascade="all, delete-orphan", lazy="selectin"
     )
+    custom_labels: Mapped[list[ClipCustomLabel]] = relationship(
+        order_by="ClipCustomLabel.label_set", cascade="all, delete-orphan", lazy="selectin"
+    )
 
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in Status)})", name="clips_status_valid"),
@@ -84,3 +87,43 @@ class ClipFeatures(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     timeline: Mapped[list[Any] | None] = mapped_column(JSON)
     events: Mapped[list[Any] | None] = mapped_column(JSON)
+
+
+class LabelSet(Base):
+    """A user's label set, one row per version (``soundtag teach``, or examples sent from the page)."""
+
+    __tablename__ = "label_sets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    model_version: Mapped[str] = mapped_column(String(64))  # whose embeddings it was taught on
+    classes: Mapped[list[Any]] = mapped_column(JSON)  # its labels, then "background" when taught
+    head: Mapped[bytes] = mapped_column(LargeBinary)  # tagger.label_sets.LabelHead.to_bytes
+    min_probability: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)  # examples and cross-validated accuracy per label
+
+
+class LabelSetExample(Base):
+    """What a label set is taught from: an example's label and embedding (no audio)."""
+
+    __tablename__ = "label_set_examples"
+
+    label_set: Mapped[str] = mapped_column(String(64), primary_key=True)
+    example: Mapped[str] = mapped_column(Text, primary_key=True)  # a stored clip's id, or the file taught from
+    label: Mapped[str] = mapped_column(String(64))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float16
+
+
+class ClipCustomLabel(Base):
+    """A clip's label in one label set (its newest version)."""
+
+    __tablename__ = "clip_custom_labels"
+
+    clip_id: Mapped[str] = mapped_column(ForeignKey("clips.id", ondelete="CASCADE"), primary_key=True)
+    label_set: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_clip_custom_labels_set_label", "label_set", "label"),)

@@ -15,10 +15,11 @@ LAYERS: list[set[str]] = [
     {"tagger.records", "tagger.errors", "tagger.audio", "tagger.config", "tagger.device", "tagger.codec",
      "tagger.files"},
     {"tagger.features", "tagger.network", "tagger.checkpoint", "tagger.engine", "tagger.inference", "tagger.pipeline",
-     "tagger.verdicts", "tagger.events", "tagger.long_clips"},
-    {"tagger.tables", "tagger.repository", "tagger.db", "tagger.vector_index", "migrations"},  # the store
+     "tagger.verdicts", "tagger.events", "tagger.long_clips", "tagger.label_sets"},
+    {"tagger.tables", "tagger.repository", "tagger.db", "tagger.vector_index", "tagger.label_set_store",
+     "migrations"},  # the store
     # wired to the store
-    {"tagger.stages", "tagger.pool", "tagger.ingest", "tagger.ingest_processes", "tagger.startup"},
+    {"tagger.stages", "tagger.pool", "tagger.ingest", "tagger.ingest_processes", "tagger.startup", "tagger.teaching"},
     {"api", "stream", "training"},  # shells, each on its own
     {"deploy"},  # the composition root
 ]
