@@ -286,6 +286,7 @@ async function showClip(id, push) {
   $("clip-error").textContent = clip.status === "failed" ? `Failed: ${clip.error}` : "";
   renderVerdict(clip.verdict);
   renderTop3(clip.top3);
+  renderCustom(clip.custom || []);
   current = { id: clip.clip_id, duration: clip.duration_s || 0 };
   $("pictures").hidden = clip.status !== "tagged";
   $("more-like-this").hidden = clip.status !== "tagged";
@@ -461,12 +462,67 @@ async function loadClips(reset) {
     const tr = el("tr"), top = c.top3[0];
     tr.append(linkCell(c.clip_id), el("td", c.source, "wide"), el("td", top ? top.label : "—"),
       el("td", top ? pct(top.confidence) : "—"), el("td", c.verdict || "—", c.verdict ? `verdict-${c.verdict}` : undefined),
-      el("td", c.status, c.status === "failed" ? "error" : undefined));
+      el("td", c.status, c.status === "failed" ? "error" : undefined),
+      el("td", (c.custom || []).map(customText).join("; ") || "—"));
+    const pick = el("input", undefined, "select"); pick.type = "checkbox"; pick.value = c.clip_id;
+    pick.disabled = c.status !== "tagged"; pick.setAttribute("aria-label", `select ${c.clip_id}`);
+    const td = el("td"); td.append(pick); tr.append(td);
     tr.dataset.clipId = c.clip_id;
     tbody.append(tr);
   }
   nextCursor = body.next_cursor;
   $("more").hidden = !nextCursor;
+}
+
+// ----------------------------------------------------------- label sets ---
+const customText = (c) => `${c.label_set}: ${c.label} ${pct(c.confidence, 0)}`;
+
+function renderCustom(custom) {
+  const p = $("clip-custom");
+  p.hidden = !custom.length;
+  p.replaceChildren(...(custom.length ? ["your labels: "] : []), ...custom.map((c) => {
+    const s = el("span", customText(c), `status-chip custom-chip${c.label === "unknown" ? " unknown" : ""}`);
+    s.dataset.labelSet = c.label_set; s.dataset.label = c.label;
+    return s;
+  }));
+}
+
+async function refreshLabelSets() {
+  const body = await api("/api/label-sets"), list = $("label-sets");
+  list.replaceChildren();
+  if (!body.items.length) list.append(el("li", "None yet.", "note"));
+  for (const s of body.items) {
+    const li = el("li", undefined, "label-set"); li.dataset.labelSet = s.name;
+    const examples = Object.entries(s.examples).map(([l, n]) => `${l} ${n}`).join(", ");
+    li.append(el("strong", `${s.name} v${s.version}`), ` — ${s.labels.join(", ")}; examples: ${examples}; cross-validated accuracy ${pct(s.cv_accuracy, 0)} `);
+    const del = el("button", "Delete"); del.type = "button";
+    del.setAttribute("aria-label", `delete label set ${s.name}`);
+    del.addEventListener("click", () => deleteLabelSet(s.name).catch((e) => { $("teach-status").textContent = e.message; }));
+    li.append(del);
+    list.append(li);
+  }
+}
+
+async function deleteLabelSet(name) {
+  await fetch(`/api/label-sets/${encodeURIComponent(name)}`, { method: "DELETE", headers: apiKeyHeader() }).then(async (r) => {
+    if (!r.ok && r.status !== 204) throw new Error(errorText(r.status, await r.json().catch(() => null)));
+  });
+  $("teach-status").textContent = `Deleted label set ${name}.`;
+  await Promise.all([refreshLabelSets(), loadClips(true)]);
+}
+
+async function teachSelected() {
+  const ids = [...document.querySelectorAll("#clip-table tbody input.select:checked")].map((c) => c.value);
+  const label = $("teach-label").value.trim(), set = $("teach-set").value.trim();
+  if (!ids.length) { $("teach-status").textContent = "Select the clips to label first (the last column)."; return; }
+  $("teach-status").textContent = `Teaching ${set}: ${ids.length} clips as ${label}…`;
+  const r = await fetch(`/api/label-sets/${encodeURIComponent(set)}/examples`, {
+    method: "POST", headers: { "Content-Type": "application/json", ...apiKeyHeader() }, body: JSON.stringify({ label, clip_ids: ids }) });
+  const body = await r.json().catch(() => null);
+  for (const c of document.querySelectorAll("#clip-table tbody input.select:checked")) c.checked = false;
+  if (!r.ok) { $("teach-status").textContent = errorText(r.status, body); return; }
+  $("teach-status").textContent = `Label set ${body.name} is at version ${body.version}: cross-validated accuracy ${pct(body.cv_accuracy, 0)}; every clip is labelled.`;
+  await Promise.all([refreshLabelSets(), loadClips(true)]);
 }
 
 // ------------------------------------------------------------- similar ---
@@ -583,6 +639,7 @@ async function refreshCollection() {
     tr.append(linkCell(f.clip_id), el("td", f.source), el("td", f.error || "—", "error"));
     fb.append(tr);
   }
+  await refreshLabelSets();
   $("collection").dataset.loaded = String(Date.now());
   await loadClips(true);
 }
@@ -598,6 +655,7 @@ function init() {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); sendFiles([...e.dataTransfer.files]); });
+  $("teach-form").addEventListener("submit", (e) => { e.preventDefault(); teachSelected().catch((err) => { $("teach-status").textContent = err.message; }); });
   $("more-like-this").addEventListener("click", () => moreLikeThis().catch(similarProblem));
   const searchDrop = $("search-drop"), searchFile = $("search-file");
   searchFile.addEventListener("change", (e) => { searchWith(e.target.files[0]).catch(similarProblem); e.target.value = ""; });

@@ -357,7 +357,7 @@ def test_collection_view_after_ingesting_a_folder_with_a_failed_file(server, env
     page.wait_for_function(f"document.querySelectorAll('#clip-table tbody tr').length >= {count}")
     page.click("#status-counts .status-chip[data-status='failed']")
     page.wait_for_function("""() => {
-        const cells = [...document.querySelectorAll('#clip-table tbody tr td:last-child')];
+        const cells = [...document.querySelectorAll('#clip-table tbody tr td:nth-child(6)')];
         return cells.length > 0 && cells.every(t => t.textContent === 'failed'); }""")
 
 
@@ -494,3 +494,39 @@ def test_more_like_this_and_search_by_a_dropped_file(server, page):
     page.wait_for_function(f"document.querySelector('#similar-query').textContent.includes('{names[0]}')")
     page.wait_for_function("+document.querySelector('#similar-table tbody tr td:nth-child(2)').textContent > 0.999")
     page.screenshot(path=str(OUT / "page-similar.png"), full_page=True)
+
+
+def test_label_the_selected_clips_from_the_collection_and_see_the_labels(server, page):
+    page.goto(server + "/")
+    for i in range(5):
+        _upload(page, f"hum{i}.wav", _wav(0.3 * np.sin(2 * np.pi * (90 + 7 * i) * np.arange(44100 * 2) / 44100)))
+        _upload(page, f"hiss{i}.wav", _wav(0.1 * np.random.default_rng(i).standard_normal(44100 * 2)))
+    page.goto(server + "/#collection")
+    page.wait_for_selector("#collection[data-loaded]")
+
+    def select(prefix: str) -> None:
+        while page.locator("#more").is_visible():  # every clip of the collection on the table
+            rows = page.locator("#clip-table tbody tr").count()
+            page.click("#more")
+            page.wait_for_function(f"document.querySelectorAll('#clip-table tbody tr').length > {rows}")
+        for box in page.locator("#clip-table tbody tr").all():
+            if box.locator("td.wide").text_content().startswith(f"upload:{prefix}"):
+                box.locator("input.select").check()
+
+    def teach(label: str) -> None:
+        page.fill("#teach-label", label)
+        page.fill("#teach-set", "room")
+        page.click("#teach-form button[type=submit]")
+
+    select("hum")
+    teach("hum")
+    page.wait_for_function("document.querySelector('#teach-status').textContent.includes('examples saved')")
+    select("hiss")
+    teach("hiss")
+    page.wait_for_function("document.querySelector('#teach-status').textContent.includes('version 1')")
+    page.wait_for_selector("#label-sets li[data-label-set='room']")
+    page.wait_for_function("""() => [...document.querySelectorAll('#clip-table tbody tr')]
+        .some(r => r.children[6].textContent.startsWith('room: '))""")
+    page.locator("#clip-table tbody tr a").first.click()
+    page.wait_for_selector("#clip-custom .custom-chip[data-label-set='room']")
+    page.screenshot(path=str(OUT / "page-label-sets.png"), full_page=True)
