@@ -93,6 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["time_roll"] = False
     if getattr(args, "teachers", None):
         given["teachers"] = tuple(args.teachers)
+    if getattr(args, "exclude_classes", None):
+        given["exclude_classes"] = tuple(c.strip() for c in args.exclude_classes.split(",") if c.strip())
     cfg = TrainConfig(device=get_settings().device, **given)
     if args.cv:
         from training.train import cross_validate
@@ -280,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", nargs="+", metavar="CHECKPOINT",
                    help="distil: train on these models' averaged probabilities over each augmented view")
     p.add_argument("--distill", type=float, help="the teachers' share of each target (default: 0.9)")
+    p.add_argument("--exclude-classes", metavar="A,B,…",
+                   help="leave these classes out altogether (a network for the few-shot figure: training.few_shot)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
     p.add_argument("--export", default=None, help="write the last epoch's weights as an fp16 checkpoint here")
     p.set_defaults(func=cmd_train)

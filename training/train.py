@@ -63,6 +63,7 @@ class TrainConfig:
     num_threads: int | None = None
     resume: bool = False
     teachers: tuple[str, ...] = ()  # checkpoints whose averaged probabilities are the soft targets
+    exclude_classes: tuple[str, ...] = ()  # classes left out altogether (a network that never heard them)
     distill: float = 0.9  # the teachers' share of each target, when there are teachers
 
 
@@ -123,7 +124,8 @@ def crop_and_repeat(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Te
     return out
 
 
-_LEGACY_CONFIG: dict = {"mix": "db", "teachers": (), "distill": 0.9}  # what runs saved before a setting used
+# What runs saved before a setting existed used, so that they resume as they began.
+_LEGACY_CONFIG: dict = {"mix": "db", "teachers": (), "distill": 0.9, "exclude_classes": ()}
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -150,17 +152,19 @@ def train(cfg: TrainConfig) -> dict:
         raise SystemExit(f"fold {TEST_FOLD} is the test fold: it is never used while training")
     data = read_esc50(cfg.data_dir)
     variants = [load_spectrograms(data, variant=v) for v in BAND_LIMITS]  # full, 16k, 8k
-    train_idx = np.flatnonzero((data.folds != TEST_FOLD) & (data.folds != (cfg.val_fold or 0)))
-    val_idx = np.flatnonzero(data.folds == cfg.val_fold) if cfg.val_fold else np.zeros(0, dtype=int)
+    class_names, number = kept_classes(data.class_names, cfg.exclude_classes)
+    kept = number[data.targets] >= 0
+    train_idx = np.flatnonzero((data.folds != TEST_FOLD) & (data.folds != (cfg.val_fold or 0)) & kept)
+    val_idx = np.flatnonzero((data.folds == cfg.val_fold) & kept) if cfg.val_fold else np.zeros(0, dtype=int)
     if cfg.limit:
         train_idx = train_idx[: cfg.limit]
         val_idx = val_idx[: max(cfg.limit // 4, 8)]
     # Training set in memory (float16 halves it); the spectrogram caches are mmapped.
     x_train = torch.from_numpy(np.stack([np.asarray(v[train_idx]) for v in variants]))  # (3, N, 1, M, T)
-    y_train = torch.from_numpy(data.targets[train_idx])
+    y_train = torch.from_numpy(number[data.targets[train_idx]])
     x_val = np.asarray(variants[0][val_idx])
-    y_val = data.targets[val_idx]
-    n_classes = len(data.class_names)
+    y_val = number[data.targets[val_idx]]
+    n_classes = len(class_names)
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -187,9 +191,9 @@ def train(cfg: TrainConfig) -> dict:
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         saved_cfg = json.loads(ckpt["config"])
         for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit", "time_roll", "crop_p", "band_p",
-                    "mix", "teachers", "distill"):
+                    "mix", "teachers", "distill", "exclude_classes"):
             saved = saved_cfg.get(key, _LEGACY_CONFIG.get(key))
-            if key == "teachers" and saved is not None:
+            if key in ("teachers", "exclude_classes") and saved is not None:
                 saved = tuple(saved)
             if saved != getattr(cfg, key):
                 raise SystemExit(f"--resume: {key}={getattr(cfg, key)} differs from the run in {out} ({saved})")
@@ -203,7 +207,7 @@ def train(cfg: TrainConfig) -> dict:
 
     writer = _summary_writer(out)
     dtype = autocast_dtype(device)
-    teachers = _load_teachers(cfg.teachers, data.class_names, device)
+    teachers = _load_teachers(cfg.teachers, class_names, device)
     beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha)
     epochs_bar = tqdm(range(state["epoch"], cfg.epochs), desc="epochs", unit="epoch", initial=state["epoch"],
                       total=cfg.epochs)
@@ -258,7 +262,7 @@ def train(cfg: TrainConfig) -> dict:
                     writer.add_scalar(key, value, epoch + 1)
             writer.flush()
         # The schedule is fixed: the last epoch is the model (nothing is picked on a fold).
-        save_checkpoint(out / "last.safetensors", model, data.class_names,
+        save_checkpoint(out / "last.safetensors", model, class_names,
                         {"trained_on_folds": sorted(set(data.folds[train_idx].tolist())), "epoch": epoch + 1,
                          **({"val_fold": cfg.val_fold, "val_top1": record["val_top1"],
                              "val_top3": record["val_top3"]} if len(val_idx) else {})},
@@ -270,6 +274,15 @@ def train(cfg: TrainConfig) -> dict:
         writer.close()
     (out / "history.json").write_text(json.dumps(state, indent=1))
     return state
+
+
+def kept_classes(class_names: list[str], excluded: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    """The classes trained on, and each ESC-50 target's number among them (-1: left out)."""
+    unknown = sorted(set(excluded) - set(class_names))
+    if unknown:
+        raise SystemExit(f"--exclude-classes: no class {', '.join(unknown)} in the data")
+    kept = [c for c in class_names if c not in excluded]
+    return kept, np.array([kept.index(c) if c in kept else -1 for c in class_names])
 
 
 def _load_teachers(paths: tuple[str, ...], class_names: list[str], device: torch.device) -> list[AudioCNN]:

@@ -141,6 +141,18 @@ def test_a_student_learns_from_its_teachers_soft_targets(tiny_esc50, cache_env, 
         train(_cfg(tiny_esc50, tmp_path / "student", resume=True, epochs=2))
 
 
+def test_a_network_that_never_heard_some_classes(tiny_esc50, cache_env, tmp_path):
+    from tagger.checkpoint import load_checkpoint
+
+    left_out = CLASSES[-1]
+    state = train(_cfg(tiny_esc50, tmp_path / "fewer", exclude_classes=(left_out,), epochs=1))
+    assert state["epoch"] == 1
+    ckpt = load_checkpoint(tmp_path / "fewer" / "last.safetensors")
+    assert ckpt.class_names == CLASSES[:-1] and ckpt.model.classifier.out_features == len(CLASSES) - 1
+    with pytest.raises(SystemExit, match="no class nope"):
+        train(_cfg(tiny_esc50, tmp_path / "bad", exclude_classes=("nope",)))
+
+
 def test_fold_5_never_trains_validates_or_calibrates(tiny_esc50, cache_env, tmp_path):
     with pytest.raises(SystemExit, match="test fold"):
         train(_cfg(tiny_esc50, tmp_path / "x", val_fold=5))
