@@ -91,29 +91,33 @@ def check_examples(labels: list[str]) -> list[str]:
             if n < FEW_EXAMPLES]
 
 
-def teach(embeddings: np.ndarray, labels: list[str], seed: int = 0) -> LabelHead:
+def teach(embeddings: np.ndarray, labels: list[str], seed: int = 0, weight_decay: float = WEIGHT_DECAY,
+          min_probability: float = MIN_PROBABILITY, cross_validate: bool = True) -> LabelHead:
     """A head fitted on all the examples, with its cross-validated accuracy per label in
     ``metrics`` (each example predicted by a head that never saw it)."""
     check_examples(labels)
     x = _unit(np.asarray(embeddings, dtype=np.float32))
     classes = sorted(set(labels) - {BACKGROUND}) + ([BACKGROUND] if BACKGROUND in labels else [])
     y = np.array([classes.index(label) for label in labels])
-    predicted = np.empty(len(y), dtype=np.int64)
-    folds = min(CV_FOLDS, int(np.bincount(y).min()))
-    for k, held in enumerate(_stratified_folds(y, folds, seed)):
-        train = np.setdiff1d(np.arange(len(y)), held)
-        weight, bias = _fit(x[train], y[train], len(classes), seed + k)
-        head = LabelHead(classes, weight, bias)
-        predicted[held] = [classes.index(label) if label != UNKNOWN else -1 for label, _ in head.predict(x[held])]
-    weight, bias = _fit(x, y, len(classes), seed)
-    per_label = {c: round(float((predicted[y == i] == i).mean()), 3) for i, c in enumerate(classes)}
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
-    metrics = {"cv_folds": folds, "cv_accuracy": round(float((predicted == y).mean()), 3),
-               "cv_accuracy_by_label": per_label, "examples": counts}
-    return LabelHead(classes, weight, bias, MIN_PROBABILITY, metrics)
+    metrics: dict[str, Any] = {"examples": counts}
+    if cross_validate:
+        predicted = np.empty(len(y), dtype=np.int64)
+        folds = min(CV_FOLDS, int(np.bincount(y).min()))
+        for k, held in enumerate(_stratified_folds(y, folds, seed)):
+            train = np.setdiff1d(np.arange(len(y)), held)
+            weight, bias = _fit(x[train], y[train], len(classes), seed + k, weight_decay)
+            head = LabelHead(classes, weight, bias, min_probability)
+            predicted[held] = [classes.index(label) if label != UNKNOWN else -1 for label, _ in head.predict(x[held])]
+        per_label = {c: round(float((predicted[y == i] == i).mean()), 3) for i, c in enumerate(classes)}
+        metrics |= {"cv_folds": folds, "cv_accuracy": round(float((predicted == y).mean()), 3),
+                    "cv_accuracy_by_label": per_label}
+    weight, bias = _fit(x, y, len(classes), seed, weight_decay)
+    return LabelHead(classes, weight, bias, min_probability, metrics)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit(x: np.ndarray, y: np.ndarray, classes: int, seed: int,
+         weight_decay: float) -> tuple[np.ndarray, np.ndarray]:
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     # Balanced: a label with many examples must not crowd out one with few.
@@ -125,7 +129,7 @@ def _fit(x: np.ndarray, y: np.ndarray, classes: int, seed: int) -> tuple[np.ndar
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(linear(xt), yt, weight=weights)
-        loss = loss + WEIGHT_DECAY * linear.weight.pow(2).sum()
+        loss = loss + weight_decay * linear.weight.pow(2).sum()
         loss.backward()
         return loss
 

@@ -24,7 +24,16 @@ EXACT_BELOW = 50_000
 EXACT_SUBSET = 50_000  # a restricted search scans a set up to this size (~5 ms)
 CONNECTIVITY = 32  # graph edges per vector
 EXPANSION_ADD = 128  # candidates while inserting: build time against recall
-EXPANSION_SEARCH = 512  # candidates while searching: recall@10 ≥ 0.95 against an exact scan (~1 ms)
+# Candidates while searching, growing with the index: recall@10 against an exact scan on
+# clustered synthetic vectors (2 cores, loaded): 0.97 at 100k with 512, at 300k 0.89 with
+# 512 and 0.97 with 1,024, 0.99 with 2,048 (p99 19 and 36 ms).
+EXPANSION_SEARCH = 512
+EXPANSION_AT = 100_000  # the size EXPANSION_SEARCH is for; it grows as (size / this) ** 0.6
+EXPANSION_MAX = 4096
+
+
+def expansion_for(size: int) -> int:
+    return int(min(EXPANSION_MAX, EXPANSION_SEARCH * max(1.0, size / EXPANSION_AT) ** 0.6))
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class VectorIndex:
 
     def _graph(self, query: np.ndarray, count: int, exclude: str | None, wanted: set[str] | None) -> list[Neighbour]:
         assert self._index is not None
+        self._index.expansion_search = expansion_for(len(self._keys))  # type: ignore[misc]  # it has a setter
         matches = self._index.search(query, min(count, len(self._keys)), exact=len(self._keys) < EXACT_BELOW)
         found = []
         for key, distance in zip(matches.keys, matches.distances, strict=True):

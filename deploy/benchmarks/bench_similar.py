@@ -5,6 +5,7 @@ latency of one query (p50, p99), graph against exact scan in the same run."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ def clustered(n: int, seed: int) -> np.ndarray:
 
 
 def run(quick: bool = False) -> dict:
-    sizes = [20_000] if quick else [100_000, 1_000_000]
+    sizes = [20_000] if quick else [int(s) for s in os.environ.get("SOUNDTAG_BENCH_SIZES", "100000,1000000").split(",")]
     queries = clustered(200, seed=99)
     figures: dict = {}
     for n in sizes:
