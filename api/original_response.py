@@ -15,7 +15,7 @@ import numpy as np
 from tagger.audio import DecodedAudio
 from tagger.features import SAMPLE_RATE
 from tagger.inference import TagResult
-from tagger.pipeline import decode_payloads, run_model
+from tagger.pipeline import tag_one
 from tagger.pool import Worker
 from tagger.records import Payload
 
@@ -53,13 +53,10 @@ def inference_task(worker: Worker, payloads: list[Payload]) -> dict | str:
     not the server); a string says why there is none."""
     tagger = worker.pipeline()[0]
     assert worker.job is not None
-    decoded = decode_payloads(payloads, worker.job.max_duration_s, tagger.features)
-    if not decoded.audio:
-        return decoded.records[0].error or "not audio"
-    result = run_model(tagger, decoded).results[0]
-    if isinstance(result, Exception):
-        return f"tagging failed: {type(result).__name__}"
-    audio = decoded.audio[0][1]
+    answer = tag_one(tagger, payloads[0], worker.job.max_duration_s)
+    if isinstance(answer, str):
+        return answer
+    audio, result = answer
     return inference_response(audio, result, tagger.layer_maps(audio))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from tagger import codec
-from tagger.pipeline import decode_payloads, run_model
+from tagger.pipeline import tag_one
 from tagger.pool import Worker
 from tagger.records import Payload
 from tagger.repository import embeddings_after
@@ -98,12 +98,10 @@ def embed_task(worker: Worker, payloads: list[Payload]) -> dict | str:
     and verdict, or why there are none."""
     tagger = worker.pipeline()[0]
     assert worker.job is not None
-    decoded = decode_payloads(payloads, worker.job.max_duration_s, tagger.features)
-    if not decoded.audio:
-        return decoded.records[0].error or "not audio"
-    result = run_model(tagger, decoded).results[0]
-    if isinstance(result, Exception):
-        return f"tagging failed: {type(result).__name__}"
+    answer = tag_one(tagger, payloads[0], worker.job.max_duration_s)
+    if isinstance(answer, str):
+        return answer
+    result = answer[1]
     return {"embedding": result.embedding.astype(np.float32), "top3": result.top3, "verdict": str(result.verdict),
             "model_version": tagger.version}
 

@@ -202,6 +202,17 @@ def run_model(tagger: Tagger, decoded: Decoded) -> Tagged:
     return Tagged(decoded, _tag_isolating_failures(tagger, clips, decoded.features), tagger.version)
 
 
+def tag_one(tagger: Tagger, payload: Payload, max_duration_s: float | None) -> tuple[DecodedAudio, TagResult] | str:
+    """One payload decoded and tagged, nothing stored: its audio and answer, or why there are none."""
+    decoded = decode_payloads([payload], max_duration_s, tagger.features)
+    if not decoded.audio:
+        return decoded.records[0].error or "not audio"
+    result = run_model(tagger, decoded).results[0]
+    if isinstance(result, Exception):
+        return f"tagging failed: {type(result).__name__}"
+    return decoded.audio[0][1], result
+
+
 def finish_records(tagged: Tagged) -> list[ClipRecord]:
     """Fill every record from the model's answers and encode the features for storage."""
     answered = [(i, r) for (i, _), r in zip(tagged.decoded.audio, tagged.results, strict=True)
