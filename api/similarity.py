@@ -32,7 +32,6 @@ class SimilarityIndex:
         self.sessions, self.model_version = sessions, model_version
         self.index = VectorIndex()
         self.loaded = threading.Event()  # the first full read is done
-        self._tagged_at: dict[str, datetime] = {}
         self._newest: tuple[datetime, str] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="similarity-index", daemon=True)
@@ -47,12 +46,17 @@ class SimilarityIndex:
     def catch_up(self) -> int:
         """Read what was tagged since the last read (all of it, the first time); returns
         how many clips were added or replaced."""
-        after = None if self._newest is None else (self._newest[0] - timedelta(seconds=LATE_COMMIT_S), "")
+        seen = self._newest
+        after = None if seen is None else (seen[0] - timedelta(seconds=LATE_COMMIT_S), "")
         added = 0
         with self.sessions() as session:
             while True:
                 rows = embeddings_after(session, self.model_version, after)
-                fresh = [(clip_id, at, blob) for clip_id, at, blob in rows if self._tagged_at.get(clip_id) != at]
+                # New to the index, or tagged again since the last read; a row read again in
+                # the look-back is skipped (a clip tagged again whose commit came late keeps
+                # its previous embedding until the API restarts: its answers hardly differ).
+                fresh = [(clip_id, at, blob) for clip_id, at, blob in rows
+                         if clip_id not in self.index or seen is None or (at, clip_id) > seen]
                 added += self._add(fresh)
                 if not rows:
                     break
@@ -63,7 +67,7 @@ class SimilarityIndex:
 
     def _add(self, rows: list[tuple[str, datetime, bytes]]) -> int:
         ids, vectors = [], []
-        for clip_id, tagged_at, blob in rows:
+        for clip_id, _, blob in rows:
             try:
                 vector = codec.decode(blob)["embedding"]
             except (codec.CodecError, KeyError, ValueError) as exc:
@@ -73,7 +77,6 @@ class SimilarityIndex:
                 continue
             ids.append(clip_id)
             vectors.append(vector)
-            self._tagged_at[clip_id] = tagged_at
         if ids:
             # The first load may take every core; later ones run beside requests.
             self.index.upsert(ids, np.stack(vectors), threads=1 if self.loaded.is_set() else 0)

@@ -147,10 +147,13 @@ def list_clips(
 
 
 def clip_ids(session: Session, label: str | None = None, min_confidence: float | None = None,
-             verdict: str | None = None) -> set[str]:
-    """The ids of the tagged clips ``list_clips`` would list with these filters."""
+             verdict: str | None = None, among: list[str] | None = None, limit: int | None = None) -> set[str]:
+    """The ids of the tagged clips ``list_clips`` would list with these filters (of those
+    in ``among``, when given; at most ``limit``)."""
     query = _filtered(select(Clip.id), label, min_confidence, Status.TAGGED.value, verdict)
-    return set(session.scalars(query))
+    if among is not None:
+        query = query.where(Clip.id.in_(among))
+    return set(session.scalars(query.limit(limit)))
 
 
 def get_clips(session: Session, ids: list[str]) -> dict[str, ClipRecord]:

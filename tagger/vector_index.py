@@ -11,7 +11,7 @@ is small and otherwise asks the graph for more and filters.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ from usearch.index import Index
 # about 0.04 ms per 1,000 of them; a graph search 1.4 ms at 20,000 and 2.0 at 50,000, where
 # the two meet. `python -m deploy.benchmarks.run similar` prints both at 100k and 1M.
 EXACT_BELOW = 50_000
-EXACT_SUBSET = 50_000  # a restricted search scans a set up to this size (~5 ms)
+EXACT_SUBSET = 50_000  # a filter matching up to this many clips is scanned (~5 ms); a broader one filters the graph's
 CONNECTIVITY = 32  # graph edges per vector
 EXPANSION_ADD = 128  # candidates while inserting: build time against recall
 # Candidates while searching, growing with the index: recall@10 against an exact scan on
@@ -36,6 +36,9 @@ def expansion_for(size: int) -> int:
     return int(min(EXPANSION_MAX, EXPANSION_SEARCH * max(1.0, size / EXPANSION_AT) ** 0.6))
 
 
+Keep = Callable[[list[str]], set[str]]
+
+
 @dataclass(frozen=True)
 class Neighbour:
     clip_id: str
@@ -48,8 +51,7 @@ class VectorIndex:
     def __init__(self) -> None:
         self._index: Index | None = None
         self._keys: dict[str, int] = {}
-        self._ids: dict[int, str] = {}
-        self._next_key = 0
+        self._ids: list[str] = []  # by key: keys are handed out in turn
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -79,9 +81,9 @@ class VectorIndex:
                 if key is not None:
                     self._index.remove(key)
                 else:
-                    key = self._next_key
-                    self._next_key += 1
-                    self._keys[clip_id], self._ids[key] = key, clip_id
+                    key = len(self._ids)
+                    self._keys[clip_id] = key
+                    self._ids.append(clip_id)
                 keys[n] = key
             # A clip twice in one call: its last embedding.
             last = {int(k): n for n, k in enumerate(keys)}
@@ -95,32 +97,37 @@ class VectorIndex:
                 return None
             return np.asarray(self._index.get(key, dtype="f32"))
 
-    def search(self, query: np.ndarray, k: int, exclude: str | None = None,
-               among: Collection[str] | None = None) -> list[Neighbour]:
-        """The ``k`` clips nearest ``query`` (best first), leaving out ``exclude`` and, when
-        ``among`` is given, every clip not in it."""
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None, among: Collection[str] | None = None,
+               keep: Keep | None = None) -> list[Neighbour]:
+        """The ``k`` clips nearest ``query`` (best first), leaving out ``exclude``, and every
+        clip not in ``among`` (a set small enough to scan) or not kept by ``keep`` (which
+        returns those of the candidates it keeps: a filter too broad to list)."""
         query = _unit(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
-        with self._lock:
-            if self._index is None or k <= 0:
-                return []
-            if among is not None and len(among) <= EXACT_SUBSET:
-                return self._scan(query, k, exclude, among)
-            wanted = set(among) if among is not None else None
-            count = k + 1 if wanted is None else 4 * (k + 1)
-            while True:
-                found = self._graph(query, count, exclude, wanted)
-                if len(found) >= k or count >= len(self._keys):
-                    return found[:k]
-                count *= 4
+        if k <= 0:
+            return []
+        count = k + 1 if keep is None else 4 * (k + 1)
+        while True:
+            with self._lock:
+                if self._index is None:
+                    return []
+                if among is not None:
+                    return self._scan(query, k, exclude, among)
+                found, size = self._graph(query, count, exclude), len(self._keys)
+            if keep is not None:  # outside the lock: it asks the database
+                kept = keep([n.clip_id for n in found])
+                found = [n for n in found if n.clip_id in kept]
+            if len(found) >= k or count >= size:
+                return found[:k]
+            count *= 4
 
-    def _graph(self, query: np.ndarray, count: int, exclude: str | None, wanted: set[str] | None) -> list[Neighbour]:
+    def _graph(self, query: np.ndarray, count: int, exclude: str | None) -> list[Neighbour]:
         assert self._index is not None
         self._index.expansion_search = expansion_for(len(self._keys))  # type: ignore[misc]  # it has a setter
         matches = self._index.search(query, min(count, len(self._keys)), exact=len(self._keys) < EXACT_BELOW)
         found = []
         for key, distance in zip(matches.keys, matches.distances, strict=True):
             clip_id = self._ids[int(key)]
-            if clip_id != exclude and (wanted is None or clip_id in wanted):
+            if clip_id != exclude:
                 found.append(Neighbour(clip_id, float(1.0 - distance)))
         return found
 

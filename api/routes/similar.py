@@ -17,7 +17,7 @@ from tagger import repository
 from tagger.audio import READABLE_FORMATS
 from tagger.records import Payload
 from tagger.stages import PooledStages
-from tagger.vector_index import Neighbour
+from tagger.vector_index import EXACT_SUBSET, Neighbour
 from tagger.verdicts import Verdict
 
 router = APIRouter(prefix="/api", tags=["similar"])
@@ -105,9 +105,17 @@ async def search(
 def _neighbours(state: AppState, index: SimilarityIndex, vector: np.ndarray, k: int, filters: Filters,
                 exclude: str | None = None) -> list[SimilarClip]:
     with state.sessions() as session:
-        among = (repository.clip_ids(session, filters.label, filters.min_confidence, filters.verdict)
-                 if filters.any else None)
-        found: list[Neighbour] = index.index.search(vector, k, exclude=exclude, among=among)
+        among, keep = None, None
+        if filters.any:
+            def matching(ids: list[str] | None = None, limit: int | None = None) -> set[str]:
+                return repository.clip_ids(session, filters.label, filters.min_confidence, filters.verdict, ids,
+                                           limit)
+
+            # A filter few clips match is scanned exactly; a broad one filters the graph's candidates.
+            among = matching(limit=EXACT_SUBSET + 1)
+            if len(among) > EXACT_SUBSET:
+                among, keep = None, matching
+        found: list[Neighbour] = index.index.search(vector, k, exclude=exclude, among=among, keep=keep)
         clips = repository.get_clips(session, [n.clip_id for n in found])
     return [SimilarClip(**clip_out(clips[n.clip_id]).model_dump(), score=round(n.score, 6))
             for n in found if n.clip_id in clips]
