@@ -103,12 +103,15 @@ def teach(embeddings: np.ndarray, labels: list[str], seed: int = 0, weight_decay
     metrics: dict[str, Any] = {"examples": counts}
     if cross_validate:
         predicted = np.empty(len(y), dtype=np.int64)
+        unknown = classes.index(BACKGROUND) if BACKGROUND in classes else -1
         folds = min(CV_FOLDS, int(np.bincount(y).min()))
         for k, held in enumerate(_stratified_folds(y, folds, seed)):
             train = np.setdiff1d(np.arange(len(y)), held)
             weight, bias = _fit(x[train], y[train], len(classes), seed + k, weight_decay)
             head = LabelHead(classes, weight, bias, min_probability)
-            predicted[held] = [classes.index(label) if label != UNKNOWN else -1 for label, _ in head.predict(x[held])]
+            # A background example that comes out unknown is right: that is what background means.
+            predicted[held] = [classes.index(label) if label != UNKNOWN else unknown
+                               for label, _ in head.predict(x[held])]
         per_label = {c: round(float((predicted[y == i] == i).mean()), 3) for i, c in enumerate(classes)}
         metrics |= {"cv_folds": folds, "cv_accuracy": round(float((predicted == y).mean()), 3),
                     "cv_accuracy_by_label": per_label}
