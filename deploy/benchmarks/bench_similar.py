@@ -15,6 +15,7 @@ from tagger.vector_index import VectorIndex
 
 DIM = 256
 LOAD_BATCH = 10_000  # rows per read, as SimilarityIndex loads them
+SIZES_SWITCH = "SOUNDTAG_TEST_BENCH_SIZES"  # e.g. "100000": one size only
 
 
 def clustered(n: int, seed: int) -> np.ndarray:
@@ -24,7 +25,7 @@ def clustered(n: int, seed: int) -> np.ndarray:
 
 
 def run(quick: bool = False) -> dict:
-    sizes = [20_000] if quick else [int(s) for s in os.environ.get("SOUNDTAG_BENCH_SIZES", "100000,1000000").split(",")]
+    sizes = [20_000] if quick else [int(s) for s in os.environ.get(SIZES_SWITCH, "100000,1000000").split(",")]
     queries = clustered(200, seed=99)
     figures: dict = {}
     for n in sizes:
