@@ -20,8 +20,8 @@ BACKGROUND = "background"  # the folder (or label) that means "none of these"
 UNKNOWN = "unknown"  # what a clip gets when no label of the set fits
 MIN_EXAMPLES = 5  # per label: fewer cannot be taught
 FEW_EXAMPLES = 20  # per label: fewer is taught with a warning
-MIN_PROBABILITY = 0.5  # below this, the best label does not fit: unknown
-WEIGHT_DECAY = 1e-3  # L2 on the weights: a few examples per label must not be memorised
+MIN_PROBABILITY = 0.4  # below this, the best label does not fit: unknown (training.few_shot tune, folds 1-4)
+WEIGHT_DECAY = 1e-3  # L2 on the weights: a few examples per label must not be memorised (ditto)
 CV_FOLDS = 5
 
 
