@@ -58,6 +58,7 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="how many clips")]
 @router.get("/clips/{clip_id:path}/similar", response_model=SimilarList,
             summary="The stored clips that sound most like this one (cosine on the embedding)",
             responses={404: {"description": "no such clip"},
+                       503: {"description": "the index is loading, or the clip was stored a moment ago"},
                        409: {"description": "the clip has no embedding of the served model (failed, or tagged by "
                                             "another model)"}})
 def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
@@ -69,6 +70,11 @@ def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
             clip = repository.get_clip(session, clip_id)
         if clip is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no clip {clip_id!r}")
+        if clip.status == "tagged" and clip.model_version == index.model_version:
+            # Stored a moment ago: the index reads new clips every REFRESH_S.
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                f"clip {clip_id!r} is not in the similarity index yet; try again in a second",
+                                headers={"Retry-After": "1"})
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"clip {clip_id!r} has no embedding of model {index.model_version} "
                             f"(status {clip.status}, model {clip.model_version}); tag it again to search from it")

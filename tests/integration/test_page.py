@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from deploy.processes import api_server, free_port
 from tagger import db
-from tests.helpers import REPO, audio_bytes
+from tests.helpers import REPO, audio_bytes, wait_until
 
 pytestmark = pytest.mark.browser
 OUT = REPO / "test-output"
@@ -480,8 +480,8 @@ def test_more_like_this_and_search_by_a_dropped_file(server, page):
         _upload(page, name, (SAMPLES / name).read_bytes(), "audio/ogg")
     shown = page.locator("#clip-id").text_content()
     # A new clip is in every API process's index within seconds: ask until it answers.
-    page.wait_for_function("""async () => (await fetch('/api/clips/' + encodeURIComponent(
-        document.querySelector('#clip-id').textContent) + '/similar')).ok""", timeout=30_000)
+    wait_until(lambda: httpx.get(f"{server}/api/clips/{shown}/similar").status_code == 200, 30,
+               "the new clip to be in the similarity index")
     page.click("#more-like-this")
     page.wait_for_function("document.querySelectorAll('#similar-table tbody tr').length >= 3")
     rows = page.eval_on_selector_all("#similar-table tbody tr", "rs => rs.map(r => r.dataset.clipId)")
