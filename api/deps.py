@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Request, Security, UploadFile, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.text import has_control_characters
 from tagger.config import Settings
 from tagger.inference import Tagger
 from tagger.stages import PooledStages
@@ -45,6 +46,18 @@ def get_runner(state: Annotated[AppState, Depends(get_state)]) -> PooledStages:
 
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when SOUNDTAG_API_KEY is set")
+
+
+async def read_upload(file: UploadFile, limit: int) -> tuple[str, bytes]:
+    """An uploaded file's name and bytes: 422 for a name with control characters, 413 past
+    ``limit`` bytes (at most one byte more is read)."""
+    name = file.filename or "unnamed"
+    if has_control_characters(name):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"file name {name!r} contains control characters")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{name!r} is over the upload limit of {limit} bytes")
+    return name, data
 
 
 def require_api_key(key: Annotated[str | None, Security(_api_key_header)],

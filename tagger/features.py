@@ -207,6 +207,16 @@ def window_input(samples: torch.Tensor) -> torch.Tensor:
     return sound.repeat(-(-WINDOW_SAMPLES // sound.shape[-1]))[:WINDOW_SAMPLES]
 
 
+def one_window_log_mel(clip: DecodedAudio, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``clip_log_mel`` of a clip that fits one window; None for a longer one (it is
+    tagged as a stream of windows, ``tagger.long_clips``)."""
+    if not fits_one_window(clip):
+        return None
+    if not len(clip.samples):
+        raise ValueError("the clip came without its samples; its features were computed where it was decoded")
+    return clip_log_mel(clip.samples, device)
+
+
 def fits_one_window(clip: DecodedAudio) -> bool:
     """Tagged as one window (``window_input``), not as windows inside it (``tagger.long_clips``)."""
     if clip.held_whole:

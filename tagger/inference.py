@@ -39,10 +39,10 @@ from tagger.features import (
     WINDOW_SAMPLES,
     WINDOW_SECONDS,
     clip_log_mel,
-    fits_one_window,
     log_mel,
+    one_window_log_mel,
 )
-from tagger.long_clips import RecordingStream, StreamedRecording
+from tagger.long_clips import EnvelopeStream, RecordingStream, StreamedRecording
 from tagger.verdicts import OpenSet, Verdict, frame_levels_dbfs
 
 ENVELOPE_POINTS = 1000
@@ -142,11 +142,7 @@ class Tagger:
 
         One clip at a time, on the calling thread: the pipeline runs it on its decode
         threads, in parallel, next to the decoding."""
-        if not fits_one_window(clip):
-            return None
-        if not len(clip.samples):
-            raise ValueError("the clip came without its samples; its features were computed where it was decoded")
-        return clip_log_mel(clip.samples, self.device)
+        return one_window_log_mel(clip, self.device)
 
     def _tag_single_windows(self, clips: list[DecodedAudio], specs: dict[int, torch.Tensor]) -> dict[int, TagResult]:
         """The common case: probabilities and feature maps from one batched pass (``specs``:
@@ -262,9 +258,6 @@ def _clip_maps(maps: Summaries, j: int) -> dict[str, dict[str, np.ndarray]]:
 
 def waveform_envelope(samples: np.ndarray, points: int = ENVELOPE_POINTS) -> np.ndarray:
     """(2, points) min/max per bucket: draws the waveform faithfully at any width."""
-    n = len(samples)
-    points = max(1, min(points, n))
-    edges = np.linspace(0, n, points + 1).astype(int)
-    mins = np.minimum.reduceat(samples, edges[:-1])
-    maxs = np.maximum.reduceat(samples, edges[:-1])
-    return np.stack([mins, maxs]).astype(np.float32)
+    stream = EnvelopeStream(len(samples), points)
+    stream.push(samples)
+    return stream.finish()

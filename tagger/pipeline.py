@@ -20,7 +20,7 @@ import torch
 
 from tagger import codec
 from tagger.audio import AudioError, DecodedAudio, decode_bytes, decode_file, file_sha256, sha256_hex
-from tagger.features import clip_log_mel, fits_one_window
+from tagger.features import one_window_log_mel
 from tagger.inference import HELD_SAMPLES, Tagger, TagResult, waveform_envelope
 from tagger.records import CLIP_ID_MAX, ClipRecord, Payload, Status, clip_id_problem
 
@@ -107,7 +107,7 @@ def decode_for_model(p: Payload, max_duration_s: float | None) -> _Decoded:
     was the largest piece of the tagging process's own work. The log-mel crosses as a
     numpy array (torch would pass each tensor through shared memory: a file per clip). A
     clip longer than a window goes as it was decoded: the tagging process streams it."""
-    d = _decode_one(p, max_duration_s, featurize=_cpu_log_mel)
+    d = _decode_one(p, max_duration_s, featurize=one_window_log_mel)
     if d.audio is None or not isinstance(d.features, torch.Tensor):
         return d
     try:
@@ -131,10 +131,6 @@ def died_decoding(payload: Payload, how: str) -> list[_Decoded]:
                         source=payload.source, status=Status.FAILED, sha256=payload.sha256,
                         error=f"the decoding process died on this clip ({how}); nothing was tagged")
     return [_Decoded(record)]
-
-
-def _cpu_log_mel(audio: DecodedAudio) -> torch.Tensor | None:
-    return clip_log_mel(audio.samples) if fits_one_window(audio) else None
 
 
 def _decode_one(p: Payload, max_duration_s: float | None, featurize: Featurize | None = None) -> _Decoded:

@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from api.convert import clip_out, visualization
-from api.deps import AppState, get_runner, get_session, get_state, require_api_key
+from api.deps import AppState, get_runner, get_session, get_state, read_upload, require_api_key
 from api.metrics import CLIPS
 from api.schemas import (
     ClipList,
@@ -25,7 +25,6 @@ from api.schemas import (
     UploadResult,
     Visualization,
 )
-from api.text import has_control_characters
 from tagger import repository
 from tagger.audio import READABLE_FORMATS, sha256_hex
 from tagger.events import events_as
@@ -157,14 +156,7 @@ async def upload_clips(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid clip_id: {problem}")
     payloads = []
     for f in files:
-        name = f.filename or "unnamed"
-        if has_control_characters(name):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"file name {name!r} contains control characters")
-        data = await f.read(limit + 1)
-        if len(data) > limit:
-            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                                f"{name!r} is over the upload limit of {limit} bytes")
+        name, data = await read_upload(f, limit)
         payloads.append(Payload(data=data, source=f"upload:{name}", clip_id=clip_id, sha256=sha256_hex(data)))
     if clip_id is not None and not replace:
         await run_in_threadpool(_refuse_overwrite, state, clip_id, payloads[0].sha256 or "")

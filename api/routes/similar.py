@@ -9,10 +9,9 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, 
 from fastapi.concurrency import run_in_threadpool
 
 from api.convert import clip_out
-from api.deps import AppState, get_runner, get_state, require_api_key
+from api.deps import AppState, get_runner, get_state, read_upload, require_api_key
 from api.schemas import SearchResult, SimilarClip, SimilarList, TagOut
 from api.similarity import SimilarityIndex, died_embedding, embed_task
-from api.text import has_control_characters
 from tagger import repository
 from tagger.audio import READABLE_FORMATS
 from tagger.records import Payload
@@ -93,13 +92,7 @@ async def search(
     filters: Annotated[Filters, Depends()],
     k: K = 10,
 ) -> SearchResult:
-    limit = state.settings.max_upload_bytes
-    name = file.filename or "unnamed"
-    if has_control_characters(name):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"file name {name!r} contains control characters")
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{name!r} is over the upload limit of {limit} bytes")
+    name, data = await read_upload(file, state.settings.max_upload_bytes)
     answer = (await runner.pool.arun(embed_task, [Payload(data=data, source=f"search:{name}")], died_embedding))[0]
     if isinstance(answer, str):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {answer}")
