@@ -82,6 +82,7 @@ TRAIN_OPTIONS = {  # --flag → TrainConfig field; defaults live in TrainConfig 
     "data_dir": "data_dir", "out_dir": "out_dir", "epochs": "epochs", "batch_size": "batch_size", "lr": "max_lr",
     "seed": "seed", "val_fold": "val_fold", "crop_p": "crop_p", "band_p": "band_p", "mix": "mix",
     "threads": "num_threads", "limit": "limit", "resume": "resume", "distill": "distill",
+    "teacher_views": "teacher_views",
 }
 
 
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", nargs="+", metavar="CHECKPOINT",
                    help="distil: train on these models' averaged probabilities over each augmented view")
     p.add_argument("--distill", type=float, help="the teachers' share of each target (default: 0.9)")
+    p.add_argument("--teacher-views", type=int, metavar="N",
+                   help="run the teachers once, on N fixed augmented views per clip, instead of on every batch")
     p.add_argument("--exclude-classes", metavar="A,B,…",
                    help="leave these classes out altogether (a network for the few-shot figure: training.few_shot)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")

@@ -14,6 +14,9 @@ autocast on CPUs that support it and fp16 autocast on CUDA.
 
 Distillation (``teachers``): each batch's targets become ``distill`` × the teachers'
 averaged probabilities on the same augmented view plus (1 − ``distill``) × the labels.
+With ``teacher_views`` the teachers run once, on that many fixed views per clip, and each
+step draws one of them (``training.teacher_targets``): an epoch then costs what one
+without teachers does.
 
 Every epoch writes ``last.pt`` (model, optimizer, scheduler, epoch, RNG) so
 ``--resume`` continues a killed run exactly, and ``last.safetensors``.
@@ -65,6 +68,7 @@ class TrainConfig:
     teachers: tuple[str, ...] = ()  # checkpoints whose averaged probabilities are the soft targets
     exclude_classes: tuple[str, ...] = ()  # classes left out altogether (a network that never heard them)
     distill: float = 0.9  # the teachers' share of each target, when there are teachers
+    teacher_views: int = 0  # >0: the teachers run once on this many fixed views per clip (teacher_targets)
 
 
 def mix_as_sound(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +129,7 @@ def crop_and_repeat(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Te
 
 
 # What runs saved before a setting existed used, so that they resume as they began.
-_LEGACY_CONFIG: dict = {"mix": "db", "teachers": (), "distill": 0.9, "exclude_classes": ()}
+_LEGACY_CONFIG: dict = {"mix": "db", "teachers": (), "distill": 0.9, "exclude_classes": (), "teacher_views": 0}
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -191,7 +195,7 @@ def train(cfg: TrainConfig) -> dict:
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         saved_cfg = json.loads(ckpt["config"])
         for key in ("epochs", "batch_size", "max_lr", "seed", "val_fold", "limit", "time_roll", "crop_p", "band_p",
-                    "mix", "teachers", "distill", "exclude_classes"):
+                    "mix", "teachers", "distill", "exclude_classes", "teacher_views"):
             saved = saved_cfg.get(key, _LEGACY_CONFIG.get(key))
             if key in ("teachers", "exclude_classes") and saved is not None:
                 saved = tuple(saved)
@@ -208,6 +212,13 @@ def train(cfg: TrainConfig) -> dict:
     writer = _summary_writer(out)
     dtype = autocast_dtype(device)
     teachers = _load_teachers(cfg.teachers, class_names, device)
+    views = view_probs = None
+    if teachers and cfg.teacher_views:
+        from training.teacher_targets import fixed_views, teacher_targets
+
+        views = fixed_views(x_train, cfg.teacher_views, cfg.band_p, cfg.crop_p, cfg.time_roll, cfg.seed)
+        view_probs = teacher_targets(views, cfg.teachers, teachers, dtype, device, out / "teacher_targets.pt")
+        teachers = []  # their work is done
     beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha)
     epochs_bar = tqdm(range(state["epoch"], cfg.epochs), desc="epochs", unit="epoch", initial=state["epoch"],
                       total=cfg.epochs)
@@ -219,14 +230,18 @@ def train(cfg: TrainConfig) -> dict:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", unit="step", leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            band = torch.where(torch.rand(len(idx), generator=gen) < cfg.band_p,
-                               torch.randint(1, len(variants), (len(idx),), generator=gen), 0)
-            x = x_train[band, idx].float()
             y = F.one_hot(y_train[idx], n_classes).float()
             y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / n_classes
-            x = crop_and_repeat(x, cfg.crop_p, gen)
-            if cfg.time_roll:
-                x = time_roll(x, gen)
+            if views is not None and view_probs is not None:
+                view = torch.randint(0, len(views), (len(idx),), generator=gen)
+                x = views[view, idx].float()
+                y = (1 - cfg.distill) * y + cfg.distill * view_probs[view, idx]
+            else:
+                band = torch.where(torch.rand(len(idx), generator=gen) < cfg.band_p,
+                                   torch.randint(1, len(variants), (len(idx),), generator=gen), 0)
+                x = crop_and_repeat(x_train[band, idx].float(), cfg.crop_p, gen)
+                if cfg.time_roll:
+                    x = time_roll(x, gen)
             x = spec_augment(x, cfg.freq_mask, cfg.time_mask, gen)
             if cfg.mix == "sound":
                 x, y = mix_as_sound(x, y, gen)
