@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.text import has_control_characters
@@ -19,12 +21,16 @@ from tagger.stages import PooledStages
 if TYPE_CHECKING:
     from api.similarity import SimilarityIndex
 
+T = TypeVar("T")
+
 
 @dataclass
 class AppState:
     settings: Settings
     sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]  # autocommit, no ping: the GET routes' (tagger.db.get_read_engine)
     tagger: Tagger | None
+    async_reads: async_sessionmaker[AsyncSession] | None = None  # the same over asyncio (PostgreSQL only)
     model_error: str | None = None
     runner: PooledStages | None = None  # uploads tagged and stored in the pool, when the model loaded
     similar: SimilarityIndex | None = None  # the served model's clips by embedding, when the model loaded
@@ -34,8 +40,23 @@ def get_state(request: Request) -> AppState:
     return request.app.state.soundtag
 
 
+async def read_db(state: AppState, read: Callable[..., T], *args: Any) -> T:
+    """``read(session, *args)``, a repository read: awaited on the event loop over the
+    asyncio driver where there is one (PostgreSQL), in a thread otherwise (SQLite)."""
+    if state.async_reads is not None:
+        async with state.async_reads() as session:
+            return await session.run_sync(read, *args)
+
+    def in_thread() -> T:
+        with state.reads() as session:
+            return read(session, *args)
+
+    return await run_in_threadpool(in_thread)
+
+
 def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Session]:
-    with state.sessions() as session:
+    """A session for reading."""
+    with state.reads() as session:
         yield session
 
 

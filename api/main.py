@@ -14,11 +14,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api.deps import AppState
 from api.metrics import MetricsMiddleware
+from api.retry import RetryDroppedConnection, mark_if_dropped
 from api.routes import clips, label_sets, original, system
 from api.routes import similar as similar_routes
 from api.similarity import SimilarityIndex
 from api.text import control_character_problem
-from tagger import __version__
+from tagger import __version__, db
 from tagger.config import Settings, get_settings
 from tagger.errors import CheckpointError, ModelNotFoundError, UntrainedModelError
 from tagger.inference import Tagger
@@ -138,9 +139,13 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
         if model is not None:
             similar = SimilarityIndex(sessions, model.version)
             similar.start()
-        app.state.soundtag = AppState(settings=settings, sessions=sessions, tagger=model,
+        app.state.soundtag = AppState(settings=settings, sessions=sessions,
+                                      reads=db.read_session_factory(settings.database_url),
+                                      async_reads=db.async_read_session_factory(settings.database_url), tagger=model,
                                       model_error=error, runner=runner, similar=similar)
         yield
+        if (engine := db.get_async_read_engine(settings.database_url)) is not None:
+            await engine.dispose()
         if similar is not None:
             similar.close()
         if runner is not None:
@@ -157,6 +162,7 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
     app.include_router(label_sets.router)
     app.include_router(original.router)
     app.include_router(system.router)
+    app.add_middleware(RetryDroppedConnection)  # inside the metrics: a retried read counts once
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(ControlCharacterGuard)
@@ -173,6 +179,7 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
     @app.exception_handler(OperationalError)
     @app.exception_handler(DatabaseUnavailable)
     async def database_down(request: Request, exc: Exception):
+        mark_if_dropped(request.scope, exc)
         log.warning("database unavailable: %s", str(exc).splitlines()[0])
         return JSONResponse({"detail": "database unavailable, try again shortly"}, status_code=503)
 
@@ -193,7 +200,15 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None,
-          tagger: Tagger | None = None) -> None:
+          tagger: Tagger | None = None, workers: int | None = None) -> None:
+    """Run the API. With several ``workers`` (default SOUNDTAG_API_WORKERS) uvicorn starts
+    that many processes on one port, each building its app from the environment."""
     import uvicorn
 
-    uvicorn.run(create_app(settings, tagger), host=host, port=port, log_level="info")
+    workers = workers or (settings or get_settings()).api_workers
+    if workers > 1:
+        if settings is not None or tagger is not None:
+            raise ValueError("several workers build their apps from the environment: pass no settings or tagger")
+        uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    else:
+        uvicorn.run(create_app(settings, tagger), host=host, port=port, log_level="info")

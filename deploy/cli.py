@@ -130,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from api.main import serve
 
-    serve(host=args.host, port=args.port)
+    serve(host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the API and the page")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=None,
+                   help="API processes on the port (default: $SOUNDTAG_API_WORKERS or 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the Faust worker on the audio-clips topic")

@@ -12,13 +12,25 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_
+from sqlalchemy import (
+    SmallInteger,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tagger.label_set_store import label_records
 from tagger.records import ClipRecord, Status
-from tagger.tables import Clip, ClipFeatures, Tag
+from tagger.tables import Clip, ClipCustomLabel, ClipFeatures, Tag
 
 
 def _insert(session: Session) -> Any:
@@ -97,20 +109,60 @@ def tagged_ids(session: Session, clip_ids: list[str], model_version: str) -> set
     return found
 
 
-def to_record(clip: Clip) -> ClipRecord:
-    """A stored row as the one clip type every layer passes around."""
+# What a clip read selects: plain rows, not ORM objects. Loading a page of 50 clips and
+# their 150 tags as objects cost more than the query itself (issue 48.5).
+_CLIP_COLUMNS = (Clip.id, Clip.source, Clip.status, Clip.sha256, Clip.sample_rate, Clip.channels, Clip.duration_s,
+                 Clip.error, Clip.model_version, Clip.verdict, Clip.received_at, Clip.tagged_at)
+
+
+def _labels_of(clip_ids: Any) -> Any:
+    """(clip_id, label_set, rank, label, confidence) of the clips' tags (label_set NULL)
+    and custom labels, in one statement."""
+    tags = select(Tag.clip_id, literal(None, String).label("label_set"), Tag.rank, Tag.label,
+                  Tag.confidence).where(Tag.clip_id.in_(clip_ids))
+    custom = select(ClipCustomLabel.clip_id, ClipCustomLabel.label_set, literal(0, SmallInteger), ClipCustomLabel.label,
+                    ClipCustomLabel.confidence).where(ClipCustomLabel.clip_id.in_(clip_ids))
+    return union_all(tags, custom)
+
+
+# Built once: building a statement costs more Python than running it.
+_LABELS = _labels_of(bindparam("ids", expanding=True))
+_ONE = _labels_of([bindparam("clip_id")]).subquery()
+_CLIP_WITH_LABELS = (select(*_CLIP_COLUMNS, _ONE.c.label_set, _ONE.c.rank, _ONE.c.label, _ONE.c.confidence)
+                     .outerjoin(_ONE, _ONE.c.clip_id == Clip.id).where(Clip.id == bindparam("clip_id")))
+
+
+def _record(row: Any, labels: list[tuple[Any, ...]]) -> ClipRecord:
+    """A clip row and its (label_set, rank, label, confidence) rows as a record."""
+    tags = sorted((rank, label, conf) for label_set, rank, label, conf in labels if label_set is None)
+    custom = sorted((label_set, label, conf) for label_set, _, label, conf in labels if label_set is not None)
     return ClipRecord(
-        clip_id=clip.id, source=clip.source, status=Status(clip.status), sha256=clip.sha256,
-        sample_rate=clip.sample_rate, channels=clip.channels, duration_s=clip.duration_s, error=clip.error,
-        model_version=clip.model_version, top3=[(t.label, t.confidence) for t in clip.tags], verdict=clip.verdict,
-        received_at=clip.received_at, tagged_at=clip.tagged_at,
-        custom=[{"label_set": c.label_set, "label": c.label, "confidence": c.confidence} for c in clip.custom_labels],
+        clip_id=row.id, source=row.source, status=Status(row.status), sha256=row.sha256, sample_rate=row.sample_rate,
+        channels=row.channels, duration_s=row.duration_s, error=row.error, model_version=row.model_version,
+        top3=[(label, conf) for _, label, conf in tags], verdict=row.verdict, received_at=row.received_at,
+        tagged_at=row.tagged_at,
+        custom=[{"label_set": ls, "label": label, "confidence": conf} for ls, label, conf in custom],
     )
 
 
+def _records(session: Session, query: Any) -> list[ClipRecord]:
+    """The clips a select of ``_CLIP_COLUMNS`` finds, in its order, with their labels:
+    two statements whatever the count."""
+    rows = session.execute(query).all()
+    if not rows:
+        return []
+    labels: dict[str, list[tuple[Any, ...]]] = {row.id: [] for row in rows}
+    for clip_id, *label in session.execute(_LABELS, {"ids": list(labels)}):
+        labels[clip_id].append(tuple(label))
+    return [_record(row, labels[row.id]) for row in rows]
+
+
 def get_clip(session: Session, clip_id: str) -> ClipRecord | None:
-    clip = session.get(Clip, clip_id)
-    return to_record(clip) if clip is not None else None
+    """One clip and its labels in one statement (the API's most frequent read)."""
+    rows = session.execute(_CLIP_WITH_LABELS, {"clip_id": clip_id}).all()
+    if not rows:
+        return None
+    return _record(rows[0], [tuple(r[-4:]) for r in rows if r.label is not None])
 
 
 def get_features(session: Session, clip_id: str) -> ClipFeatures | None:
@@ -138,12 +190,12 @@ def list_clips(
     limit: int = 50,
 ) -> tuple[list[ClipRecord], str | None]:
     """Clips ordered by id, ``limit`` at a time; returns (clips, next_cursor)."""
-    query = _filtered(select(Clip), label, min_confidence, status, verdict)
+    query = _filtered(select(*_CLIP_COLUMNS), label, min_confidence, status, verdict)
     if cursor:
         query = query.where(Clip.id > decode_cursor(cursor))
-    rows = list(session.scalars(query.order_by(Clip.id).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return [to_record(c) for c in rows[:limit]], next_cursor
+    records = _records(session, query.order_by(Clip.id).limit(limit + 1))
+    next_cursor = encode_cursor(records[limit - 1].clip_id) if len(records) > limit else None
+    return records[:limit], next_cursor
 
 
 def clip_ids(session: Session, label: str | None = None, min_confidence: float | None = None,
@@ -157,7 +209,7 @@ def clip_ids(session: Session, label: str | None = None, min_confidence: float |
 
 
 def get_clips(session: Session, ids: list[str]) -> dict[str, ClipRecord]:
-    return {c.id: to_record(c) for c in session.scalars(select(Clip).where(Clip.id.in_(ids)))}
+    return {r.clip_id: r for r in _records(session, select(*_CLIP_COLUMNS).where(Clip.id.in_(ids)))}
 
 
 def embeddings_after(session: Session, model_version: str, after: tuple[datetime, str] | None,
@@ -224,5 +276,6 @@ def confidence_histogram(session: Session, bins: int = 10) -> list[int]:
 
 def recent_failures(session: Session, limit: int = 50) -> list[ClipRecord]:
     """The most recently received failed clips, newest first."""
-    query = select(Clip).where(Clip.status == Status.FAILED).order_by(Clip.received_at.desc(), Clip.id).limit(limit)
-    return [to_record(c) for c in session.scalars(query)]
+    query = (select(*_CLIP_COLUMNS).where(Clip.status == Status.FAILED)
+             .order_by(Clip.received_at.desc(), Clip.id).limit(limit))
+    return _records(session, query)

@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from api.convert import clip_out, visualization
-from api.deps import AppState, get_runner, get_session, get_state, read_upload, require_api_key
+from api.deps import AppState, get_runner, get_session, get_state, read_db, read_upload, require_api_key
 from api.metrics import CLIPS
 from api.schemas import (
     ClipList,
@@ -38,8 +38,8 @@ CONFIDENCE_BINS = 10
 
 
 @router.get("/clips", response_model=ClipList, summary="List clips, filtered by label, confidence, status and verdict")
-def list_clips(
-    session: Annotated[Session, Depends(get_session)],
+async def list_clips(
+    state: Annotated[AppState, Depends(get_state)],
     label: Annotated[str | None, Query(max_length=64, description="clips with this label in their top 3")] = None,
     min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     status_: Annotated[Status | None, Query(alias="status")] = None,
@@ -48,7 +48,8 @@ def list_clips(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ClipList:
     try:
-        clips, next_cursor = repository.list_clips(session, label, min_confidence, status_, verdict, cursor, limit)
+        clips, next_cursor = await read_db(state, repository.list_clips, label, min_confidence, status_, verdict,
+                                           cursor, limit)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     return ClipList(items=[clip_out(c) for c in clips], next_cursor=next_cursor)
@@ -96,8 +97,8 @@ def _download_name(clip_id: str) -> str:
 
 
 @router.get("/clips/{clip_id:path}", response_model=ClipOut, summary="One clip with its top 3")
-def get_clip(clip_id: str, session: Annotated[Session, Depends(get_session)]) -> ClipOut:
-    clip = repository.get_clip(session, clip_id)
+async def get_clip(clip_id: str, state: Annotated[AppState, Depends(get_state)]) -> ClipOut:
+    clip = await read_db(state, repository.get_clip, clip_id)
     if clip is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such clip")
     return clip_out(clip)

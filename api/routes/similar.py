@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, 
 from fastapi.concurrency import run_in_threadpool
 
 from api.convert import clip_out
-from api.deps import AppState, get_runner, get_state, read_upload, require_api_key
+from api.deps import AppState, get_runner, get_state, read_db, read_upload, require_api_key
 from api.schemas import SearchResult, SimilarClip, SimilarList, TagOut
 from api.similarity import SimilarityIndex, died_embedding, embed_task
 from tagger import repository
@@ -60,13 +60,12 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="how many clips")]
                        503: {"description": "the index is loading, or the clip was stored a moment ago"},
                        409: {"description": "the clip has no embedding of the served model (failed, or tagged by "
                                             "another model)"}})
-def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
-            index: Annotated[SimilarityIndex, Depends(get_index)], filters: Annotated[Filters, Depends()],
-            k: K = 10) -> SimilarList:
+async def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
+                  index: Annotated[SimilarityIndex, Depends(get_index)], filters: Annotated[Filters, Depends()],
+                  k: K = 10) -> SimilarList:
     vector = index.index.vector(clip_id)
     if vector is None:
-        with state.sessions() as session:
-            clip = repository.get_clip(session, clip_id)
+        clip = await read_db(state, repository.get_clip, clip_id)
         if clip is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no clip {clip_id!r}")
         if clip.status == "tagged" and clip.model_version == index.model_version:
@@ -77,7 +76,7 @@ def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"clip {clip_id!r} has no embedding of model {index.model_version} "
                             f"(status {clip.status}, model {clip.model_version}); tag it again to search from it")
-    return SimilarList(items=_neighbours(state, index, vector, k, filters, exclude=clip_id))
+    return SimilarList(items=await _neighbours(state, index, vector, k, filters, exclude=clip_id))
 
 
 @router.post("/search", response_model=SearchResult, dependencies=[Depends(require_api_key)],
@@ -96,25 +95,30 @@ async def search(
     answer = (await runner.pool.arun(embed_task, [Payload(data=data, source=f"search:{name}")], died_embedding))[0]
     if isinstance(answer, str):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {answer}")
-    items = await run_in_threadpool(_neighbours, state, index, answer["embedding"], k, filters)
+    items = await _neighbours(state, index, answer["embedding"], k, filters)
     return SearchResult(items=items, top3=[TagOut(label=label, confidence=c) for label, c in answer["top3"]],
                         verdict=Verdict(answer["verdict"]))
 
 
-def _neighbours(state: AppState, index: SimilarityIndex, vector: np.ndarray, k: int, filters: Filters,
-                exclude: str | None = None) -> list[SimilarClip]:
-    with state.sessions() as session:
-        among, keep = None, None
-        if filters.any:
-            def matching(ids: list[str] | None = None, limit: int | None = None) -> set[str]:
-                return repository.clip_ids(session, filters.label, filters.min_confidence, filters.verdict, ids,
-                                           limit)
-
-            # A filter few clips match is scanned exactly; a broad one filters the graph's candidates.
-            among = matching(limit=EXACT_SUBSET + 1)
-            if len(among) > EXACT_SUBSET:
-                among, keep = None, matching
-        found: list[Neighbour] = index.index.search(vector, k, exclude=exclude, among=among, keep=keep)
-        clips = repository.get_clips(session, [n.clip_id for n in found])
+async def _neighbours(state: AppState, index: SimilarityIndex, vector: np.ndarray, k: int, filters: Filters,
+                      exclude: str | None = None) -> list[SimilarClip]:
+    found = await run_in_threadpool(_search, state, index, vector, k, filters, exclude)
+    clips = await read_db(state, repository.get_clips, [n.clip_id for n in found])
     return [SimilarClip(**clip_out(clips[n.clip_id]).model_dump(), score=round(n.score, 6))
             for n in found if n.clip_id in clips]
+
+
+def _search(state: AppState, index: SimilarityIndex, vector: np.ndarray, k: int, filters: Filters,
+            exclude: str | None) -> list[Neighbour]:
+    """The index's nearest clips that pass the filters (a thread: a scan may take milliseconds)."""
+    if not filters.any:
+        return index.index.search(vector, k, exclude=exclude)
+    with state.reads() as session:
+        def matching(ids: list[str] | None = None, limit: int | None = None) -> set[str]:
+            return repository.clip_ids(session, filters.label, filters.min_confidence, filters.verdict, ids, limit)
+
+        # A filter few clips match is scanned exactly; a broad one filters the graph's candidates.
+        among = matching(limit=EXACT_SUBSET + 1)
+        if len(among) > EXACT_SUBSET:
+            return index.index.search(vector, k, exclude=exclude, keep=matching)
+        return index.index.search(vector, k, exclude=exclude, among=among)

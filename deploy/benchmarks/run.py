@@ -19,7 +19,8 @@ import torch
 
 from deploy.benchmarks.common import cpu_name
 
-SUITES = ("core", "formats", "versus", "engines", "api", "stream", "long", "similar")  # and "gpu", asked for by name
+# and "gpu", asked for by name
+SUITES = ("core", "formats", "versus", "engines", "api", "load", "stream", "long", "similar")
 
 
 def main() -> int:

@@ -417,3 +417,22 @@ def test_similar_and_search_refuse_what_they_cannot_answer(client):
     assert bad.status_code == 422 and "x.wav" in bad.json()["detail"]
     assert client.post("/api/search", files={"file": ("x.wav", b"\0" * 3_000_000)}, headers=headers).status_code == 413
     assert client.post("/api/search", files={"file": ("x.wav", audio_bytes())}).status_code == 401
+
+
+def test_reads_survive_the_database_dropping_their_connections(client, settings):
+    """The read engines skip the ping at checkout: after the database drops every
+    connection (a restart, a failover), the next reads are run again, not answered 503."""
+    r = _upload(client, [("drop.wav", audio_bytes("WAV", 1.0, seed=41))], clip_id="dropped-connection")
+    assert r.status_code == 201, r.text
+    for _ in range(3):  # every pooled read connection is in use at least once
+        assert client.get("/api/clips/dropped-connection").status_code == 200
+        assert client.get("/api/clips?limit=5").status_code == 200
+        assert client.get("/api/clips/dropped-connection/visualization").status_code == 200
+    name = settings.database_url.rsplit("/", 1)[-1]
+    with db.get_engine(settings.database_url).connect() as conn:
+        killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name}).scalar()
+    assert killed >= 2
+    assert client.get("/api/clips/dropped-connection").json()["clip_id"] == "dropped-connection"
+    assert client.get("/api/clips?limit=5").status_code == 200
+    assert client.get("/api/clips/dropped-connection/visualization").status_code == 200
