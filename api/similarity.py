@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,7 +47,13 @@ class SimilarityIndex:
         """Read what was tagged since the last read (all of it, the first time); returns
         how many clips were added or replaced."""
         seen = self._newest
-        after = None if seen is None else (seen[0] - timedelta(seconds=LATE_COMMIT_S), "")
+        after = None
+        if seen is not None:
+            # Only a row tagged in the last LATE_COMMIT_S (by the clock; writers' clocks are
+            # assumed within a second or two of this one) can still become visible; a look-back
+            # from the newest row instead re-read the last burst of tagging every second, for ever.
+            horizon = (datetime.now(UTC) - timedelta(seconds=LATE_COMMIT_S), "")
+            after = min(seen, horizon)
         added = 0
         with self.sessions() as session:
             while True:

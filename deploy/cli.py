@@ -109,8 +109,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate, robustness_table
+    from training.evaluate import evaluate, evaluate_ensemble, robustness_table
 
+    if args.ensemble:
+        if args.calibrate or args.write_into_checkpoint or args.temperature_to:
+            raise SystemExit("--ensemble only measures: no --calibrate, --write-into-checkpoint or --temperature-to")
+        report = evaluate_ensemble(args.ensemble, data_dir=args.data_dir, fold=args.fold,
+                                   out_dir=f"{args.out_dir}-ensemble", limit=args.limit)
+        print(f"ensemble of {len(args.ensemble)} on fold {args.fold} ({report['clips']} clips):\n")
+        print(robustness_table(report["conditions"]))
+        print(f"report: {args.out_dir}-ensemble/report.md")
+        return 0
     report = evaluate(args.model or get_settings().model_path, data_dir=args.data_dir, out_dir=args.out_dir,
                       fold=args.fold, write_into_checkpoint=args.write_into_checkpoint, calibrate=args.calibrate,
                       temperature_to=args.temperature_to, limit=args.limit)
@@ -293,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy, calibration and confusion matrix on an ESC-50 fold")
     p.add_argument("--model", default=None, help="checkpoint (default: SOUNDTAG_MODEL_PATH)")
+    p.add_argument("--ensemble", nargs="+", metavar="CHECKPOINT", default=None,
+                   help="measure these models' averaged probabilities instead (the teachers' ensemble)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--fold", type=int, default=5)
     p.add_argument("--out-dir", default="runs/evaluation")

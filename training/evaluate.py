@@ -168,6 +168,33 @@ def evaluate(model_path, data_dir=None, out_dir="runs/evaluation", fold: int = T
     return report
 
 
+def evaluate_ensemble(model_paths: list[str], data_dir=None, out_dir="runs/evaluation-ensemble",
+                      fold: int = TEST_FOLD, limit: int | None = None) -> dict:
+    """The same conditions for several models' averaged probabilities (each through its own
+    tagger and temperature): the teachers' ensemble of the model card."""
+    data = read_esc50(data_dir)
+    idx = np.flatnonzero(data.folds == fold)[:limit]
+    y = data.targets[idx]
+    clips = [decode_file(data.root / "audio" / data.files[i]).samples for i in idx]
+    summed: dict[str, np.ndarray] = {}
+    for path in model_paths:
+        tagger = Tagger.load(path, device="auto", batch_size=64)
+        if tagger.class_names != data.class_names:
+            raise SystemExit(f"{path} has other classes than ESC-50")
+        for name, p in condition_probabilities(tagger, clips).items():
+            summed[name] = summed.get(name, 0) + p
+    conditions = {name: _figures(p / len(model_paths), y) for name, p in summed.items()}
+    report = {"models": [str(p) for p in model_paths], "fold": fold, "clips": len(idx), **conditions["full clip"],
+              "conditions": conditions}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(f"# Ensemble of {len(model_paths)} on ESC-50 fold {fold}\n\n"
+                                   + "\n".join(f"- {p}" for p in model_paths) + "\n\n"
+                                   + robustness_table(conditions))
+    return report
+
+
 def _write_temperature(path: str | Path, temperature: float, calibration: dict) -> None:
     ckpt = load_checkpoint(path)
     ckpt.model.logit_temperature.fill_(temperature)
