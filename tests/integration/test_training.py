@@ -141,6 +141,42 @@ def test_a_student_learns_from_its_teachers_soft_targets(tiny_esc50, cache_env, 
         train(_cfg(tiny_esc50, tmp_path / "student", resume=True, epochs=2))
 
 
+def test_a_student_on_fixed_views_runs_its_teachers_once_and_resumes_without_them(tiny_esc50, cache_env,
+                                                                                  trained_run, tmp_path):
+    from tagger.checkpoint import load_checkpoint
+    from training.teacher_targets import fixed_views, teacher_targets
+
+    teacher = str(trained_run[0] / "last.safetensors")
+    cfg = _cfg(tiny_esc50, tmp_path / "fixed", teachers=(teacher,), teacher_views=3, epochs=1)
+    assert train(cfg)["epoch"] == 1
+    cached = torch.load(tmp_path / "fixed" / "teacher_targets.pt", weights_only=True)["probs"]
+    assert cached.shape[0] == 3 and cached.shape[2] == len(CLASSES)
+    assert torch.allclose(cached.sum(-1), torch.ones(cached.shape[:2]), atol=1e-4)
+    # A resumed run draws the same views and reads the teachers' answers back instead of running them.
+    x = torch.randn(2, 4, 1, 64, 431)
+    views = fixed_views(x, 2, 0.5, 0.5, True, seed=1)
+    assert torch.equal(views, fixed_views(x, 2, 0.5, 0.5, True, seed=1))
+    marked = tmp_path / "targets.pt"
+    first = teacher_targets(views, (teacher,), [load_checkpoint(teacher).model.float().eval()], None,
+                            torch.device("cpu"), marked)
+    saved = torch.load(marked, weights_only=True)
+    torch.save({**saved, "probs": torch.full_like(first, 0.5)}, marked)
+    assert torch.all(teacher_targets(views, (teacher,), [], None, torch.device("cpu"), marked) == 0.5)
+    with pytest.raises(SystemExit, match="teacher_views"):
+        train(_cfg(tiny_esc50, tmp_path / "fixed", teachers=(teacher,), teacher_views=4, epochs=1, resume=True))
+
+
+def test_an_ensemble_is_measured_on_its_averaged_probabilities(tiny_esc50, trained_run, tmp_path):
+    from training.evaluate import evaluate_ensemble
+
+    one = tmp_path / "one.safetensors"
+    export_checkpoint(trained_run[0], one)
+    single = evaluate(one, data_dir=tiny_esc50, out_dir=tmp_path / "single")
+    twice = evaluate_ensemble([str(one), str(one)], data_dir=tiny_esc50, out_dir=tmp_path / "ensemble")
+    assert twice["conditions"]["full clip"]["top1"] == single["conditions"]["full clip"]["top1"]
+    assert len(twice["conditions"]) == 9 and "| 12 s long |" in (tmp_path / "ensemble" / "report.md").read_text()
+
+
 def test_a_network_that_never_heard_some_classes(tiny_esc50, cache_env, tmp_path):
     from tagger.checkpoint import load_checkpoint
 
