@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from deploy.benchmarks.common import percentile
+from tagger import vector_index
 from tagger.vector_index import VectorIndex
 
 DIM = 256
@@ -22,6 +23,29 @@ def clustered(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((1000, DIM)).astype(np.float32)
     return centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+
+
+SWEEP = (1024, 2048, 3072, 4096)  # candidates tried at each size: what recall each buys, and its cost
+
+
+def _sweep(index: VectorIndex, queries: np.ndarray, truths: list[set[int]], label: str) -> dict:
+    """Recall@10 and p99 of the same queries with other candidate counts (the graph is the same)."""
+    figures: dict = {}
+    saved = vector_index.EXPANSION_SEARCH, vector_index.EXPANSION_MAX
+    try:
+        for candidates in SWEEP:
+            vector_index.EXPANSION_SEARCH = vector_index.EXPANSION_MAX = candidates
+            ms, recall = [], []
+            for q, truth in zip(queries, truths, strict=True):
+                t = time.perf_counter()
+                found = index.search(q, 10)
+                ms.append((time.perf_counter() - t) * 1e3)
+                recall.append(len({int(f.clip_id[1:]) for f in found} & truth) / 10)
+            figures[f"{label}_with_{candidates}_recall_at_10"] = round(float(np.mean(recall)), 3)
+            figures[f"{label}_with_{candidates}_query_p99_ms"] = round(percentile(ms, 99), 2)
+    finally:
+        vector_index.EXPANSION_SEARCH, vector_index.EXPANSION_MAX = saved
+    return figures
 
 
 def run(quick: bool = False) -> dict:
@@ -38,6 +62,7 @@ def run(quick: bool = False) -> dict:
         build_s = time.perf_counter() - t0
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         graph_ms, exact_ms, recall = [], [], []
+        truths = []
         for q in queries:
             t = time.perf_counter()
             found = index.search(q, 10)
@@ -45,8 +70,12 @@ def run(quick: bool = False) -> dict:
             t = time.perf_counter()
             truth = np.argpartition(-(unit @ (q / np.linalg.norm(q))), 10)[:10]
             exact_ms.append((time.perf_counter() - t) * 1e3)
-            recall.append(len({int(f.clip_id[1:]) for f in found} & set(truth.tolist())) / 10)
+            truths.append(set(truth.tolist()))
+            recall.append(len({int(f.clip_id[1:]) for f in found} & truths[-1]) / 10)
         label = f"{n // 1000}k"
+        figures[f"{label}_candidates"] = vector_index.expansion_for(n)
+        if n >= vector_index.EXACT_BELOW:
+            figures |= _sweep(index, queries, truths, label)
         figures |= {
             f"{label}_build_s": round(build_s, 1),
             f"{label}_build_s_per_million": round(build_s * 1e6 / n, 1),
