@@ -191,9 +191,13 @@ def list_clips(
 ) -> tuple[list[ClipRecord], str | None]:
     """Clips ordered by id, ``limit`` at a time; returns (clips, next_cursor)."""
     query = _filtered(select(*_CLIP_COLUMNS), label, min_confidence, status, verdict)
+    # With a label, order by the tag's clip id (equal to the clip's): PostgreSQL then walks
+    # that label's index in order and stops at the limit, instead of merging it with every
+    # clip's id (0.3 ms against 0.7–4.3 ms a page at 100,000 clips).
+    order = Tag.clip_id if label is not None else Clip.id
     if cursor:
-        query = query.where(Clip.id > decode_cursor(cursor))
-    records = _records(session, query.order_by(Clip.id).limit(limit + 1))
+        query = query.where(order > decode_cursor(cursor))
+    records = _records(session, query.order_by(order).limit(limit + 1))
     next_cursor = encode_cursor(records[limit - 1].clip_id) if len(records) > limit else None
     return records[:limit], next_cursor
 
@@ -228,10 +232,11 @@ def embeddings_after(session: Session, model_version: str, after: tuple[datetime
 def _filtered(query: Any, label: str | None, min_confidence: float | None, status: str | None,
               verdict: str | None) -> Any:
     if label is not None:
+        # A join, not EXISTS: a clip holds a label at most once in its top 3.
         cond = [Tag.clip_id == Clip.id, Tag.label == label]
         if min_confidence is not None:
             cond.append(Tag.confidence >= min_confidence)
-        query = query.where(select(Tag.clip_id).where(and_(*cond)).exists())
+        query = query.join(Tag, and_(*cond))
     elif min_confidence is not None:
         query = query.where(
             select(Tag.clip_id).where(Tag.clip_id == Clip.id, Tag.rank == 1, Tag.confidence >= min_confidence).exists()
