@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -139,6 +140,10 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
         if model is not None:
             similar = SimilarityIndex(sessions, model.version)
             similar.start()
+        # Everything loaded so far (torch, the model, the routes) lives as long as the process:
+        # kept out of the collector's full passes, which otherwise walk it all and stalled
+        # requests for 100 ms and more under load.
+        gc.freeze()
         app.state.soundtag = AppState(settings=settings, sessions=sessions,
                                       reads=db.read_session_factory(settings.database_url),
                                       async_reads=db.async_read_session_factory(settings.database_url), tagger=model,
