@@ -205,12 +205,11 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None,
-          tagger: Tagger | None = None, workers: int | None = None) -> None:
-    """Run the API. With several ``workers`` (default SOUNDTAG_API_WORKERS) uvicorn starts
-    that many processes on one port, each building its app from the environment."""
+          tagger: Tagger | None = None, workers: int = 1) -> None:
+    """Run the API. With several ``workers`` uvicorn starts that many processes on one
+    port, each building its app from the environment."""
     import uvicorn
 
-    workers = workers or (settings or get_settings()).api_workers
     if workers > 1:
         if settings is not None or tagger is not None:
             raise ValueError("several workers build their apps from the environment: pass no settings or tagger")

@@ -62,6 +62,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more, got 0")
+    return value
+
+
 def _list(what: str, items: list[tuple[str, str]], more: str, shown: int = 20) -> None:
     for source, reason in items[:shown]:
         print(f"{what}: {source}{': ' + reason if reason else ''}", file=sys.stderr)
@@ -167,18 +174,25 @@ def cmd_teach(args: argparse.Namespace) -> int:
     """A label set of one's own from a folder with a subfolder of examples per label."""
     from pathlib import Path
 
+    from tagger.checkpoint import read_metadata
     from tagger.label_sets import TeachError
-    from tagger.startup import load_tagger, open_database
+    from tagger.pool import PoolError, ProcessPool
+    from tagger.startup import check_model, open_database, pipeline_job
     from tagger.teaching import teach_from_folder
 
     if error := _paths_exist([args.folder]):
         return _fail(error)
     settings = get_settings()
+    check_model(settings)
+    sessions = open_database(settings)
+    pool = ProcessPool(1, pipeline_job(settings))  # examples are few: one process, started while the folder is read
     try:
-        taught = teach_from_folder(Path(args.folder), args.name, load_tagger(settings), open_database(settings),
-                                   settings.max_duration_s, progress=not args.quiet)
-    except TeachError as exc:
+        taught = teach_from_folder(Path(args.folder), args.name, pool, read_metadata(settings.model_path)["version"],
+                                   sessions, progress=not args.quiet)
+    except (TeachError, PoolError) as exc:
         return _fail(str(exc))
+    finally:
+        pool.close()
     for path, why in taught.unreadable:
         print(f"  not used: {path}: {why}", file=sys.stderr)
     for warning in taught.warnings:
@@ -320,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the API and the page")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=None,
-                   help="API processes on the port (default: $SOUNDTAG_API_WORKERS or 1)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="API processes on the port, each with its tagging process and similarity index (default 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the Faust worker on the audio-clips topic")

@@ -33,10 +33,11 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
 
 
 @contextmanager
-def api_server(env: dict[str, str], log_path):
+def api_server(env: dict[str, str], log_path, workers: int = 1):
     port = free_port()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--port", str(port),
+                                 "--workers", str(workers)],
                                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)

@@ -52,9 +52,6 @@ class Settings(BaseSettings):
     # may call the API from a browser; none by default. "*" allows any origin.
     cors_origins: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # API processes behind one port (`soundtag serve`). Queries spread over them; each also
-    # holds a tagging process for uploads and its own similarity index.
-    api_workers: int = Field(default=1, ge=1)
 
     # Limits that protect every entry point from hostile or accidental input.
     max_upload_bytes: int = 50 * 1024 * 1024

@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from tagger import label_set_store
-from tagger.audio import AudioError, decode_file
 from tagger.files import find_audio_files
-from tagger.inference import HELD_SAMPLES, Tagger
 from tagger.label_sets import LabelHead, TeachError, check_examples, teach
+from tagger.pipeline import decode_payloads, run_model
+from tagger.pool import ProcessPool, Worker
+from tagger.records import Payload
 
 NAME_MAX = 64
 BATCH = 32
@@ -53,8 +54,26 @@ def examples_in(folder: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def teach_from_folder(folder: Path, name: str, tagger: Tagger, sessions: sessionmaker[Session],
-                      max_duration_s: float | None = None, progress: bool = True) -> Taught:
+def embeddings_task(worker: Worker, payloads: list[Payload]) -> list[np.ndarray | str]:
+    """In a pool process: each example's embedding, or why it has none (nothing is stored)."""
+    tagger = worker.pipeline()[0]
+    assert worker.job is not None
+    decoded = decode_payloads(payloads, worker.job.max_duration_s, tagger.features)
+    answers: list[np.ndarray | str] = [rec.error or "not audio" for rec in decoded.records]
+    for (i, _), result in zip(decoded.audio, run_model(tagger, decoded).results, strict=True):
+        answers[i] = (f"tagging failed: {type(result).__name__}" if isinstance(result, Exception)
+                      else result.embedding.astype(np.float32))
+    return answers
+
+
+def _died(payload: Payload, how: str) -> list[np.ndarray | str]:
+    return [f"the tagging process died on this file ({how})"]
+
+
+def teach_from_folder(folder: Path, name: str, pool: ProcessPool, model_version: str,
+                      sessions: sessionmaker[Session], progress: bool = True) -> Taught:
+    """Tag every example in ``pool`` (the one process pool: a file that crashes its decoder
+    costs that file), teach the set on the embeddings and label every stored clip."""
     if problem := name_problem(name):
         raise TeachError(f"label set name: {problem}")
     examples = examples_in(folder)
@@ -62,23 +81,22 @@ def teach_from_folder(folder: Path, name: str, tagger: Tagger, sessions: session
     labels, ids, vectors, unreadable = [], [], [], []
     bar = tqdm(total=len(examples), desc="tagging examples", unit="file", disable=not progress)
     for start in range(0, len(examples), BATCH):
-        batch = []
-        for label, path in examples[start : start + BATCH]:
-            try:
-                batch.append((label, path, decode_file(path, max_duration_s, HELD_SAMPLES)))
-            except AudioError as exc:
-                unreadable.append((str(path), str(exc)))
-        for (label, path, _), result in zip(batch, tagger.tag([a for _, _, a in batch]), strict=True):
+        batch = examples[start : start + BATCH]
+        payloads = [Payload(data=b"", source=str(path), path=path) for _, path in batch]
+        for (label, path), answer in zip(batch, pool.map(embeddings_task, payloads, _died), strict=True):
+            if isinstance(answer, str):
+                unreadable.append((str(path), answer))
+                continue
             labels.append(label)
             ids.append(str(path))
-            vectors.append(result.embedding)
-        bar.update(len(examples[start : start + BATCH]))
+            vectors.append(answer)
+        bar.update(len(batch))
     bar.close()
     warnings = check_examples(labels)
     head = teach(np.stack(vectors), labels)
     with sessions.begin() as session:
         label_set_store.set_examples(session, name, list(zip(ids, labels, vectors, strict=True)), replace=True)
-        taught = _store(session, name, head, tagger.version, warnings)
+        taught = _store(session, name, head, model_version, warnings)
     taught.unreadable = unreadable
     return taught
 

@@ -2,7 +2,7 @@
 
 100,000 clips with tags and embeddings (`bench_similar`'s synthetic ones) are bulk-loaded into PostgreSQL on the same
 machine (`bench_api`'s loader, plus one clip_features row each, so the similarity index has
-something to search). The API runs under `soundtag serve` with ``workers`` processes; wrk
+something to search). The API runs under `soundtag serve --workers N` (one process, and one per core); wrk
 (Debian's) sends requests for random ids and labels from 2 threads over 20 kept-alive
 connections for ``DURATION_S`` seconds per route, and prints requests/s and latency
 percentiles. A route without the database (`/healthz`) in the same run is the ceiling the
@@ -115,7 +115,7 @@ def run(quick: bool = False) -> dict:
                "SOUNDTAG_TEST_ALLOW_UNTRAINED": "1", "SOUNDTAG_DEVICE": "cpu"}
         os.environ.pop("SOUNDTAG_API_KEY", None)
         for workers in (WORKERS[:1] if quick else WORKERS):
-            with api_server({**env, "SOUNDTAG_API_WORKERS": str(workers)}, work / f"api-{workers}.log") as base:
+            with api_server(env, work / f"api-{workers}.log", workers=workers) as base:
                 _wait_for_index(base, ids[-1], workers)
                 for name, paths in routes.items():
                     wrk(base, paths[:50], work, 1)  # warm-up: connections, plan caches
