@@ -17,11 +17,9 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
-    cast,
     delete,
     func,
     literal,
-    null,
     or_,
     select,
     tuple_,
@@ -117,26 +115,21 @@ _CLIP_COLUMNS = (Clip.id, Clip.source, Clip.status, Clip.sha256, Clip.sample_rat
                  Clip.error, Clip.model_version, Clip.verdict, Clip.received_at, Clip.tagged_at)
 
 
-# Every clip's tags (label_set NULL) and custom labels as (clip_id, label_set, rank, label,
-# confidence): joined to a page of clips, PostgreSQL reads each clip's rows by primary key.
-# The two arms' columns have exactly the same types: a cast in the union would keep
-# PostgreSQL from pushing the join into it, and it would scan every tag instead.
-_LABEL_ROWS = union_all(
-    select(Tag.clip_id, cast(null(), String(64)).label("label_set"), Tag.rank, Tag.label, Tag.confidence),
-    select(ClipCustomLabel.clip_id, ClipCustomLabel.label_set, cast(literal(0), SmallInteger),
-           ClipCustomLabel.label, ClipCustomLabel.confidence),
-).subquery("labels")
+def _labels_of(clip_ids: Any) -> Any:
+    """(clip_id, label_set, rank, label, confidence) of the clips' tags (label_set NULL)
+    and custom labels, in one statement."""
+    tags = select(Tag.clip_id, literal(None, String).label("label_set"), Tag.rank, Tag.label,
+                  Tag.confidence).where(Tag.clip_id.in_(clip_ids))
+    custom = select(ClipCustomLabel.clip_id, ClipCustomLabel.label_set, literal(0, SmallInteger), ClipCustomLabel.label,
+                    ClipCustomLabel.confidence).where(ClipCustomLabel.clip_id.in_(clip_ids))
+    return union_all(tags, custom)
 
 
-def _with_labels(page: Any, *order: Any) -> Any:
-    """One statement: the page's clips (a subquery of ``_CLIP_COLUMNS``) joined to their
-    labels, in ``order`` (the page's own order, named on its columns)."""
-    return (select(page, _LABEL_ROWS.c.label_set, _LABEL_ROWS.c.rank, _LABEL_ROWS.c.label, _LABEL_ROWS.c.confidence)
-            .outerjoin(_LABEL_ROWS, _LABEL_ROWS.c.clip_id == page.c.id).order_by(*order))
-
-
-_ONE = select(*_CLIP_COLUMNS).where(Clip.id == bindparam("clip_id")).subquery("page")
-_CLIP_WITH_LABELS = _with_labels(_ONE)  # built once: building a statement costs more Python than running it
+# Built once: building a statement costs more Python than running it.
+_LABELS = _labels_of(bindparam("ids", expanding=True))
+_ONE = _labels_of([bindparam("clip_id")]).subquery()
+_CLIP_WITH_LABELS = (select(*_CLIP_COLUMNS, _ONE.c.label_set, _ONE.c.rank, _ONE.c.label, _ONE.c.confidence)
+                     .outerjoin(_ONE, _ONE.c.clip_id == Clip.id).where(Clip.id == bindparam("clip_id")))
 
 
 def _record(row: Any, labels: list[tuple[Any, ...]]) -> ClipRecord:
@@ -152,28 +145,24 @@ def _record(row: Any, labels: list[tuple[Any, ...]]) -> ClipRecord:
     )
 
 
-def _grouped(rows: Any) -> list[ClipRecord]:
-    """Rows of ``_with_labels`` (a clip's rows together) as records, in their order."""
-    clips: dict[str, tuple[Any, list[tuple[Any, ...]]]] = {}
-    for row in rows:
-        entry = clips.setdefault(row.id, (row, []))
-        if row.label is not None:
-            entry[1].append((row.label_set, row.rank, row.label, row.confidence))
-    return [_record(row, labels) for row, labels in clips.values()]
-
-
-def _records(session: Session, query: Any, *order: tuple[str, bool]) -> list[ClipRecord]:
-    """The clips a select of ``_CLIP_COLUMNS`` finds, with their labels, in one statement;
-    ``order``: (column, descending) pairs repeating the select's own order."""
-    page = query.subquery("page")
-    by = [page.c[name].desc() if descending else page.c[name] for name, descending in order]
-    return _grouped(session.execute(_with_labels(page, *by, _LABEL_ROWS.c.label_set, _LABEL_ROWS.c.rank)))
+def _records(session: Session, query: Any) -> list[ClipRecord]:
+    """The clips a select of ``_CLIP_COLUMNS`` finds, in its order, with their labels:
+    two statements whatever the count."""
+    rows = session.execute(query).all()
+    if not rows:
+        return []
+    labels: dict[str, list[tuple[Any, ...]]] = {row.id: [] for row in rows}
+    for clip_id, *label in session.execute(_LABELS, {"ids": list(labels)}):
+        labels[clip_id].append(tuple(label))
+    return [_record(row, labels[row.id]) for row in rows]
 
 
 def get_clip(session: Session, clip_id: str) -> ClipRecord | None:
     """One clip and its labels in one statement (the API's most frequent read)."""
-    records = _grouped(session.execute(_CLIP_WITH_LABELS, {"clip_id": clip_id}))
-    return records[0] if records else None
+    rows = session.execute(_CLIP_WITH_LABELS, {"clip_id": clip_id}).all()
+    if not rows:
+        return None
+    return _record(rows[0], [tuple(r[-4:]) for r in rows if r.label is not None])
 
 
 def get_features(session: Session, clip_id: str) -> ClipFeatures | None:
@@ -208,7 +197,7 @@ def list_clips(
     order = Tag.clip_id if label is not None else Clip.id
     if cursor:
         query = query.where(order > decode_cursor(cursor))
-    records = _records(session, query.order_by(order).limit(limit + 1), ("id", False))
+    records = _records(session, query.order_by(order).limit(limit + 1))
     next_cursor = encode_cursor(records[limit - 1].clip_id) if len(records) > limit else None
     return records[:limit], next_cursor
 
@@ -294,4 +283,4 @@ def recent_failures(session: Session, limit: int = 50) -> list[ClipRecord]:
     """The most recently received failed clips, newest first."""
     query = (select(*_CLIP_COLUMNS).where(Clip.status == Status.FAILED)
              .order_by(Clip.received_at.desc(), Clip.id).limit(limit))
-    return _records(session, query, ("received_at", True), ("id", False))
+    return _records(session, query)
