@@ -24,16 +24,18 @@ EXACT_BELOW = 50_000
 EXACT_SUBSET = 50_000  # a filter matching up to this many clips is scanned (~5 ms); a broader one filters the graph's
 CONNECTIVITY = 32  # graph edges per vector
 EXPANSION_ADD = 128  # candidates while inserting: build time against recall
-# Candidates while searching, growing with the index: recall@10 against an exact scan on
-# clustered synthetic vectors (2 cores, loaded): 0.97 at 100k with 512, at 300k 0.89 with
-# 512 and 0.97 with 1,024, 0.99 with 2,048 (p99 19 and 36 ms).
+# Candidates while searching, growing with the index so that recall@10 against an exact
+# scan stays above 0.95 on clustered synthetic vectors (`python -m deploy.benchmarks.run
+# similar`, idle 2-core AMD EPYC): 512 give 0.967 at 100k (p99 7.8 ms); at 1M 2,048 give
+# 0.923 (p99 18 ms), 3,072 give 0.975 (28.7 ms), 4,096 give 0.989 (32.2 ms).
 EXPANSION_SEARCH = 512
-EXPANSION_AT = 100_000  # the size EXPANSION_SEARCH is for; it grows as (size / this) ** 0.6
-EXPANSION_MAX = 4096
+EXPANSION_AT = 100_000  # the size EXPANSION_SEARCH is for
+EXPANSION_GROWTH = 0.78  # candidates grow as (size / EXPANSION_AT) ** this: 3,086 at 1M
+EXPANSION_MAX = 4096  # reached at about 1.4M
 
 
 def expansion_for(size: int) -> int:
-    return int(min(EXPANSION_MAX, EXPANSION_SEARCH * max(1.0, size / EXPANSION_AT) ** 0.6))
+    return int(min(EXPANSION_MAX, EXPANSION_SEARCH * max(1.0, size / EXPANSION_AT) ** EXPANSION_GROWTH))
 
 
 Keep = Callable[[list[str]], set[str]]
