@@ -9,13 +9,16 @@ tagged.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     SmallInteger,
     String,
     and_,
+    any_,
     bindparam,
     delete,
     func,
@@ -115,19 +118,24 @@ _CLIP_COLUMNS = (Clip.id, Clip.source, Clip.status, Clip.sha256, Clip.sample_rat
                  Clip.error, Clip.model_version, Clip.verdict, Clip.received_at, Clip.tagged_at)
 
 
-def _labels_of(clip_ids: Any) -> Any:
+def _labels_of(among: Callable[[Any], Any]) -> Any:
     """(clip_id, label_set, rank, label, confidence) of the clips' tags (label_set NULL)
-    and custom labels, in one statement."""
+    and custom labels, in one statement; ``among(column)`` picks the clips."""
     tags = select(Tag.clip_id, literal(None, String).label("label_set"), Tag.rank, Tag.label,
-                  Tag.confidence).where(Tag.clip_id.in_(clip_ids))
+                  Tag.confidence).where(among(Tag.clip_id))
     custom = select(ClipCustomLabel.clip_id, ClipCustomLabel.label_set, literal(0, SmallInteger), ClipCustomLabel.label,
-                    ClipCustomLabel.confidence).where(ClipCustomLabel.clip_id.in_(clip_ids))
+                    ClipCustomLabel.confidence).where(among(ClipCustomLabel.clip_id))
     return union_all(tags, custom)
 
 
 # Built once: building a statement costs more Python than running it.
-_LABELS = _labels_of(bindparam("ids", expanding=True))
-_ONE = _labels_of([bindparam("clip_id")]).subquery()
+# On PostgreSQL a page's ids go as one array: the statement's text is then the same for
+# every page, so neither SQLAlchemy nor psycopg renders and parses 50 placeholders per
+# request (1 ms of the 2.3 ms of client CPU a label page took), and psycopg prepares it.
+# SQLite has no arrays.
+_LABELS_ANY = _labels_of(lambda column: column == any_(bindparam("ids", type_=ARRAY(String))))
+_LABELS_IN = _labels_of(lambda column: column.in_(bindparam("ids", expanding=True)))
+_ONE = _labels_of(lambda column: column == bindparam("clip_id")).subquery()
 _CLIP_WITH_LABELS = (select(*_CLIP_COLUMNS, _ONE.c.label_set, _ONE.c.rank, _ONE.c.label, _ONE.c.confidence)
                      .outerjoin(_ONE, _ONE.c.clip_id == Clip.id).where(Clip.id == bindparam("clip_id")))
 
@@ -152,7 +160,8 @@ def _records(session: Session, query: Any) -> list[ClipRecord]:
     if not rows:
         return []
     labels: dict[str, list[tuple[Any, ...]]] = {row.id: [] for row in rows}
-    for clip_id, *label in session.execute(_LABELS, {"ids": list(labels)}):
+    statement = _LABELS_ANY if session.get_bind().dialect.name == "postgresql" else _LABELS_IN
+    for clip_id, *label in session.execute(statement, {"ids": list(labels)}).all():
         labels[clip_id].append(tuple(label))
     return [_record(row, labels[row.id]) for row in rows]
 
@@ -190,16 +199,31 @@ def list_clips(
     limit: int = 50,
 ) -> tuple[list[ClipRecord], str | None]:
     """Clips ordered by id, ``limit`` at a time; returns (clips, next_cursor)."""
-    query = _filtered(select(*_CLIP_COLUMNS), label, min_confidence, status, verdict)
+    after = decode_cursor(cursor) if cursor else None
+    records = _records(session, page_query(select(*_CLIP_COLUMNS), label, min_confidence, status, verdict, after,
+                                           limit + 1))
+    return records[:limit], next_cursor(records, limit)
+
+
+def page_query(columns: Any, label: Any, min_confidence: Any, status: Any, verdict: Any, after: Any,
+               rows: Any) -> Any:
+    """``columns`` (a select of clips) of the clips ``list_clips`` reads: filtered, in id
+    order after the clip id ``after``, ``rows`` of them (it asks for one more than a page:
+    there is a next page when it comes). The filters are values, or ``bindparam``s for a
+    statement built once; None leaves a filter out."""
+    query = _filtered(columns, label, min_confidence, status, verdict)
     # With a label, order by the tag's clip id (equal to the clip's): PostgreSQL then walks
     # that label's index in order and stops at the limit, instead of merging it with every
     # clip's id (0.3 ms against 0.7–4.3 ms a page at 100,000 clips).
     order = Tag.clip_id if label is not None else Clip.id
-    if cursor:
-        query = query.where(order > decode_cursor(cursor))
-    records = _records(session, query.order_by(order).limit(limit + 1))
-    next_cursor = encode_cursor(records[limit - 1].clip_id) if len(records) > limit else None
-    return records[:limit], next_cursor
+    if after is not None:
+        query = query.where(order > after)
+    return query.order_by(order).limit(rows)
+
+
+def next_cursor(page: Sequence[Any], limit: int) -> str | None:
+    """The cursor after a page read with ``page_query`` (its items have a ``clip_id``)."""
+    return encode_cursor(page[limit - 1].clip_id) if len(page) > limit else None
 
 
 def clip_ids(session: Session, label: str | None = None, min_confidence: float | None = None,
@@ -229,8 +253,7 @@ def embeddings_after(session: Session, model_version: str, after: tuple[datetime
     return [(clip_id, tagged_at, bytes(blob)) for clip_id, tagged_at, blob in rows if tagged_at is not None]
 
 
-def _filtered(query: Any, label: str | None, min_confidence: float | None, status: str | None,
-              verdict: str | None) -> Any:
+def _filtered(query: Any, label: Any, min_confidence: Any, status: Any, verdict: Any) -> Any:
     if label is not None:
         # A join, not EXISTS: a clip holds a label at most once in its top 3.
         cond = [Tag.clip_id == Clip.id, Tag.label == label]

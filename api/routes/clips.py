@@ -7,9 +7,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy.orm import Session
 
+from api import clip_json
 from api.convert import clip_out, visualization
 from api.deps import AppState, get_runner, get_session, get_state, read_db, read_upload, require_api_key
 from api.metrics import CLIPS
@@ -46,8 +47,11 @@ async def list_clips(
     verdict: Annotated[Verdict | None, Query(description="label, unknown or silence")] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> ClipList:
+) -> ClipList | Response:
     try:
+        if clip_json.written_by_database(state):
+            return clip_json.response(await read_db(state, clip_json.page, label, min_confidence, status_, verdict,
+                                                    cursor, limit))
         clips, next_cursor = await read_db(state, repository.list_clips, label, min_confidence, status_, verdict,
                                            cursor, limit)
     except ValueError as exc:
@@ -97,7 +101,12 @@ def _download_name(clip_id: str) -> str:
 
 
 @router.get("/clips/{clip_id:path}", response_model=ClipOut, summary="One clip with its top 3")
-async def get_clip(clip_id: str, state: Annotated[AppState, Depends(get_state)]) -> ClipOut:
+async def get_clip(clip_id: str, state: Annotated[AppState, Depends(get_state)]) -> ClipOut | Response:
+    if clip_json.written_by_database(state):
+        text = await read_db(state, clip_json.one, clip_id)
+        if text is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such clip")
+        return clip_json.response(text)
     clip = await read_db(state, repository.get_clip, clip_id)
     if clip is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such clip")

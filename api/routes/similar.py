@@ -7,10 +7,12 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
+from api import clip_json
 from api.convert import clip_out
 from api.deps import AppState, get_runner, get_state, read_db, read_upload, require_api_key
-from api.schemas import SearchResult, SimilarClip, SimilarList, TagOut
+from api.schemas import SearchResult, SimilarList, TagOut
 from api.similarity import SimilarityIndex, died_embedding, embed_task
 from tagger import repository
 from tagger.audio import READABLE_FORMATS
@@ -62,7 +64,7 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="how many clips")]
                                             "another model)"}})
 async def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
                   index: Annotated[SimilarityIndex, Depends(get_index)], filters: Annotated[Filters, Depends()],
-                  k: K = 10) -> SimilarList:
+                  k: K = 10) -> Response:
     vector = index.index.vector(clip_id)
     if vector is None:
         clip = await read_db(state, repository.get_clip, clip_id)
@@ -76,7 +78,7 @@ async def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"clip {clip_id!r} has no embedding of model {index.model_version} "
                             f"(status {clip.status}, model {clip.model_version}); tag it again to search from it")
-    return SimilarList(items=await _neighbours(state, index, vector, k, filters, exclude=clip_id))
+    return clip_json.response(f'{{"items":{await _neighbours(state, index, vector, k, filters, exclude=clip_id)}}}')
 
 
 @router.post("/search", response_model=SearchResult, dependencies=[Depends(require_api_key)],
@@ -90,22 +92,30 @@ async def search(
     index: Annotated[SimilarityIndex, Depends(get_index)],
     filters: Annotated[Filters, Depends()],
     k: K = 10,
-) -> SearchResult:
+) -> Response:
     name, data = await read_upload(file, state.settings.max_upload_bytes)
     answer = (await runner.pool.arun(embed_task, [Payload(data=data, source=f"search:{name}")], died_embedding))[0]
     if isinstance(answer, str):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {answer}")
     items = await _neighbours(state, index, answer["embedding"], k, filters)
-    return SearchResult(items=items, top3=[TagOut(label=label, confidence=c) for label, c in answer["top3"]],
-                        verdict=Verdict(answer["verdict"]))
+    own = SearchResult(items=[], top3=[TagOut(label=label, confidence=c) for label, c in answer["top3"]],
+                       verdict=Verdict(answer["verdict"])).model_dump_json(exclude={"items"})
+    return clip_json.response(f'{{"items":{items},{own[1:]}')
 
 
 async def _neighbours(state: AppState, index: SimilarityIndex, vector: np.ndarray, k: int, filters: Filters,
-                      exclude: str | None = None) -> list[SimilarClip]:
+                      exclude: str | None = None) -> str:
+    """The nearest clips as a JSON array of ``SimilarClip``: written by PostgreSQL where it
+    is the store (``api.clip_json``), by the models otherwise."""
     found = await run_in_threadpool(_search, state, index, vector, k, filters, exclude)
-    clips = await read_db(state, repository.get_clips, [n.clip_id for n in found])
-    return [SimilarClip(**clip_out(clips[n.clip_id]).model_dump(), score=round(n.score, 6))
-            for n in found if n.clip_id in clips]
+    ids = [n.clip_id for n in found]
+    if clip_json.written_by_database(state):
+        texts = await read_db(state, clip_json.some, ids)
+    else:
+        texts = {clip_id: clip_out(clip).model_dump_json()
+                 for clip_id, clip in (await read_db(state, repository.get_clips, ids)).items()}
+    return "[" + ",".join(clip_json.with_score(texts[n.clip_id], round(n.score, 6)) for n in found
+                          if n.clip_id in texts) + "]"
 
 
 def _search(state: AppState, index: SimilarityIndex, vector: np.ndarray, k: int, filters: Filters,
