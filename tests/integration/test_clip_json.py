@@ -43,7 +43,8 @@ def _store(session) -> None:
                             "d-silence": [("wind", 0.0), ("dog", 1.0), ("cat", 0.5)]}.items():
         for rank, (label, confidence) in enumerate(labels, start=1):
             session.add(Tag(clip_id=clip_id, rank=rank, label=label, confidence=confidence))
-    for label_set, label, confidence in [("zoo", "lion", 0.75), ("Birds", "unknown", 0.2), ("alarms", "bell", 0.99), ("_x", "y", 0.5)]:
+    custom = [("zoo", "lion", 0.75), ("Birds", "unknown", 0.2), ("alarms", "bell", 0.99), ("_x", "y", 0.5)]
+    for label_set, label, confidence in custom:
         session.add(ClipCustomLabel(clip_id="a-tagged", label_set=label_set, version=2, label=label,
                                     confidence=confidence))
 
