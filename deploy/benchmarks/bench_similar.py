@@ -80,7 +80,7 @@ def run(quick: bool = False) -> dict:
         build_s = time.perf_counter() - t0
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         stored = np.random.default_rng(5).choice(n, QUERIES, replace=False)
-        kinds = {"stored": [(vectors[i], f"c{i}") for i in stored],
+        kinds: dict[str, list[tuple[np.ndarray, str | None]]] = {"stored": [(vectors[i], f"c{i}") for i in stored],
                  "new": [(q, None) for q in clustered(QUERIES, seed=99)],
                  "unlike": [(q, None) for q in clustered(QUERIES, seed=99, centres_seed=1)]}
         label = f"{n // 1000}k"
