@@ -22,7 +22,6 @@ MEASURED = {
     "embedding_blob_bytes": 591,  # 256 float16 values and the codec's header
     "index_bytes_per_clip": 1016,  # similar: usearch HNSW f16, connectivity 32, at 1 M
     "index_build_s_per_million_2_cores": 326.0,  # similar: from rows to a searchable graph
-    "query_p99_ms_at_1m": 25.7,  # similar: one query, candidates 2,038
 }
 TABLE_OVERHEAD = 1.3  # PostgreSQL's row headers, indexes and free space above the payload
 HEADROOM = 0.6  # share of a machine's memory an index may take beside the API and the OS
