@@ -36,7 +36,10 @@ class AppState:
     similar: SimilarityIndex | None = None  # the served model's clips by embedding, when the model loaded
 
 
-def get_state(request: Request) -> AppState:
+# The dependencies below are `async def` though they never wait: FastAPI runs a plain `def`
+# dependency in its thread pool, a thread hop per dependency per request, which cost the
+# async routes more than their database read.
+async def get_state(request: Request) -> AppState:
     return request.app.state.soundtag
 
 
@@ -60,7 +63,7 @@ def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Sess
         yield session
 
 
-def get_runner(state: Annotated[AppState, Depends(get_state)]) -> PooledStages:
+async def get_runner(state: Annotated[AppState, Depends(get_state)]) -> PooledStages:
     if state.runner is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {state.model_error}")
     return state.runner
@@ -81,8 +84,8 @@ async def read_upload(file: UploadFile, limit: int) -> tuple[str, bytes]:
     return name, data
 
 
-def require_api_key(key: Annotated[str | None, Security(_api_key_header)],
-                    state: Annotated[AppState, Depends(get_state)]) -> None:
+async def require_api_key(key: Annotated[str | None, Security(_api_key_header)],
+                          state: Annotated[AppState, Depends(get_state)]) -> None:
     expected = state.settings.api_key
     if not expected:
         return

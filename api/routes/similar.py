@@ -29,13 +29,7 @@ LOADING_RETRY_S = 5
 class Filters:
     """The clip list's filters, applied to the neighbours."""
 
-    def __init__(
-        self,
-        label: Annotated[str | None, Query(max_length=64, description="only clips with this label in their top 3")]
-        = None,
-        min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-        verdict: Annotated[Verdict | None, Query(description="label, unknown or silence")] = None,
-    ) -> None:
+    def __init__(self, label: str | None, min_confidence: float | None, verdict: Verdict | None) -> None:
         self.label, self.min_confidence, self.verdict = label, min_confidence, verdict
 
     @property
@@ -43,7 +37,16 @@ class Filters:
         return self.label is not None or self.min_confidence is not None or self.verdict is not None
 
 
-def get_index(state: Annotated[AppState, Depends(get_state)]) -> SimilarityIndex:
+async def get_filters(  # async: a plain callable would be run in a thread (api.deps)
+    label: Annotated[str | None, Query(max_length=64, description="only clips with this label in their top 3")]
+    = None,
+    min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    verdict: Annotated[Verdict | None, Query(description="label, unknown or silence")] = None,
+) -> Filters:
+    return Filters(label, min_confidence, verdict)
+
+
+async def get_index(state: Annotated[AppState, Depends(get_state)]) -> SimilarityIndex:
     index = state.similar
     if index is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {state.model_error}")
@@ -63,8 +66,8 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="how many clips")]
                        409: {"description": "the clip has no embedding of the served model (failed, or tagged by "
                                             "another model)"}})
 async def similar(clip_id: str, state: Annotated[AppState, Depends(get_state)],
-                  index: Annotated[SimilarityIndex, Depends(get_index)], filters: Annotated[Filters, Depends()],
-                  k: K = 10) -> Response:
+                  index: Annotated[SimilarityIndex, Depends(get_index)],
+                  filters: Annotated[Filters, Depends(get_filters)], k: K = 10) -> Response:
     vector = index.index.vector(clip_id)
     if vector is None:
         clip = await read_db(state, repository.get_clip, clip_id)
@@ -90,7 +93,7 @@ async def search(
     state: Annotated[AppState, Depends(get_state)],
     runner: Annotated[PooledStages, Depends(get_runner)],
     index: Annotated[SimilarityIndex, Depends(get_index)],
-    filters: Annotated[Filters, Depends()],
+    filters: Annotated[Filters, Depends(get_filters)],
     k: K = 10,
 ) -> Response:
     name, data = await read_upload(file, state.settings.max_upload_bytes)
