@@ -1,10 +1,10 @@
 """A clip's JSON written by PostgreSQL, for the busiest reads (issue 48.5).
 
 Built in Python, a label page was 50 records, then 50 ``ClipOut`` models with their 150
-``TagOut``, then FastAPI's check and dump of them: about 4 ms of the API process's CPU,
-which bounded one process at 175 pages/s while PostgreSQL sat at a fifth of a core.
-PostgreSQL writes the same JSON in C as it reads the rows, and the API only joins the
-texts: 414 pages/s on the same VM (2 cores; ``python -m deploy.benchmarks.run load``).
+``TagOut``, then FastAPI's check and dump of them: about 4 ms of the API process's CPU per
+page, while PostgreSQL's part was a fraction of that. PostgreSQL writes the same JSON in C
+as it reads the rows, and the API only joins the texts (figures: the ``load`` suite in
+``deploy/benchmarks/README.md``).
 
 The shape is ``api.schemas.ClipOut``'s, field for field and in its order, and
 ``tests/integration/test_clip_json.py`` holds the two equal for every kind of clip.
