@@ -29,7 +29,7 @@ EXPANSION_ADD = 128  # candidates while inserting: build time against recall
 # scan stays above 0.95 for what the routes ask: a stored clip (/similar) or a new sound
 # like the stored ones (/search). `python -m deploy.benchmarks.run similar` (clustered
 # synthetic vectors, 2-core AMD EPYC): at 100k, 64 candidates find all ten for both (1.0);
-# at 1M, 128 give 0.998 and 0.99, 256 give 0.998 and 1.0, at p99 2.6 ms (512 cost 7 ms).
+# at 1M, 128 give 0.999 and 0.995, 256 give 0.999 and 1.0 at p99 2.5–2.8 ms.
 # The rule gives 128 at 100k and 404 at 1M: twice what those sizes needed. A sound like
 # nothing stored has no neighbourhood to follow and is found less exactly (recall 0.78 at
 # 100k with 128, about 0.5 at 1M with 404); that figure is reported, not chased.
