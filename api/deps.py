@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security, UploadFile, status
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.text import has_control_characters
+from tagger import db
 from tagger.config import Settings
 from tagger.inference import Tagger
 from tagger.stages import PooledStages
@@ -34,6 +36,8 @@ class AppState:
     model_error: str | None = None
     runner: PooledStages | None = None  # uploads tagged and stored in the pool, when the model loaded
     similar: SimilarityIndex | None = None  # the served model's clips by embedding, when the model loaded
+    # Turns at ``async_reads``, first come first served (``tagger.db.READS_IN_FLIGHT``).
+    read_turns: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(db.READS_IN_FLIGHT))
 
 
 # The dependencies below are `async def` though they never wait: FastAPI runs a plain `def`
@@ -47,7 +51,7 @@ async def read_db(state: AppState, read: Callable[..., T], *args: Any) -> T:
     """``read(session, *args)``, a repository read: awaited on the event loop over the
     asyncio driver where there is one (PostgreSQL), in a thread otherwise (SQLite)."""
     if state.async_reads is not None:
-        async with state.async_reads() as session:
+        async with state.read_turns, state.async_reads() as session:
             return await session.run_sync(read, *args)
 
     def in_thread() -> T:

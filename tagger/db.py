@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,11 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 # The API's reads at 20 connections: one pooled connection each, never opened per request.
 READ_POOL_SIZE = 20
+# The API's reads over asyncio that one process has in PostgreSQL at once: about three per
+# core. With a query for each of 20 client connections in flight, 20 backends shared two
+# cores with the API process and a label page's p99 was 58-89 ms; queued in the API (in
+# order) beyond 6, it was 24-29 ms at the same rate (the ``load`` suite, 2 cores).
+READS_IN_FLIGHT = 3 * (os.cpu_count() or 1)
 
 
 @functools.cache
@@ -86,8 +92,9 @@ def get_async_read_engine(url: str) -> AsyncEngine | None:
         return None
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_size=READ_POOL_SIZE,
-                               max_overflow=READ_POOL_SIZE)
+    # The API holds at most READS_IN_FLIGHT of these at once (``api.deps.read_db``), so the
+    # pool never makes a request wait, and never closes and reopens a connection.
+    return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_size=READS_IN_FLIGHT, max_overflow=0)
 
 
 def async_read_session_factory(url: str) -> async_sessionmaker[AsyncSession] | None:
