@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    Connection,
     Float,
     Integer,
     String,
@@ -64,6 +65,8 @@ def _iso(column: Any) -> Any:
     return func.replace(written, ".000000Z", "Z")  # NULL stays NULL (null in the JSON)
 
 
+# What the routes pass: a Core connection over asyncio (``api.deps.read_db``); tests pass sessions.
+Reader = Connection | Session
 _EMPTY: Any = literal_column("'[]'::json")
 _tag = aliased(Tag)
 _custom = aliased(ClipCustomLabel)
@@ -87,7 +90,7 @@ _ONE = select(CLIP_JSON).where(Clip.id == bindparam("clip_id"))
 _SOME = select(Clip.id, CLIP_JSON).where(Clip.id == any_(bindparam("ids", type_=ARRAY(String))))
 
 
-def page(session: Session, label: str | None, min_confidence: float | None, status: str | None,
+def page(session: Reader, label: str | None, min_confidence: float | None, status: str | None,
          verdict: str | None, cursor: str | None, limit: int) -> str:
     """``GET /api/clips``'s body: ``repository.list_clips``'s page as a ``ClipList``."""
     given = {"label": label, "min_confidence": min_confidence, "status": status, "verdict": verdict,
@@ -110,12 +113,12 @@ def _page_statement(label: bool, min_confidence: bool, status: bool, verdict: bo
                                  bound("verdict", verdict), bound("after", after), bindparam("rows", type_=Integer))
 
 
-def one(session: Session, clip_id: str) -> str | None:
+def one(session: Reader, clip_id: str) -> str | None:
     """A clip's JSON, or None when there is no such clip."""
     return session.execute(_ONE, {"clip_id": clip_id}).scalar()
 
 
-def some(session: Session, clip_ids: list[str]) -> dict[str, str]:
+def some(session: Reader, clip_ids: list[str]) -> dict[str, str]:
     """The JSON of those of these clips that exist, by id."""
     return {clip_id: text for clip_id, text in session.execute(_SOME, {"ids": clip_ids})}
 

@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
         gc.freeze()
         app.state.soundtag = AppState(settings=settings, sessions=sessions,
                                       reads=db.read_session_factory(settings.database_url),
-                                      async_reads=db.async_read_session_factory(settings.database_url), tagger=model,
+                                      async_reads=db.get_async_read_engine(settings.database_url), tagger=model,
                                       model_error=error, runner=runner, similar=similar)
         yield
         if (engine := db.get_async_read_engine(settings.database_url)) is not None:

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -95,11 +95,6 @@ def get_async_read_engine(url: str) -> AsyncEngine | None:
     # The API holds at most READS_IN_FLIGHT of these at once (``api.deps.read_db``), so the
     # pool never makes a request wait, and never closes and reopens a connection.
     return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_size=READS_IN_FLIGHT, max_overflow=0)
-
-
-def async_read_session_factory(url: str) -> async_sessionmaker[AsyncSession] | None:
-    engine = get_async_read_engine(url)
-    return async_sessionmaker(engine, expire_on_commit=False) if engine is not None else None
 
 
 def read_session_factory(url: str) -> sessionmaker[Session]:

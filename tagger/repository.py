@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    Connection,
     SmallInteger,
     String,
     and_,
@@ -166,7 +167,7 @@ def _records(session: Session, query: Any) -> list[ClipRecord]:
     return [_record(row, labels[row.id]) for row in rows]
 
 
-def get_clip(session: Session, clip_id: str) -> ClipRecord | None:
+def get_clip(session: Session | Connection, clip_id: str) -> ClipRecord | None:
     """One clip and its labels in one statement (the API's most frequent read)."""
     rows = session.execute(_CLIP_WITH_LABELS, {"clip_id": clip_id}).all()
     if not rows:
