@@ -324,49 +324,43 @@ def _read_ffmpeg(source: str | BinaryIO, output: _Output,
         return out, rate, channels, int(declared_s * rate) if exact and declared_s else None
 
 
-# FFmpeg's sample formats by their name less the planar "p".
-_FFMPEG_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32,
-                  "dbl": np.float64}
-
-
 class _FrameBlocks:
-    """Gathers FFmpeg's frames (13–26 ms each for Opus, MP3 and AAC) into blocks of about
-    ``BLOCK_FRAMES`` before they are converted, down-mixed and resampled: per frame, that
-    Python and soxr work cost more than the decoding itself. Each frame's planes are read
-    as they are (``np.frombuffer``), a fifth of the cost of ``to_ndarray`` per frame."""
+    """Gathers FFmpeg's frames (13–26 ms each for Opus, MP3 and AAC) in FFmpeg's own FIFO,
+    and hands them on in blocks of about ``BLOCK_FRAMES`` to be converted, down-mixed and
+    resampled: per frame, that work in Python cost more than the decoding itself, and even
+    reading each frame's planes into numpy cost a fifth of an MP3's decoding."""
 
     def __init__(self, out: _MonoResampler) -> None:
+        import av  # FFmpeg; imported here so the common libsndfile path does not pay for it
+
         self.out = out
-        self.parts: list[list[np.ndarray]] = []  # per frame, its planes
-        self.frames = 0
-        self.kind: tuple[str, int] | None = None
+        self.new_fifo = av.AudioFifo
+        self.fifo: Any = None
 
     def add(self, frame: Any) -> None:
-        fmt, channels = frame.format.name, len(frame.layout.channels)
-        if (fmt, channels) != self.kind:  # a new sample format or layout starts a new block
-            self.flush()
-            self.kind = (fmt, channels)
-        dtype = _FFMPEG_DTYPES.get(fmt.removesuffix("p"))
-        if dtype is None:
-            raise AudioError(f"unsupported sample format {fmt!r} in the file")
-        n = frame.samples
-        count = n if frame.format.is_planar else n * channels
-        self.parts.append([np.frombuffer(plane, dtype, count) for plane in frame.planes])
-        self.frames += n
-        if self.frames >= BLOCK_FRAMES:
+        frame.pts = None  # the FIFO would check the timestamps run on; a gap is the decoder's business
+        if self.fifo is not None:
+            try:
+                self.fifo.write(frame)
+            except ValueError:  # another sample format, layout or rate: it starts a new block
+                self.flush()
+                self.fifo = None
+        if self.fifo is None:
+            self.fifo = self.new_fifo()
+            self.fifo.write(frame)
+        if self.fifo.samples >= BLOCK_FRAMES:
             self.flush()
 
     def flush(self) -> None:
-        if not self.parts or self.kind is None:
+        if self.fifo is None or not self.fifo.samples:
             return
-        channels = self.kind[1]
-        if len(self.parts[0]) > 1 or self.kind[0].endswith("p"):  # planar: a plane per channel
-            columns = [np.concatenate([planes[c] for planes in self.parts]) for c in range(channels)]
-            block = np.stack(columns, axis=1) if channels > 1 else columns[0][:, None]
-        else:
-            block = np.concatenate([planes[0] for planes in self.parts]).reshape(-1, channels)
-        self.parts, self.frames = [], 0
-        self.out.add(_as_float(block))
+        block = self.fifo.read()
+        try:
+            samples = block.to_ndarray()  # planar: (channels, frames); packed: (1, frames × channels)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise AudioError(f"unsupported sample format {block.format.name!r} in the file ({exc})") from None
+        channels = len(block.layout.channels)
+        self.out.add(_as_float(samples.T if block.format.is_planar else samples.reshape(-1, channels)))
 
 
 def _as_float(arr: np.ndarray) -> np.ndarray:

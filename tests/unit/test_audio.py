@@ -195,3 +195,38 @@ def test_a_30_minute_file_decodes_in_little_more_memory_than_its_output(tmp_path
                          cwd=REPO)
     seconds, peak_mb = out.stdout.split()
     assert float(seconds) == pytest.approx(1800.0) and int(peak_mb) <= 500, out.stdout + out.stderr
+
+
+def test_ffmpeg_frames_are_gathered_in_order_across_a_change_of_format_and_layout():
+    """A stream whose sample format or channel layout changes part way (a spliced MP3, a
+    broadcast recording) is handed on block by block, every sample in order."""
+    import av
+
+    from tagger.audio import _FrameBlocks
+
+    class Collect:
+        def __init__(self) -> None:
+            self.blocks: list[np.ndarray] = []
+
+        def add(self, block: np.ndarray) -> None:
+            self.blocks.append(block)
+
+    mono = np.arange(1000, dtype=np.int16).reshape(1, -1)  # packed s16, one channel
+    stereo = np.stack([np.full(500, 0.25, np.float32), np.full(500, -0.5, np.float32)])  # planar float
+    frames = [av.AudioFrame.from_ndarray(mono, format="s16", layout="mono"),
+              av.AudioFrame.from_ndarray(mono, format="s16", layout="mono"),
+              av.AudioFrame.from_ndarray(stereo, format="fltp", layout="stereo")]
+    for frame in frames:
+        frame.sample_rate = 44_100
+    out = Collect()
+    blocks = _FrameBlocks(out)  # type: ignore[arg-type]
+    for frame in frames:
+        blocks.add(frame)
+    blocks.flush()
+    first, second = out.blocks
+    assert first.shape == (2000, 1) and first.dtype == np.float32
+    np.testing.assert_allclose(first[:1000, 0], np.arange(1000) / 32768)
+    np.testing.assert_allclose(first[1000:, 0], np.arange(1000) / 32768)
+    assert second.shape == (500, 2)
+    np.testing.assert_array_equal(second[:, 0], 0.25)
+    np.testing.assert_array_equal(second[:, 1], -0.5)
