@@ -36,8 +36,8 @@ class AppState:
     model_error: str | None = None
     runner: PooledStages | None = None  # uploads tagged and stored in the pool, when the model loaded
     similar: SimilarityIndex | None = None  # the served model's clips by embedding, when the model loaded
-    # Turns at ``async_reads``, first come first served (``tagger.db.READS_IN_FLIGHT``).
-    read_turns: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(db.READS_IN_FLIGHT))
+    # Turns at ``async_reads``, first come first served (``tagger.db.reads_in_flight``).
+    read_turns: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(db.reads_in_flight()))
 
 
 # The dependencies below are `async def` though they never wait: FastAPI runs a plain `def`

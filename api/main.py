@@ -140,17 +140,18 @@ def create_app(settings: Settings | None = None, tagger: Tagger | None = None) -
         if model is not None:
             similar = SimilarityIndex(sessions, model.version)
             similar.start()
+        async_reads = db.get_async_read_engine(settings.database_url)
         # Everything loaded so far (torch, the model, the routes) lives as long as the process:
         # kept out of the collector's full passes, which otherwise walk it all and stalled
         # requests for 100 ms and more under load.
         gc.freeze()
         app.state.soundtag = AppState(settings=settings, sessions=sessions,
                                       reads=db.read_session_factory(settings.database_url),
-                                      async_reads=db.get_async_read_engine(settings.database_url), tagger=model,
+                                      async_reads=async_reads, tagger=model,
                                       model_error=error, runner=runner, similar=similar)
         yield
-        if (engine := db.get_async_read_engine(settings.database_url)) is not None:
-            await engine.dispose()
+        if async_reads is not None:
+            await async_reads.dispose()
         if similar is not None:
             similar.close()
         if runner is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +62,20 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 # The API's reads at 20 connections: one pooled connection each, never opened per request.
 READ_POOL_SIZE = 20
-# The API's reads over asyncio that one process has in PostgreSQL at once: about three per
-# core. With a query for each of 20 client connections in flight, 20 backends shared two
-# cores with the API process and a label page's p99 was 58-89 ms; queued in the API (in
-# order) beyond 6, it was 24-29 ms at the same rate (the ``load`` suite, 2 cores).
-READS_IN_FLIGHT = 3 * (os.cpu_count() or 1)
+# The API's reads over asyncio that one process has in PostgreSQL at once, per core. With a
+# query for each of 20 client connections in flight, 20 backends shared two cores with the
+# API process and a label page's p99 was 58-89 ms; queued in the API (in order) beyond 6,
+# it was 24-33 ms at the same rate (the ``load`` suite, 2 cores).
+READS_PER_CORE = 3
+
+
+@functools.cache
+def reads_in_flight() -> int:
+    """READS_PER_CORE for each core this process may use (its affinity and CPU quota: a
+    container's two cores on a large host ask for 6 connections, not hundreds)."""
+    from tagger.device import cpu_cores  # it brings torch, which only the API asks this with
+
+    return READS_PER_CORE * cpu_cores()
 
 
 @functools.cache
@@ -92,9 +100,9 @@ def get_async_read_engine(url: str) -> AsyncEngine | None:
         return None
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    # The API holds at most READS_IN_FLIGHT of these at once (``api.deps.read_db``), so the
+    # The API holds at most reads_in_flight() of these at once (``api.deps.read_db``), so the
     # pool never makes a request wait, and never closes and reopens a connection.
-    return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_size=READS_IN_FLIGHT, max_overflow=0)
+    return create_async_engine(url, isolation_level="AUTOCOMMIT", pool_size=reads_in_flight(), max_overflow=0)
 
 
 def read_session_factory(url: str) -> sessionmaker[Session]:
