@@ -335,26 +335,23 @@ class _FrameBlocks:
 
         self.out = out
         self.new_fifo = av.AudioFifo
-        self.fifo: Any = None
+        self.fifo = self.new_fifo()  # takes the first frame's format, layout and rate
 
     def add(self, frame: Any) -> None:
         frame.pts = None  # the FIFO would check the timestamps run on; a gap is the decoder's business
-        if self.fifo is not None:
-            try:
-                self.fifo.write(frame)
-            except ValueError:  # another sample format, layout or rate: it starts a new block
-                self.flush()
-                self.fifo = None
-        if self.fifo is None:
+        try:
+            self.fifo.write(frame)
+        except ValueError:  # another sample format, layout or rate: it starts a new block
+            self.flush()
             self.fifo = self.new_fifo()
             self.fifo.write(frame)
         if self.fifo.samples >= BLOCK_FRAMES:
             self.flush()
 
     def flush(self) -> None:
-        if self.fifo is None or not self.fifo.samples:
-            return
         block = self.fifo.read()
+        if block is None:  # nothing gathered
+            return
         try:
             samples = block.to_ndarray()  # planar: (channels, frames); packed: (1, frames × channels)
         except (TypeError, ValueError, KeyError) as exc:
